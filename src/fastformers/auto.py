@@ -1,0 +1,108 @@
+"""Registries: model_type -> config class and model classes per head, and the Auto classes.
+
+Architecture modules are imported on first use, so `import fastformers` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Dict
+
+from .configuration import CONFIG_NAME, PretrainedConfig, read_json
+from .loading.hub import refuse_remote_code, resolve_file
+
+# model_type -> module under fastformers.models
+MODEL_MODULES: Dict[str, str] = {
+    "bert": "bert",
+    "distilbert": "distilbert",
+    "electra": "electra",
+    "roberta": "roberta",
+    "xlm-roberta": "xlm_roberta",
+}
+
+
+def _module(model_type: Any, source: str):
+    if model_type not in MODEL_MODULES:
+        raise ValueError(
+            f"{source}: model_type {model_type!r} is not supported by fastformers; "
+            f"supported: {', '.join(sorted(MODEL_MODULES))}"
+        )
+    return importlib.import_module(f".models.{MODEL_MODULES[model_type]}", __package__)
+
+
+def config_class_for(model_type: str, source: str = "config") -> type:
+    module = _module(model_type, source)
+    return next(c for c in vars(module).values()
+                if isinstance(c, type) and issubclass(c, PretrainedConfig) and c.model_type == model_type)
+
+
+class AutoConfig:
+    """Reads config.json and returns the config class of its model_type."""
+
+    def __init__(self) -> None:
+        raise TypeError("AutoConfig is not instantiated: use AutoConfig.from_pretrained(...) or AutoConfig.for_model(...)")
+
+    @staticmethod
+    def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
+        return config_class_for(model_type, "AutoConfig.for_model")(**kwargs)
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, *, revision=None, cache_dir=None, local_files_only=False,
+                        token=None, trust_remote_code: bool = False, **kwargs: Any) -> PretrainedConfig:
+        refuse_remote_code(trust_remote_code)
+        path = resolve_file(name_or_path, CONFIG_NAME, revision=revision, cache_dir=cache_dir,
+                            local_files_only=local_files_only, token=token)
+        data = read_json(path)
+        if "model_type" not in data:
+            raise ValueError(f"{path} has no 'model_type' key; supported model types: {', '.join(sorted(MODEL_MODULES))}")
+        config = config_class_for(data["model_type"], path).from_dict(data, **kwargs)
+        config._name_or_path = os.fspath(name_or_path)
+        return config
+
+
+class _AutoModel:
+    task = "AutoModel"
+
+    def __init__(self) -> None:
+        raise TypeError(f"{type(self).__name__} is not instantiated: use .from_pretrained(...) or .from_config(...)")
+
+    @classmethod
+    def model_class(cls, config: PretrainedConfig) -> type:
+        classes = _module(config.model_type, cls.__name__).MODEL_CLASSES
+        if cls.task not in classes:
+            have = [t for t in MODEL_MODULES if cls.task in getattr(_module(t, cls.__name__), "MODEL_CLASSES", {})]
+            raise ValueError(f"{cls.__name__} does not support model_type {config.model_type!r}; "
+                             f"it supports: {', '.join(sorted(have))}")
+        return classes[cls.task]
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any):
+        return cls.model_class(config).from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, config: PretrainedConfig | None = None,
+                        revision=None, cache_dir=None, local_files_only=False, token=None,
+                        trust_remote_code: bool = False, **kwargs: Any):
+        refuse_remote_code(trust_remote_code)
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        if config is None:
+            model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOAD_ARGS}
+            config = AutoConfig.from_pretrained(name_or_path, **hub, **kwargs)
+            kwargs = model_kwargs
+        return cls.model_class(config).from_pretrained(name_or_path, config=config, **hub, **kwargs)
+
+
+_LOAD_ARGS = {"torch_dtype", "dtype", "device", "device_map", "use_safetensors", "attn_implementation"}
+
+
+def _auto(task: str) -> type:
+    return type(task, (_AutoModel,), {"task": task, "__doc__": f"Picks the {task} class for a config's model_type."})
+
+
+AutoModel = _auto("AutoModel")
+AutoModelForMaskedLM = _auto("AutoModelForMaskedLM")
+AutoModelForSequenceClassification = _auto("AutoModelForSequenceClassification")
+AutoModelForTokenClassification = _auto("AutoModelForTokenClassification")
+AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering")
+AutoModelForMultipleChoice = _auto("AutoModelForMultipleChoice")

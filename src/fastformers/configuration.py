@@ -1,0 +1,166 @@
+"""The config base class: config.json in, attributes out, config.json back.
+
+Keys a config class does not know are kept as attributes and written back unchanged, so a config
+round-trips through fastformers without losing anything transformers (or another tool) stored in it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Dict, Optional
+
+from .loading.hub import refuse_remote_code, resolve_file
+
+CONFIG_NAME = "config.json"
+
+# Attributes every config has, with transformers' defaults.
+_COMMON_DEFAULTS: Dict[str, Any] = {
+    "architectures": None,
+    "problem_type": None,
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "tie_word_embeddings": True,
+    "is_decoder": False,
+    "is_encoder_decoder": False,
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "return_dict": True,
+    "dtype": None,
+}
+
+
+def read_json(path: str) -> Dict[str, Any]:
+    """Read a JSON object from a file, with an error that names the file when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+class PretrainedConfig:
+    """Base config. Subclasses set `model_type` and `defaults` (their architecture's keys)."""
+
+    model_type: str = ""
+    defaults: Dict[str, Any] = {}
+    # Alternative names for attributes (e.g. GPT-2's n_embd for hidden_size): alias -> attribute.
+    attribute_map: Dict[str, str] = {}
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Keys given explicitly (from a config.json or by the caller) are always written back.
+        object.__setattr__(self, "_given_keys", set(kwargs))
+        if "torch_dtype" in kwargs:  # transformers < 5 spelled it torch_dtype
+            dtype = kwargs.pop("torch_dtype")
+            kwargs.setdefault("dtype", dtype)
+            self._given_keys.discard("torch_dtype")
+            self._given_keys.add("dtype")
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        num_labels = kwargs.pop("num_labels", None)
+        for key, value in {**_COMMON_DEFAULTS, **self.defaults}.items():
+            setattr(self, key, copy.deepcopy(value))
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+            if num_labels is not None and num_labels != len(self.id2label):
+                raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)} labels")
+        else:
+            self.num_labels = 2 if num_labels is None else num_labels
+        self.label2id = {v: k for k, v in self.id2label.items()} if label2id is None else dict(label2id)
+        self._given_keys.update({"id2label", "label2id"} if id2label is not None else set())
+
+    # -- attribute aliases ------------------------------------------------------------------
+    def __setattr__(self, key: str, value: Any) -> None:
+        key = self.attribute_map.get(key, key)
+        object.__setattr__(self, key, value)
+
+    def __getattr__(self, key: str) -> Any:  # only called when normal lookup fails
+        mapped = type(self).attribute_map.get(key)
+        if mapped is not None:
+            return getattr(self, mapped)
+        raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
+
+    # -- labels -----------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, n: int) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_labels must be a positive integer, got {n!r}")
+        if getattr(self, "id2label", None) is None or len(self.id2label) != n:
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        """Every attribute, as JSON-ready values."""
+        out = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if not k.startswith("_")}
+        out["model_type"] = self.model_type
+        if out.get("dtype") is not None and not isinstance(out["dtype"], str):
+            out["dtype"] = str(out["dtype"]).removeprefix("torch.")
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        return out
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """What save_pretrained writes: the architecture's keys, every key that was given (unknown
+        ones included, unchanged unless changed here), and common keys that differ from default."""
+        full = self.to_dict()
+        labels_default = self.id2label == {i: f"LABEL_{i}" for i in range(len(self.id2label))}
+        keep = {}
+        for key, value in full.items():
+            if key in self.defaults or key in self._given_keys or key == "model_type":
+                keep[key] = value
+            elif key in ("id2label", "label2id"):
+                if not labels_default:
+                    keep[key] = value
+            elif _COMMON_DEFAULTS.get(key, object()) != value:
+                keep[key] = value
+        return keep
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, config_dict: Dict[str, Any], **kwargs: Any) -> "PretrainedConfig":
+        config_dict = {k: v for k, v in config_dict.items() if k != "model_type"}
+        config_dict.update(kwargs)
+        return cls(**config_dict)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: Optional[str] = None,
+                        cache_dir=None, local_files_only: bool = False, token=None,
+                        trust_remote_code: bool = False, **kwargs: Any) -> "PretrainedConfig":
+        refuse_remote_code(trust_remote_code)
+        path = resolve_file(name_or_path, CONFIG_NAME, revision=revision, cache_dir=cache_dir,
+                            local_files_only=local_files_only, token=token)
+        data = read_json(path)
+        model_type = data.get("model_type")
+        if cls.model_type and model_type and model_type != cls.model_type:
+            raise ValueError(f"{path} is for model_type {model_type!r}, not {cls.model_type!r} ({cls.__name__})")
+        config = cls.from_dict(data, **kwargs)
+        config._name_or_path = os.fspath(name_or_path)
+        return config
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PretrainedConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)}"

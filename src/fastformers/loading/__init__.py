@@ -1,0 +1,1 @@
+"""Where checkpoint bytes come from: hub resolution, safetensors, pytorch_model.bin (weights_only)."""

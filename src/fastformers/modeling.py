@@ -1,0 +1,323 @@
+"""The base model class: from_pretrained / save_pretrained, dtype and device, weight loading.
+
+Loading builds the module tree on the meta device (no memory, no random init), then streams each
+checkpoint tensor, cast to the target dtype and device, into its place. Only weights the checkpoint
+lacks are allocated and initialised, and they are reported by name, as transformers does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .configuration import PretrainedConfig
+from .loading.hub import refuse_remote_code
+from .loading.weights import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files, read_tensors
+
+logger = logging.getLogger("fastformers")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
+           "float": torch.float32}
+# Checkpoint names older releases used (TF-era BERT): renamed on load.
+_LEGACY_RENAMES = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"), (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"))
+# Buffers that older checkpoints store and that fastformers computes instead.
+_ALWAYS_IGNORED = (re.compile(r"(^|\.)position_ids$"),)
+
+
+def to_torch_dtype(value: Any, argument: str = "torch_dtype") -> Optional[torch.dtype]:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and value.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[value.removeprefix("torch.")]
+    raise ValueError(f"{argument}={value!r} is not a dtype; use 'auto', a torch.dtype or one of {sorted(_DTYPES)}")
+
+
+def parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)\s*", size.upper())
+    if not m:
+        raise ValueError(f"max_shard_size={size!r} is not a size like '5GB' or '200MB'")
+    unit = m.group(2)
+    base = 1024 if "I" in unit else 1000
+    return int(float(m.group(1)) * base ** "BKMGT".index(unit[0]))
+
+
+class PreTrainedModel(nn.Module):
+    config_class: type = PretrainedConfig
+    base_model_prefix: str = ""
+    # Tied parameters: target name -> source name, full names within this class.
+    _tied_weights_keys: Dict[str, str] = {}
+    # Regexes of checkpoint keys this class does not use and need not warn about.
+    _keys_to_ignore_on_load_unexpected: Tuple[str, ...] = ()
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        if not isinstance(config, PretrainedConfig):
+            raise TypeError(f"{type(self).__name__} needs a config object, got {type(config).__name__}")
+        self.config = config
+
+    # -- properties transformers users reach for ---------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix, self)
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        seen = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
+        return sum(p.numel() for p in seen.values())
+
+    def get_input_embeddings(self) -> nn.Module:
+        base = self.base_model
+        if base is self:
+            raise AttributeError(f"{type(self).__name__} does not define get_input_embeddings")
+        return base.get_input_embeddings()
+
+    def get_output_embeddings(self) -> Optional[nn.Module]:
+        return None
+
+    # -- initialisation and tying -------------------------------------------------------------
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def post_init(self) -> None:
+        """Initialise every weight (skipped on the meta device) and tie what is tied."""
+        if self.device.type != "meta":
+            with torch.no_grad():
+                self.apply(self._init_weights)
+        self.tie_weights()
+
+    def _tie_pairs(self) -> Dict[str, str]:
+        if not getattr(self.config, "tie_word_embeddings", True):
+            return {k: v for k, v in self._tied_weights_keys.items() if "embeddings" not in v}
+        return dict(self._tied_weights_keys)
+
+    def tie_weights(self) -> None:
+        for target, source in self._tie_pairs().items():
+            owner, _, name = target.rpartition(".")
+            self.get_submodule(owner)._parameters[name] = self.get_parameter(source)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, *, torch_dtype=None, dtype=None) -> "PreTrainedModel":
+        dtype = to_torch_dtype(dtype if dtype is not None else torch_dtype)
+        model = cls(config)
+        model.post_init()
+        return model.to(dtype) if dtype is not None else model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: Optional[PretrainedConfig] = None,
+        revision: Optional[str] = None,
+        cache_dir: Optional[str | os.PathLike] = None,
+        local_files_only: bool = False,
+        token: Optional[str] = None,
+        torch_dtype: Any = None,
+        dtype: Any = None,
+        device: Any = None,
+        device_map: Any = None,
+        trust_remote_code: bool = False,
+        use_safetensors: Optional[bool] = None,
+        **config_overrides: Any,
+    ) -> "PreTrainedModel":
+        """Load a checkpoint folder or hub repository (same arguments as transformers).
+
+        `torch_dtype`/`dtype`: "auto" (default, as in transformers 5) keeps the checkpoint's dtype;
+        `device` (or a single-device `device_map`) is where the weights are loaded.
+        """
+        refuse_remote_code(trust_remote_code)
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        config_overrides.pop("attn_implementation", None)  # one implementation: the op layer's
+        if config is None:
+            config = cls.config_class.from_pretrained(name_or_path, **hub, **config_overrides)
+        else:
+            for key, value in config_overrides.items():
+                setattr(config, key, value)
+        files = find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
+
+        requested = dtype if dtype is not None else torch_dtype
+        if requested is None or requested == "auto":
+            target_dtype = to_torch_dtype(getattr(config, "dtype", None), "config dtype") or checkpoint_dtype(files[0]) or torch.float32
+        else:
+            target_dtype = to_torch_dtype(requested, "dtype" if dtype is not None else "torch_dtype")
+        device = _single_device(device if device is not None else device_map)
+
+        with torch.device("meta"):
+            model = cls(config)
+        model._load_checkpoint(files, os.fspath(name_or_path), target_dtype, device)
+        config.dtype = str(target_dtype).removeprefix("torch.")
+        config._name_or_path = os.fspath(name_or_path)
+        return model.eval()
+
+    def _checkpoint_key_map(self, keys: Iterable[str]) -> Dict[str, str]:
+        """Map checkpoint key -> model key: legacy names, and the base-model prefix added or removed."""
+        prefix = self.base_model_prefix
+        own = set(self.state_dict(keep_vars=True))
+        has_base = prefix and any(k.startswith(prefix + ".") for k in own)
+        mapping = {}
+        for key in keys:
+            name = key
+            for pattern, repl in _LEGACY_RENAMES:
+                name = pattern.sub(repl, name)
+            if name not in own and prefix:
+                if has_base and prefix + "." + name in own:
+                    name = prefix + "." + name
+                elif not has_base and name.startswith(prefix + "."):
+                    name = name[len(prefix) + 1:]
+            mapping[key] = name
+        return mapping
+
+    def _load_checkpoint(self, files: List[str], source: str, dtype: torch.dtype, device: torch.device) -> None:
+        own = self.state_dict(keep_vars=True)
+        tied_targets = set(self._tie_pairs())
+        loaded, unexpected, mismatched = set(), [], []
+        for path in files:
+            state = {}
+            tensors = dict(read_tensors(path))
+            key_map = self._checkpoint_key_map(tensors)
+            for key, tensor in tensors.items():
+                name = key_map[key]
+                if name not in own:
+                    if not any(p.search(key) for p in _ALWAYS_IGNORED):
+                        unexpected.append(key)
+                    continue
+                if tuple(tensor.shape) != tuple(own[name].shape):
+                    mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[name].shape)}")
+                    continue
+                cast = dtype if tensor.is_floating_point() else tensor.dtype
+                state[name] = tensor.to(device=device, dtype=cast)
+                loaded.add(name)
+            if mismatched:
+                raise ValueError(
+                    f"{type(self).__name__}: shapes in {path} do not match the config of {source}: " + "; ".join(mismatched)
+                )
+            self.load_state_dict(state, strict=False, assign=True)
+            del state, tensors
+        # Reassignment broke shared parameters: tie them again, then fill what the checkpoint lacks.
+        self.tie_weights()
+        missing = [k for k in self.state_dict(keep_vars=True) if k not in loaded and k not in tied_targets]
+        if missing:
+            self._materialize(missing, dtype, device)
+            logger.warning(
+                "Some weights of %s were not initialized from the checkpoint at %s and are newly initialized: %s\n"
+                "Train this model on a downstream task to use it for predictions and inference.",
+                type(self).__name__, source, missing,
+            )
+        ignore = [re.compile(p) for p in self._keys_to_ignore_on_load_unexpected]
+        unexpected = [k for k in unexpected if not any(p.search(k) for p in ignore)]
+        if unexpected:
+            logger.warning("Some weights of the checkpoint at %s were not used when initializing %s: %s",
+                           source, type(self).__name__, unexpected)
+        self.tie_weights()
+
+    def _materialize(self, names: List[str], dtype: torch.dtype, device: torch.device) -> None:
+        names = set(names)
+        with torch.no_grad():
+            for module_name, module in self.named_modules():
+                created = False
+                for pname, param in list(module.named_parameters(recurse=False)):
+                    full = f"{module_name}.{pname}" if module_name else pname
+                    if full in names:
+                        module._parameters[pname] = nn.Parameter(
+                            torch.empty(param.shape, dtype=dtype, device=device), requires_grad=param.requires_grad)
+                        created = True
+                if created:
+                    self._init_weights(module)
+
+    # -- saving -----------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, *, state_dict: Optional[Dict[str, torch.Tensor]] = None,
+                        max_shard_size: int | str = "5GB", safe_serialization: bool = True) -> None:
+        """Write config.json and safetensors weights (sharded above max_shard_size) that transformers reads."""
+        from safetensors.torch import save_file
+
+        if not safe_serialization:
+            raise ValueError("fastformers saves safetensors only (safe_serialization=False is not supported)")
+        os.makedirs(save_directory, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        self.config.save_pretrained(save_directory)
+
+        state = self.state_dict() if state_dict is None else state_dict
+        tied_targets = set(self._tie_pairs())
+        tensors: Dict[str, torch.Tensor] = {}
+        seen = set()
+        for name in sorted(state, key=lambda n: n in tied_targets):  # sources before tie targets
+            tensor = state[name]
+            ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if ident in seen:
+                continue
+            seen.add(ident)
+            tensors[name] = tensor.detach().to("cpu").contiguous()
+
+        limit = parse_size(max_shard_size)
+        shards: List[Dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for name, tensor in tensors.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if shards[-1] and size + nbytes > limit:
+                shards.append({})
+                size = 0
+            shards[-1][name] = tensor
+            size += nbytes
+        for stale in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME):
+            if os.path.exists(os.path.join(save_directory, stale)):
+                os.remove(os.path.join(save_directory, stale))
+        if len(shards) == 1:
+            save_file(shards[0], os.path.join(save_directory, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+            return
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(save_directory, filename), metadata={"format": "pt"})
+            weight_map.update({name: filename for name in shard})
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": weight_map}
+        with open(os.path.join(save_directory, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+
+
+def _single_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, dict):
+        targets = set(device.values())
+        if len(targets) != 1:
+            raise ValueError(f"device_map={device!r}: fastformers places a model on one device")
+        device = targets.pop()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device") from None

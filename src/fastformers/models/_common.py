@@ -1,0 +1,109 @@
+"""Pieces every encoder architecture shares: input checks, activations, head losses."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+# hidden_act name -> (function of (x, bias)); gelu variants go through the fused op.
+_ACTIVATIONS = {
+    "gelu": lambda x, b: ops.gelu(x, bias=b),
+    "gelu_python": lambda x, b: ops.gelu(x, bias=b),
+    "gelu_new": lambda x, b: ops.gelu(x, bias=b, approximate="tanh"),
+    "gelu_fast": lambda x, b: ops.gelu(x, bias=b, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x, b: ops.gelu(x, bias=b, approximate="tanh"),
+    "relu": lambda x, b: F.relu(x if b is None else x + b),
+    "silu": lambda x, b: F.silu(x if b is None else x + b),
+    "swish": lambda x, b: F.silu(x if b is None else x + b),
+    "tanh": lambda x, b: torch.tanh(x if b is None else x + b),
+    "quick_gelu": lambda x, b: (lambda y: y * torch.sigmoid(1.702 * y))(x if b is None else x + b),
+}
+
+
+def activation(name: str):
+    """The function act(x, bias) for a config's hidden_act, or a clear error."""
+    if not isinstance(name, str) or name not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act={name!r} is not supported; choose one of {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def linear_act(x: torch.Tensor, layer: torch.nn.Linear, act) -> torch.Tensor:
+    """act(x W^T + b), with the bias handed to the activation so a fused kernel can add it."""
+    return act(ops.linear(x, layer.weight), layer.bias)
+
+
+def check_inputs(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], vocab_size: int,
+                 max_positions: Optional[int], past_length: int = 0) -> Tuple[int, int]:
+    """Validate ids and length at the model boundary; return (batch, seq_len)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.numel():
+            lo, hi = torch.aminmax(input_ids)
+            lo, hi = int(lo), int(hi)
+            if hi >= vocab_size or lo < 0:
+                bad = hi if hi >= vocab_size else lo
+                raise IndexError(f"input_ids holds token id {bad}, outside the vocabulary of size {vocab_size}")
+        batch, seq = input_ids.shape
+    else:
+        if inputs_embeds.dim() != 3:
+            raise ValueError(f"inputs_embeds must be (batch, seq_len, hidden), got shape {tuple(inputs_embeds.shape)}")
+        batch, seq = inputs_embeds.shape[:2]
+    if max_positions is not None and past_length + seq > max_positions:
+        raise ValueError(
+            f"sequence length {past_length + seq} exceeds max_position_embeddings={max_positions} of this model; "
+            f"truncate the input (e.g. tokenizer(..., truncation=True, max_length={max_positions}))"
+        )
+    return batch, seq
+
+
+def check_mask(attention_mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != (batch, seq):
+        raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(batch, seq)}, got {tuple(attention_mask.shape)}")
+    return attention_mask
+
+
+def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' rule: regression for one label, cross-entropy for integer labels, else BCE."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    raise ValueError(f"config.problem_type={config.problem_type!r} is not one of regression, "
+                     f"single_label_classification, multi_label_classification")
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every position whose label is not -100 (MLM, token classification)."""
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1).to(logits.device))
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch.Tensor:
+    """Question answering: mean of start and end cross-entropies; positions outside are ignored."""
+    ignored = start_logits.shape[1]
+    start = start_positions.view(-1).clamp(0, ignored)
+    end = end_positions.view(-1).clamp(0, ignored)
+    return (F.cross_entropy(start_logits, start, ignore_index=ignored)
+            + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2

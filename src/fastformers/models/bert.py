@@ -1,0 +1,421 @@
+"""BERT: config, encoder, and the task heads. Weight names are those of Hugging Face checkpoints.
+
+The heads are written against `self.base_model`, so RoBERTa, XLM-RoBERTa and ELECTRA reuse them
+with their own base model and prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..configuration import PretrainedConfig
+from ..modeling import PreTrainedModel
+from ..outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from ._common import (
+    activation,
+    check_inputs,
+    check_mask,
+    linear_act,
+    sequence_classification_loss,
+    span_loss,
+    token_loss,
+)
+
+
+class BertConfig(PretrainedConfig):
+    model_type = "bert"
+    defaults = dict(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2,
+        initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0, classifier_dropout=None,
+    )
+
+
+# -- encoder ------------------------------------------------------------------------------------
+class BertEmbeddings(nn.Module):
+    def __init__(self, config, embedding_size: Optional[int] = None) -> None:
+        super().__init__()
+        size = embedding_size or config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, size)
+        self.LayerNorm = nn.LayerNorm(size, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+
+    @property
+    def max_positions(self) -> int:
+        return self.position_embeddings.num_embeddings
+
+    def position_ids(self, input_ids, batch: int, seq: int, device) -> torch.Tensor:
+        return torch.arange(seq, device=device)[None]
+
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch, seq = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids, batch, seq, inputs_embeds.device)
+        extra = self.position_embeddings(position_ids)
+        if token_type_ids is None:
+            extra = extra + self.token_type_embeddings.weight[0]
+        else:
+            extra = extra + self.token_type_embeddings(token_type_ids)
+        ln = self.LayerNorm
+        x = ops.layer_norm(inputs_embeds, ln.weight, ln.bias, ln.eps, residual=extra)
+        return nn.functional.dropout(x, self.dropout_p, training=True) if self.training else x
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(f"hidden_size={config.hidden_size} is not a multiple of "
+                             f"num_attention_heads={config.num_attention_heads}")
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        inner = self.num_heads * self.head_dim
+        self.query = nn.Linear(config.hidden_size, inner)
+        self.key = nn.Linear(config.hidden_size, inner)
+        self.value = nn.Linear(config.hidden_size, inner)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, attention_mask, output_attentions: bool):
+        batch, seq, _ = x.shape
+        shape = (batch, seq, self.num_heads, self.head_dim)
+        q = ops.linear(x, self.query.weight, self.query.bias).view(shape).transpose(1, 2)
+        k = ops.linear(x, self.key.weight, self.key.bias).view(shape).transpose(1, 2)
+        v = ops.linear(x, self.value.weight, self.value.bias).view(shape).transpose(1, 2)
+        probs = None
+        if output_attentions or (self.training and self.dropout_p > 0):
+            out, probs = ops.attention_with_probs(q, k, v, attention_mask=attention_mask,
+                                                  dropout_p=self.dropout_p, training=self.training)
+        else:
+            out = ops.attention(q, k, v, attention_mask=attention_mask)
+        return out.transpose(1, 2).reshape(batch, seq, -1), probs
+
+
+class BertSelfOutput(nn.Module):
+    """dense, then LayerNorm(dropout(.) + residual) in one op. Also BertOutput's shape."""
+
+    def __init__(self, config, in_features: Optional[int] = None) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, h, residual):
+        return ops.layer_norm(ops.linear(h, self.dense.weight, self.dense.bias), self.LayerNorm.weight,
+                              self.LayerNorm.bias, self.LayerNorm.eps, residual=residual,
+                              dropout_p=self.dropout_p, training=self.training)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x, attention_mask, output_attentions: bool):
+        h, probs = self.self(x, attention_mask, output_attentions)
+        return self.output(h, x), probs
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x):
+        return linear_act(x, self.dense, self.act)
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config) -> None:
+        super().__init__(config, in_features=config.intermediate_size)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x, attention_mask, output_attentions: bool):
+        h, probs = self.attention(x, attention_mask, output_attentions)
+        return self.output(self.intermediate(h), h), probs
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x, attention_mask, output_attentions: bool, output_hidden_states: bool):
+        hidden_states = (x,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for layer in self.layer:
+            x, probs = layer(x, attention_mask, output_attentions)
+            if output_hidden_states:
+                hidden_states += (x,)
+            if output_attentions:
+                attentions += (probs,)
+        return x, hidden_states, attentions
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return torch.tanh(ops.linear(x[:, 0], self.dense.weight, self.dense.bias))
+
+
+def _flag(value: Optional[bool], default: bool) -> bool:
+    return default if value is None else value
+
+
+class BertPreTrainedModel(PreTrainedModel):
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    embeddings_class = BertEmbeddings
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, BertLMPredictionHead):
+            nn.init.zeros_(module.bias)
+
+
+class BertModel(BertPreTrainedModel):
+    def __init__(self, config, add_pooling_layer: bool = True) -> None:
+        super().__init__(config)
+        self.embeddings = self.embeddings_class(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def embed(self, input_ids, token_type_ids, position_ids, inputs_embeds):
+        return self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        cfg = self.config
+        batch, seq = check_inputs(input_ids, inputs_embeds, cfg.vocab_size, self.embeddings.max_positions)
+        if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= cfg.type_vocab_size:
+            raise IndexError(f"token_type_ids holds {int(token_type_ids.max())}, but type_vocab_size is {cfg.type_vocab_size}")
+        attention_mask = check_mask(attention_mask, batch, seq)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing masked: the unmasked path is faster
+        output_attentions = _flag(output_attentions, cfg.output_attentions)
+        output_hidden_states = _flag(output_hidden_states, cfg.output_hidden_states)
+
+        x = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
+        x, hidden_states, attentions = self.encoder(x, attention_mask, output_attentions, output_hidden_states)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        out = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions)
+        return out if _flag(return_dict, cfg.return_dict) else out.to_tuple()
+
+
+# -- heads --------------------------------------------------------------------------------------
+class _Head(BertPreTrainedModel):
+    """A task head over `base_model_class`, stored under `base_model_prefix` as in checkpoints."""
+
+    base_model_class = BertModel
+    add_pooling_layer = False
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=self.add_pooling_layer))
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                output_attentions, output_hidden_states):
+        return self.base_model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                               return_dict=True)
+
+    def _finish(self, output_cls, return_dict, encoded, **fields):
+        out = output_cls(**fields, hidden_states=encoded.get("hidden_states"), attentions=encoded.get("attentions"))
+        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+
+    def _dropout(self, x):
+        p = self.config.classifier_dropout
+        p = self.config.hidden_dropout_prob if p is None else p
+        return nn.functional.dropout(x, p, training=True) if self.training and p > 0 else x
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        x = linear_act(x, self.dense, self.act)
+        return ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = self.decoder.bias  # one parameter under both checkpoint names
+
+    def forward(self, x):
+        return ops.linear(self.transform(x), self.decoder.weight, self.decoder.bias)
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+    def forward(self, x):
+        return self.predictions(x)
+
+
+class BertForMaskedLM(_Head):
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+    _keys_to_ignore_on_load_unexpected = (r"pooler", r"seq_relationship")
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.cls = BertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_attentions, output_hidden_states)
+        logits = self.cls(enc.last_hidden_state)
+        loss = token_loss(logits, labels) if labels is not None else None
+        return self._finish(MaskedLMOutput, return_dict, enc, loss=loss, logits=logits)
+
+
+class BertForSequenceClassification(_Head):
+    add_pooling_layer = True
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def classify(self, enc):
+        pooled = self._dropout(enc.pooler_output)
+        return ops.linear(pooled, self.classifier.weight, self.classifier.bias)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_attentions, output_hidden_states)
+        logits = self.classify(enc)
+        loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
+        return self._finish(SequenceClassifierOutput, return_dict, enc, loss=loss, logits=logits)
+
+
+class BertForTokenClassification(_Head):
+    _keys_to_ignore_on_load_unexpected = (r"pooler",)
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_attentions, output_hidden_states)
+        x = self._dropout(enc.last_hidden_state)
+        logits = ops.linear(x, self.classifier.weight, self.classifier.bias)
+        loss = token_loss(logits, labels) if labels is not None else None
+        return self._finish(TokenClassifierOutput, return_dict, enc, loss=loss, logits=logits)
+
+
+class BertForQuestionAnswering(_Head):
+    _keys_to_ignore_on_load_unexpected = (r"pooler",)
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_attentions, output_hidden_states)
+        logits = ops.linear(enc.last_hidden_state, self.qa_outputs.weight, self.qa_outputs.bias)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1)[:2])
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        return self._finish(QuestionAnsweringModelOutput, return_dict, enc, loss=loss,
+                            start_logits=start_logits, end_logits=end_logits)
+
+
+class BertForMultipleChoice(_Head):
+    add_pooling_layer = True
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def classify(self, enc):
+        return ops.linear(self._dropout(enc.pooler_output), self.classifier.weight, self.classifier.bias)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        source = input_ids if input_ids is not None else inputs_embeds
+        if source is None:
+            raise ValueError("pass input_ids or inputs_embeds of shape (batch, num_choices, seq_len)")
+        num_choices = source.shape[1]
+
+        def flat(t):
+            return None if t is None else t.reshape(-1, *t.shape[2:])
+
+        enc = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                           flat(inputs_embeds), output_attentions, output_hidden_states)
+        logits = self.classify(enc).view(-1, num_choices)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return self._finish(MultipleChoiceModelOutput, return_dict, enc, loss=loss, logits=logits)
+
+
+MODEL_CLASSES = {
+    "AutoModel": BertModel,
+    "AutoModelForMaskedLM": BertForMaskedLM,
+    "AutoModelForSequenceClassification": BertForSequenceClassification,
+    "AutoModelForTokenClassification": BertForTokenClassification,
+    "AutoModelForQuestionAnswering": BertForQuestionAnswering,
+    "AutoModelForMultipleChoice": BertForMultipleChoice,
+}

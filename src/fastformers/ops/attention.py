@@ -1,0 +1,86 @@
+"""Attention ops and their plain-PyTorch references.
+
+Layouts: `attention` takes q (batch, heads, q_len, head_dim) and k, v (batch, kv_heads, kv_len,
+head_dim) with kv_heads dividing heads (grouped-query attention). `attention_mask` is a
+(batch, kv_len) key-padding mask, True/1 = keep. `causal=True` aligns the causal diagonal to the
+bottom right, so with q_len < kv_len (decoding against a cache) query i sees keys
+0 .. kv_len - q_len + i. A query row that sees no key at all returns zeros.
+
+`varlen_attention` takes packed q (total_q, heads, head_dim), k, v (total_k, kv_heads, head_dim) and
+cumulative sequence offsets cu_seqlens_q / cu_seqlens_k of length batch + 1 (int32 or int64).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .backend import op
+
+
+def _keep_mask(q_len: int, kv_len: int, causal: bool, attention_mask: Optional[torch.Tensor], device):
+    """Boolean (batch|1, 1, q_len, kv_len) mask of the keys each query may see, or None for all."""
+    mask = None
+    if attention_mask is not None:
+        mask = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    if causal:
+        rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+        tri = torch.arange(kv_len, device=device)[None, :] <= rows
+        mask = tri[None, None] if mask is None else mask & tri
+    return mask
+
+
+def attention_reference(q, k, v, *, causal: bool = False, attention_mask=None, scale=None):
+    mask = _keep_mask(q.shape[-2], k.shape[-2], causal, attention_mask, q.device)
+    if mask is not None and mask.shape[-2] != q.shape[-2]:
+        mask = mask.expand(-1, -1, q.shape[-2], -1)
+    gqa = k.shape[1] != q.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+attention = op(attention_reference)
+
+
+def attention_with_probs(q, k, v, *, causal: bool = False, attention_mask=None, scale=None,
+                         dropout_p: float = 0.0, training: bool = False):
+    """Explicit softmax(q k^T) v that also returns the probabilities (batch, heads, q_len, kv_len).
+
+    For `output_attentions=True` and for attention dropout in training: it materialises the score
+    matrix, so it stays a torch-only path. The returned probabilities are those after dropout.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    mask = _keep_mask(q.shape[-2], k.shape[-2], causal, attention_mask, q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+    if training and dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p, training=True)
+    return torch.matmul(probs, v), probs
+
+
+def varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                               *, causal: bool = False, scale=None):
+    out = torch.zeros_like(q)
+    bounds_q = cu_seqlens_q.tolist()
+    bounds_k = cu_seqlens_k.tolist()
+    for (q0, q1), (k0, k1) in zip(zip(bounds_q, bounds_q[1:]), zip(bounds_k, bounds_k[1:])):
+        if q1 == q0:
+            continue
+        qi = q[q0:q1].transpose(0, 1)[None]
+        ki = k[k0:k1].transpose(0, 1)[None]
+        vi = v[k0:k1].transpose(0, 1)[None]
+        if k1 == k0:
+            continue  # no keys: zeros, as for a fully masked row
+        out[q0:q1] = attention_reference(qi, ki, vi, causal=causal, scale=scale)[0].transpose(0, 1)
+    return out
+
+
+varlen_attention = op(varlen_attention_reference)

@@ -1,0 +1,137 @@
+"""Backend selection for `fastformers.ops`: decided here, once, for every op.
+
+Backends:
+  torch   the plain-PyTorch reference; always available, runs on any device.
+  triton  kernels from `fastformers.kernels`; needs the `triton` package (and a CUDA device, or
+          TRITON_INTERPRET=1 for the CPU interpreter used in tests).
+  cuda    the compiled extension `fastformers._C`; needs a CUDA build of the package.
+
+`FASTFORMERS_BACKEND=auto|torch|triton|cuda` sets the default; `use_backend(name)` overrides it in a
+block. In `auto` mode a CUDA tensor goes to the fastest backend that implements the op (cuda, then
+triton), anything else to torch. A forced backend that is unavailable, or that does not implement an
+op, raises `BackendUnavailableError`: there is no silent fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import os
+import threading
+from typing import Callable, Dict, Iterator
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+_AUTO_ORDER = ("cuda", "triton")  # preference on CUDA tensors, fastest first
+
+logger = logging.getLogger("fastformers.ops")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for that cannot run here, or that lacks the requested op."""
+
+
+def _check_name(name: str, source: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"{source}={name!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.forced: str | None = None
+
+
+_state = _State()
+
+
+@functools.lru_cache(maxsize=None)
+def backend_status(name: str) -> str | None:
+    """None when the backend can run here, else the reason it cannot."""
+    if name == "torch":
+        return None
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "the 'triton' package is not installed"
+        import torch
+
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            return "no CUDA device (set TRITON_INTERPRET=1 to run Triton kernels on the CPU interpreter)"
+        return None
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        if importlib.util.find_spec("fastformers._C") is None:
+            return "the CUDA extension fastformers._C was not built (install on a machine with nvcc and a CUDA torch)"
+        return None
+    raise ValueError(name)
+
+
+def current_backend() -> str:
+    """The backend in force: use_backend(...) if inside one, else FASTFORMERS_BACKEND, else 'auto'."""
+    if _state.forced is not None:
+        return _state.forced
+    return _check_name(os.environ.get("FASTFORMERS_BACKEND", "auto"), "FASTFORMERS_BACKEND")
+
+
+def _require(name: str) -> None:
+    reason = backend_status(name)
+    if reason is not None:
+        raise BackendUnavailableError(f"fastformers backend {name!r} is not available: {reason}")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force every op inside the block onto one backend (``'auto'`` restores automatic choice)."""
+    name = _check_name(name, "use_backend")
+    if name != "auto":
+        _require(name)
+    previous, _state.forced = _state.forced, name
+    try:
+        yield
+    finally:
+        _state.forced = previous
+
+
+class Op:
+    """One op: its reference implementation plus the fast implementations registered for it."""
+
+    def __init__(self, name: str, reference: Callable) -> None:
+        self.name = name
+        self.impls: Dict[str, Callable] = {"torch": reference}
+        functools.update_wrapper(self, reference)
+
+    def register(self, backend: str) -> Callable[[Callable], Callable]:
+        def deco(fn: Callable) -> Callable:
+            self.impls[backend] = fn
+            return fn
+        return deco
+
+    def pick(self, device_type: str) -> Callable:
+        backend = current_backend()
+        if backend == "auto":
+            if device_type == "cuda":
+                for name in _AUTO_ORDER:
+                    if name in self.impls and backend_status(name) is None:
+                        return self.impls[name]
+            return self.impls["torch"]
+        fn = self.impls.get(backend)
+        if fn is None:
+            raise BackendUnavailableError(
+                f"fastformers op {self.name!r} has no {backend!r} implementation "
+                f"(it has: {', '.join(sorted(self.impls))}); use FASTFORMERS_BACKEND=auto or torch"
+            )
+        _require(backend)
+        return fn
+
+    def __call__(self, x, *args, **kwargs):
+        return self.pick(x.device.type)(x, *args, **kwargs)
+
+
+def op(reference: Callable) -> Op:
+    """Decorator: turn a reference implementation into a dispatching op."""
+    return Op(reference.__name__.removesuffix("_reference"), reference)

@@ -1,0 +1,38 @@
+"""Normalisation ops (LayerNorm fused with dropout and residual, RMSNorm) and their references."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backend import op
+
+
+def layer_norm_reference(x, weight, bias, eps: float, *, residual=None, dropout_p: float = 0.0,
+                         training: bool = False):
+    """LayerNorm(dropout(x) + residual) over the last dimension."""
+    if dropout_p > 0.0 and training:
+        x = F.dropout(x, dropout_p, training=True)
+    if residual is not None:
+        x = x + residual
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+layer_norm = op(layer_norm_reference)
+
+
+def rms_norm_reference(x, weight, eps: float, *, residual=None):
+    """RMSNorm over the last dimension, computed in float32 as Llama does.
+
+    With `residual`, returns (rms_norm(x + residual), x + residual): the sum is the next residual
+    stream of a pre-norm decoder, so a fused kernel writes both.
+    """
+    if residual is not None:
+        x = x + residual
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    out = weight * h.to(x.dtype)
+    return out if residual is None else (out, x)
+
+
+rms_norm = op(rms_norm_reference)

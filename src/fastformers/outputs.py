@@ -1,0 +1,66 @@
+"""Model output containers with transformers' field names.
+
+Like transformers' ModelOutput, an output reads as attributes (`out.logits`), as a dict
+(`out["logits"]`) and as a tuple (`out[0]`, `out[:2]`, `out.to_tuple()`) of the fields that are not None, in order.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Tuple
+
+
+class ModelOutput(OrderedDict):
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                super().__setitem__(f.name, value)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return super().__getitem__(key)
+        return self.to_tuple()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        object.__setattr__(self, key, value)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if value is not None and key in self.__dataclass_fields__:
+            super().__setitem__(key, value)
+        object.__setattr__(self, key, value)
+
+    def to_tuple(self) -> Tuple[Any, ...]:
+        return tuple(self[k] for k in self.keys())
+
+    def __reduce__(self):
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
+
+
+def _output(name: str, *names: str) -> type:
+    """Declare an output dataclass whose fields, all Optional and default None, are `names`."""
+    ns = {"__annotations__": {n: Optional[Any] for n in names}}
+    ns.update({n: None for n in names})
+    return dataclass(type(name, (ModelOutput,), ns), eq=False)
+
+
+BaseModelOutput = _output("BaseModelOutput", "last_hidden_state", "hidden_states", "attentions")
+BaseModelOutputWithPoolingAndCrossAttentions = _output(
+    "BaseModelOutputWithPoolingAndCrossAttentions",
+    "last_hidden_state", "pooler_output", "hidden_states", "past_key_values", "attentions", "cross_attentions",
+)
+MaskedLMOutput = _output("MaskedLMOutput", "loss", "logits", "hidden_states", "attentions")
+SequenceClassifierOutput = _output("SequenceClassifierOutput", "loss", "logits", "hidden_states", "attentions")
+TokenClassifierOutput = _output("TokenClassifierOutput", "loss", "logits", "hidden_states", "attentions")
+MultipleChoiceModelOutput = _output("MultipleChoiceModelOutput", "loss", "logits", "hidden_states", "attentions")
+QuestionAnsweringModelOutput = _output(
+    "QuestionAnsweringModelOutput", "loss", "start_logits", "end_logits", "hidden_states", "attentions"
+)
+
+__all__ = [
+    "ModelOutput", "BaseModelOutput", "BaseModelOutputWithPoolingAndCrossAttentions", "MaskedLMOutput",
+    "SequenceClassifierOutput", "TokenClassifierOutput", "MultipleChoiceModelOutput",
+    "QuestionAnsweringModelOutput",
+]

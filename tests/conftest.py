@@ -1,0 +1,120 @@
+"""Shared test helpers: tiny random transformers models saved to disk, and output comparison."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (b the reference); 0 for two empty tensors."""
+    a, b = a.detach().double(), b.detach().double()
+    if b.numel() == 0:
+        return 0.0
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def assert_close_outputs(ours, theirs, fields, tol=1e-5, mask=None):
+    """Compare named output fields (tensors or tuples of tensors) within relative error `tol`."""
+    for name in fields:
+        a, b = ours[name], theirs[name]
+        pairs = list(zip(a, b)) if isinstance(b, (tuple, list)) else [(a, b)]
+        assert len(pairs) == (len(b) if isinstance(b, (tuple, list)) else 1), name
+        for i, (x, y) in enumerate(pairs):
+            assert x.shape == y.shape, f"{name}[{i}]: shape {tuple(x.shape)} vs {tuple(y.shape)}"
+            err = rel_err(x, y)
+            assert err <= tol, f"{name}[{i}]: relative error {err:.2e} > {tol:.0e}"
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
+    """Give every parameter fresh random values (no zeros, no ones), so nothing passes by accident."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            centre = 1.0 if name.endswith("weight") and p.dim() == 1 else 0.0  # norm scales near 1
+            p.copy_(torch.randn(p.shape, generator=g) * std + centre)
+    return model
+
+
+@pytest.fixture
+def padded_batch():
+    """A padded batch of 3 sequences of lengths 9, 5, 1 over a vocabulary of 99 ids (ids >= 3)."""
+    def make(vocab_size=99, lengths=(9, 5, 1), seed=0, pad_id=0, left=False):
+        g = torch.Generator().manual_seed(seed)
+        seq = max(lengths)
+        ids = torch.full((len(lengths), seq), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(lengths), seq), dtype=torch.long)
+        for i, n in enumerate(lengths):
+            sl = slice(seq - n, seq) if left else slice(0, n)
+            ids[i, sl] = torch.randint(3, vocab_size, (n,), generator=g)
+            mask[i, sl] = 1
+        return ids, mask
+    return make
+
+
+HEAD_OUTPUTS = {
+    "AutoModel": ("last_hidden_state",),
+    "AutoModelForMaskedLM": ("logits",),
+    "AutoModelForSequenceClassification": ("logits",),
+    "AutoModelForTokenClassification": ("logits",),
+    "AutoModelForQuestionAnswering": ("start_logits", "end_logits"),
+    "AutoModelForMultipleChoice": ("logits",),
+}
+
+
+def build_reference(model_type: str, task: str, tmp_path, seed: int = 0, **config):
+    """Build a tiny random transformers model, save it under tmp_path, return (path, hf_model)."""
+    import transformers
+
+    hf_config = transformers.AutoConfig.for_model(model_type, **config)
+    torch.manual_seed(seed)
+    hf_model = getattr(transformers, task).from_config(hf_config)
+    randomize_(hf_model, seed)
+    hf_model.eval()
+    path = tmp_path / f"{model_type}-{task}"
+    hf_model.save_pretrained(path)
+    return path, hf_model
+
+
+def labels_for(task: str, ids: torch.Tensor, config) -> dict:
+    g = torch.Generator().manual_seed(1)
+    b, s = ids.shape[:2]
+    if task == "AutoModelForMaskedLM":
+        labels = torch.randint(0, config.vocab_size, ids.shape, generator=g)
+        labels[:, ::2] = -100
+        return {"labels": labels}
+    if task == "AutoModelForSequenceClassification":
+        return {"labels": torch.randint(0, config.num_labels, (b,), generator=g)}
+    if task == "AutoModelForTokenClassification":
+        return {"labels": torch.randint(0, config.num_labels, ids.shape, generator=g)}
+    if task == "AutoModelForQuestionAnswering":
+        return {"start_positions": torch.randint(0, s, (b,), generator=g),
+                "end_positions": torch.randint(0, s, (b,), generator=g)}
+    if task == "AutoModelForMultipleChoice":
+        return {"labels": torch.randint(0, ids.shape[1], (b,), generator=g)}
+    return {}
+
+
+def check_against_transformers(model_type: str, task: str, tmp_path, inputs: dict, tol: float = 1e-5, **config):
+    """Load the same saved weights in both libraries; compare every output field, hidden states,
+    attentions and the loss. Returns our model."""
+    import fastformers
+
+    path, hf_model = build_reference(model_type, task, tmp_path, **config)
+    ours = getattr(fastformers, task).from_pretrained(path)
+    assert type(ours).__name__ == type(hf_model).__name__
+    if task == "AutoModelForMultipleChoice":
+        inputs = {k: v[:, None].expand(-1, 2, -1).contiguous() for k, v in inputs.items()}
+    ids = inputs.get("input_ids")
+    labels = labels_for(task, ids, hf_model.config) if ids is not None else {}
+    with torch.no_grad():
+        a = ours(**inputs, **labels, output_hidden_states=True, output_attentions=True)
+        b = hf_model(**inputs, **labels, output_hidden_states=True, output_attentions=True)
+    fields = HEAD_OUTPUTS[task] + ("hidden_states", "attentions") + (("loss",) if labels else ())
+    assert_close_outputs(a, b, fields, tol)
+    # without the optional outputs (the fast path) the results are the same
+    with torch.no_grad():
+        a2 = ours(**inputs)
+    assert_close_outputs(a2, b, HEAD_OUTPUTS[task], tol)
+    assert set(a2.keys()) == set(HEAD_OUTPUTS[task]) | ({"pooler_output"} if "pooler_output" in b else set())
+    return ours
