@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from typing import Any, Dict, Optional
 
@@ -67,10 +68,14 @@ class PretrainedConfig:
             setattr(self, key, copy.deepcopy(value))
         for key, value in kwargs.items():
             setattr(self, key, value)
+        if id2label is not None and num_labels is not None and num_labels != len(id2label):
+            # an explicit num_labels (e.g. from_pretrained(..., num_labels=5)) wins, as in transformers
+            logging.getLogger("fastformers").warning(
+                "num_labels=%d differs from the %d labels of id2label: using %d generic labels",
+                num_labels, len(id2label), num_labels)
+            id2label = label2id = None
         if id2label is not None:
             self.id2label = {int(k): v for k, v in id2label.items()}
-            if num_labels is not None and num_labels != len(self.id2label):
-                raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)} labels")
         else:
             self.num_labels = 2 if num_labels is None else num_labels
         self.label2id = {v: k for k, v in self.id2label.items()} if label2id is None else dict(label2id)

@@ -32,8 +32,9 @@ def activation(name: str):
 
 
 def linear_act(x: torch.Tensor, layer: torch.nn.Linear, act) -> torch.Tensor:
-    """act(x W^T + b), with the bias handed to the activation so a fused kernel can add it."""
-    return act(ops.linear(x, layer.weight), layer.bias)
+    """act(x W^T + b). The bias stays in the GEMM: BLAS adds it in its epilogue (addmm on CPU,
+    cuBLASLt on GPU), which measured faster on CPU than a separate bias+GELU pass."""
+    return act(ops.linear(x, layer.weight, layer.bias), None)
 
 
 def check_inputs(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], vocab_size: int,

@@ -63,7 +63,7 @@ class RobertaLMHead(nn.Module):
         self.bias = self.decoder.bias
 
     def forward(self, x):
-        x = ops.gelu(ops.linear(x, self.dense.weight), bias=self.dense.bias)  # always erf-gelu, as RoBERTa
+        x = ops.gelu(ops.linear(x, self.dense.weight, self.dense.bias))  # always erf-gelu, as RoBERTa
         x = ops.layer_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
         return ops.linear(x, self.decoder.weight, self.decoder.bias)
 

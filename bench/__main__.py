@@ -1,0 +1,32 @@
+"""`python -m bench [suite ...] [--quick] [--out DIR]`: run suites, print a table, write JSON + markdown."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .harness import environment, render_markdown, write_results
+
+SUITES = ("encoder",)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("suites", nargs="*", metavar="suite", help=f"any of {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
+    parser.add_argument("--out", default="bench/out", help="where to write the JSON and markdown")
+    args = parser.parse_args()
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    args.suites = args.suites or list(SUITES)
+    env = environment()
+    rows = []
+    for suite in args.suites:
+        rows += importlib.import_module(f".{suite}", __package__).run(quick=args.quick)
+    print(render_markdown(rows, env))
+    print("written:", write_results(rows, env, args.out, "-".join(args.suites)))
+
+
+if __name__ == "__main__":
+    main()
