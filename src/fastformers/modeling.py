@@ -276,7 +276,10 @@ class PreTrainedModel(nn.Module):
             if ident in seen:
                 continue
             seen.add(ident)
-            tensors[name] = tensor.detach().to("cpu").contiguous()
+            tensor = tensor.detach().to("cpu").contiguous()
+            if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+                tensor = tensor.clone()  # a view into a shared storage (e.g. fused q/k/v): safetensors wants its own
+            tensors[name] = tensor
 
         limit = parse_size(max_shard_size)
         shards: List[Dict[str, torch.Tensor]] = [{}]

@@ -24,3 +24,30 @@ def test_bert_activations(hidden_act, tmp_path, padded_batch):
     ids, mask = padded_batch(lengths=(4, 7))
     check_against_transformers("bert", "AutoModel", tmp_path, dict(input_ids=ids, attention_mask=mask),
                                **dict(TINY, hidden_act=hidden_act))
+
+
+def test_fused_qkv_inference_matches_autograd_path_and_saves(tmp_path, padded_batch):
+    """Inference fuses query/key/value into one GEMM; autograd mode, dtype moves and saving still work."""
+    import transformers
+
+    import fastformers
+    from conftest import build_reference, rel_err
+
+    ids, mask = padded_batch()
+    path, hf = build_reference("bert", "AutoModelForMaskedLM", tmp_path, **TINY)
+    model = fastformers.AutoModelForMaskedLM.from_pretrained(path)
+    with torch.no_grad():
+        fused = model(input_ids=ids, attention_mask=mask).logits
+    attn = model.bert.encoder.layer[0].attention.self
+    assert attn.query.weight.data_ptr() == attn.qkv.weight.data_ptr()  # the fused path ran
+    labels = torch.where(mask.bool(), ids, -100)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)  # autograd on: separate GEMMs
+    assert rel_err(out.logits, fused) <= 1e-6
+    out.loss.backward()
+    assert attn.query.weight.grad is not None and attn.value.bias.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "saved")
+    back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        assert rel_err(back(input_ids=ids, attention_mask=mask).logits, hf(input_ids=ids, attention_mask=mask).logits) == 0
+        model.double()
+        assert rel_err(model(input_ids=ids, attention_mask=mask).logits, fused) <= 1e-5

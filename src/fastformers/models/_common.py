@@ -108,3 +108,45 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     end = end_positions.view(-1).clamp(0, ignored)
     return (F.cross_entropy(start_logits, start, ignore_index=ignored)
             + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
+
+
+class FusedLinear:
+    """Several linears over the same input run as one GEMM at inference (e.g. query/key/value).
+
+    On the first call without autograd, the weights (and biases) are moved into one storage and
+    each Linear's parameters become views of it, so checkpoint names, state_dict values and tying
+    are unchanged. If the parameters are later replaced (`.to(...)`, `load_state_dict`), the
+    storage is rebuilt on the next call. With autograd on, the separate linears run as usual.
+    """
+
+    def __init__(self, *linears: torch.nn.Linear) -> None:
+        self.linears = linears
+        self.sizes = [lin.out_features for lin in linears]
+        self.weight = self.bias = None
+
+    def _valid(self) -> bool:
+        w = self.weight
+        return w is not None and all(
+            lin.weight.data_ptr() == w[offset].data_ptr() and lin.weight.device == w.device
+            and lin.weight.dtype == w.dtype
+            for lin, offset in zip(self.linears, self._offsets))
+
+    def _fuse(self) -> None:
+        ws = [lin.weight for lin in self.linears]
+        self.weight = torch.cat([w.detach() for w in ws])
+        has_bias = all(lin.bias is not None for lin in self.linears)
+        self.bias = torch.cat([lin.bias.detach() for lin in self.linears]) if has_bias else None
+        self._offsets, start = [], 0
+        for lin, n in zip(self.linears, self.sizes):
+            self._offsets.append(start)
+            lin.weight = torch.nn.Parameter(self.weight[start:start + n], requires_grad=lin.weight.requires_grad)
+            if has_bias:
+                lin.bias = torch.nn.Parameter(self.bias[start:start + n], requires_grad=lin.bias.requires_grad)
+            start += n
+
+    def __call__(self, x: torch.Tensor):
+        if torch.is_grad_enabled() and self.linears[0].weight.requires_grad or x.device.type == "meta":
+            return [ops.linear(x, lin.weight, lin.bias) for lin in self.linears]
+        if not self._valid():
+            self._fuse()
+        return ops.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)

@@ -23,6 +23,7 @@ from ..outputs import (
     TokenClassifierOutput,
 )
 from ._common import (
+    FusedLinear,
     activation,
     check_inputs,
     check_mask,
@@ -90,13 +91,12 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, inner)
         self.value = nn.Linear(config.hidden_size, inner)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.qkv = FusedLinear(self.query, self.key, self.value)
 
     def forward(self, x, attention_mask, output_attentions: bool):
         batch, seq, _ = x.shape
         shape = (batch, seq, self.num_heads, self.head_dim)
-        q = ops.linear(x, self.query.weight, self.query.bias).view(shape).transpose(1, 2)
-        k = ops.linear(x, self.key.weight, self.key.bias).view(shape).transpose(1, 2)
-        v = ops.linear(x, self.value.weight, self.value.bias).view(shape).transpose(1, 2)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in self.qkv(x))
         probs = None
         if output_attentions or (self.training and self.dropout_p > 0):
             out, probs = ops.attention_with_probs(q, k, v, attention_mask=attention_mask,
