@@ -1,31 +1,38 @@
 """fastformers: transformers' API, compiled kernels underneath.
 
-Change `from transformers import ...` to `from fastformers import ...`.
+Change `from transformers import ...` to `from fastformers import ...`. Architecture classes
+(`BertModel`, `RobertaForMaskedLM`, `DistilBertConfig`, ...) are importable from here too; their
+modules load on first use.
 """
 
 __version__ = "0.1.0"
 
+import importlib as _importlib
+
 from . import ops
 from .auto import (
+    MODEL_MODULES as _MODEL_MODULES,
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
+    AutoModelForPreTraining,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
 from .configuration import PretrainedConfig
 from .modeling import PreTrainedModel
-from .models.bert import (
-    BertConfig,
-    BertForMaskedLM,
-    BertForMultipleChoice,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-)
 from .tokenization import AutoTokenizer, BatchEncoding, PreTrainedTokenizerFast
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+
+def __getattr__(name: str):
+    """`from fastformers import XLMRobertaForMaskedLM` and friends, imported lazily."""
+    for module_name in dict.fromkeys(_MODEL_MODULES.values()):
+        module = _importlib.import_module(f".models.{module_name}", __name__)
+        if not name.startswith("_") and isinstance(getattr(module, name, None), type) and name[0].isupper():
+            value = getattr(module, name)
+            if value.__module__ == module.__name__:
+                globals()[name] = value
+                return value
+    raise AttributeError(f"module 'fastformers' has no attribute {name!r}")

@@ -67,6 +67,7 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note about the raw pickle below
 def test_code_executing_pickle_is_refused(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     os.remove(path / "model.safetensors")

