@@ -46,7 +46,7 @@ def test_fused_qkv_inference_matches_autograd_path_and_saves(tmp_path, padded_ba
     out.loss.backward()
     assert attn.query.weight.grad is not None and attn.value.bias.grad.abs().sum() > 0
     model.save_pretrained(tmp_path / "saved")
-    back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "saved").eval()
+    back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "saved", attn_implementation="eager").eval()
     with torch.no_grad():
         assert rel_err(back(input_ids=ids, attention_mask=mask).logits, hf(input_ids=ids, attention_mask=mask).logits) == 0
         model.double()
