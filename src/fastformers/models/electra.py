@@ -136,8 +136,8 @@ class ElectraSequenceSummary(nn.Module):
         super().__init__()
         self.summary_type = getattr(config, "summary_type", "last")
         if self.summary_type not in ("first", "last", "mean", "cls_index"):
-            raise NotImplementedError(f"summary_type={self.summary_type!r} is not implemented (nor is it in transformers)"
-                                      if self.summary_type == "attn" else f"unknown summary_type={self.summary_type!r}")
+            raise ValueError(f"summary_type={self.summary_type!r} is not supported (transformers does not implement "
+                             f"'attn' either); use first, last, mean or cls_index")
         self.summary = None
         if getattr(config, "summary_use_proj", False):
             to_labels = getattr(config, "summary_proj_to_labels", False) and config.num_labels > 0
