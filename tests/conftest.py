@@ -23,6 +23,10 @@ def assert_close_outputs(ours, theirs, fields, tol=1e-5, mask=None):
         pairs = list(zip(a, b)) if isinstance(b, (tuple, list)) else [(a, b)]
         for i, (x, y) in enumerate(pairs):
             assert x.shape == y.shape, f"{name}[{i}]: shape {tuple(x.shape)} vs {tuple(y.shape)}"
+            if mask is not None and x.dim() >= 2 and x.shape[:2] == mask.shape:
+                x, y = x[mask], y[mask]  # (batch, seq, ...) outputs: real positions only
+            elif mask is not None and x.dim() == 4 and (x.shape[0], x.shape[2]) == mask.shape:
+                x, y = x.transpose(1, 2)[mask], y.transpose(1, 2)[mask]  # attentions: rows of real queries
             err = rel_err(x, y)
             assert err <= tol, f"{name}[{i}]: relative error {err:.2e} > {tol:.0e}"
 
@@ -60,6 +64,7 @@ HEAD_OUTPUTS = {
     "AutoModelForTokenClassification": ("logits",),
     "AutoModelForQuestionAnswering": ("start_logits", "end_logits"),
     "AutoModelForMultipleChoice": ("logits",),
+    "AutoModelForCausalLM": ("logits",),
 }
 
 
@@ -81,7 +86,7 @@ def build_reference(model_type: str, task: str, tmp_path, seed: int = 0, **confi
 def labels_for(task: str, ids: torch.Tensor, config) -> dict:
     g = torch.Generator().manual_seed(1)
     b, s = ids.shape[:2]
-    if task == "AutoModelForMaskedLM":
+    if task in ("AutoModelForMaskedLM", "AutoModelForCausalLM"):
         labels = torch.randint(0, config.vocab_size, ids.shape, generator=g)
         labels[:, ::2] = -100
         return {"labels": labels}
@@ -97,9 +102,14 @@ def labels_for(task: str, ids: torch.Tensor, config) -> dict:
     return {}
 
 
-def check_against_transformers(model_type: str, task: str, tmp_path, inputs: dict, tol: float = 1e-5, **config):
+def check_against_transformers(model_type: str, task: str, tmp_path, inputs: dict, tol: float = 1e-5,
+                               real_positions_only: bool = False, **config):
     """Load the same saved weights in both libraries; compare every output field, hidden states,
-    attentions and the loss. Returns our model."""
+    attentions and the loss. Returns our model.
+
+    real_positions_only: compare only positions whose attention_mask is 1. Decoders need it with
+    left padding: a padding query sees no key at all, and what a library writes there is arbitrary
+    (we write zeros, transformers a uniform average); no later token reads it."""
     import fastformers
 
     path, hf_model = build_reference(model_type, task, tmp_path, **config)
@@ -109,14 +119,20 @@ def check_against_transformers(model_type: str, task: str, tmp_path, inputs: dic
         inputs = {k: v[:, None].expand(-1, 2, -1).contiguous() for k, v in inputs.items()}
     ids = inputs.get("input_ids")
     labels = labels_for(task, ids, hf_model.config) if ids is not None else {}
+    if "attention_mask" in inputs and labels.get("labels") is not None and labels["labels"].shape == ids.shape:
+        labels["labels"][inputs["attention_mask"] == 0] = -100  # no loss on padding, as data collators do
+        if task == "AutoModelForCausalLM":  # nor on tokens predicted from a padding position (left padding)
+            labels["labels"][:, 1:][inputs["attention_mask"][:, :-1] == 0] = -100
     with torch.no_grad():
         a = ours(**inputs, **labels, output_hidden_states=True, output_attentions=True)
         b = hf_model(**inputs, **labels, output_hidden_states=True, output_attentions=True)
     fields = HEAD_OUTPUTS[task] + ("hidden_states", "attentions") + (("loss",) if labels else ())
-    assert_close_outputs(a, b, fields, tol)
+    mask = inputs["attention_mask"].bool() if real_positions_only and "attention_mask" in inputs else None
+    assert_close_outputs(a, b, fields, tol, mask)
     # without the optional outputs (the fast path) the results are the same
     with torch.no_grad():
         a2 = ours(**inputs)
-    assert_close_outputs(a2, b, HEAD_OUTPUTS[task], tol)
-    assert set(a2.keys()) == set(HEAD_OUTPUTS[task]) | ({"pooler_output"} if "pooler_output" in b else set())
+    assert_close_outputs(a2, b, HEAD_OUTPUTS[task], tol, mask)
+    optional = {"pooler_output", "past_key_values"}
+    assert set(a2.keys()) - optional == set(HEAD_OUTPUTS[task]) | (set(b.keys()) & {"pooler_output"}) - optional
     return ours

@@ -14,6 +14,7 @@ from .auto import (
     MODEL_MODULES as _MODEL_MODULES,
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForPreTraining,

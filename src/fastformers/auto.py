@@ -17,6 +17,11 @@ MODEL_MODULES: Dict[str, str] = {
     "bert": "bert",
     "distilbert": "distilbert",
     "electra": "electra",
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
     "roberta": "roberta",
     "xlm-roberta": "xlm_roberta",
 }
@@ -35,6 +40,13 @@ def config_class_for(model_type: str, source: str = "config") -> type:
     module = _module(model_type, source)
     return next(c for c in vars(module).values()
                 if isinstance(c, type) and issubclass(c, PretrainedConfig) and c.model_type == model_type)
+
+
+def _model_classes(model_type: str, source: str) -> Dict[str, type]:
+    """task name -> class for a model_type (a module may serve several types, e.g. the Llama family)."""
+    module = _module(model_type, source)
+    by_type = getattr(module, "MODEL_CLASSES_BY_TYPE", None)
+    return by_type[model_type] if by_type else module.MODEL_CLASSES
 
 
 class AutoConfig:
@@ -69,9 +81,9 @@ class _AutoModel:
 
     @classmethod
     def model_class(cls, config: PretrainedConfig) -> type:
-        classes = _module(config.model_type, cls.__name__).MODEL_CLASSES
+        classes = _model_classes(config.model_type, cls.__name__)
         if cls.task not in classes:
-            have = [t for t in MODEL_MODULES if cls.task in getattr(_module(t, cls.__name__), "MODEL_CLASSES", {})]
+            have = [t for t in MODEL_MODULES if cls.task in _model_classes(t, cls.__name__)]
             raise ValueError(f"{cls.__name__} does not support model_type {config.model_type!r}; "
                              f"it supports: {', '.join(sorted(have))}")
         return classes[cls.task]
@@ -107,3 +119,4 @@ AutoModelForTokenClassification = _auto("AutoModelForTokenClassification")
 AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering")
 AutoModelForMultipleChoice = _auto("AutoModelForMultipleChoice")
 AutoModelForPreTraining = _auto("AutoModelForPreTraining")
+AutoModelForCausalLM = _auto("AutoModelForCausalLM")

@@ -115,7 +115,7 @@ class PreTrainedModel(nn.Module):
 
     def _tie_pairs(self) -> Dict[str, str]:
         if not getattr(self.config, "tie_word_embeddings", True):
-            return {k: v for k, v in self._tied_weights_keys.items() if "embeddings" not in v}
+            return {k: v for k, v in self._tied_weights_keys.items() if "embed" not in v}  # word embeddings
         return dict(self._tied_weights_keys)
 
     def tie_weights(self) -> None:

@@ -1,0 +1,351 @@
+"""The Llama family: Llama (incl. Llama 3 rope scaling), Mistral, Qwen2, Qwen3.
+
+Pre-norm decoder layers: RMSNorm (fused with the residual add) -> grouped-query attention with rotary
+embeddings -> RMSNorm -> SwiGLU. Qwen2 adds biases to q/k/v; Qwen3 normalises q and k per head.
+Weight names are those of Hugging Face checkpoints (model.layers.N.self_attn.q_proj.weight ...).
+At inference q/k/v and gate/up run as one GEMM each (FusedLinear), the decode step reads a static
+KV cache (generation/cache.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..configuration import PretrainedConfig
+from ..generation.cache import DynamicCache
+from ..modeling import PreTrainedModel
+from ..outputs import _output
+from ._common import FusedLinear, check_inputs
+
+BaseModelOutputWithPast = _output("BaseModelOutputWithPast", "last_hidden_state", "past_key_values",
+                                  "hidden_states", "attentions")
+CausalLMOutputWithPast = _output("CausalLMOutputWithPast", "loss", "logits", "past_key_values",
+                                 "hidden_states", "attentions")
+
+_LLAMA_DEFAULTS = dict(
+    vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+    initializer_range=0.02, rms_norm_eps=1e-6, use_cache=True, bos_token_id=1, eos_token_id=2,
+    tie_word_embeddings=False, rope_parameters=None, attention_bias=False, attention_dropout=0.0, mlp_bias=False,
+)
+
+
+class LlamaConfig(PretrainedConfig):
+    model_type = "llama"
+    defaults = _LLAMA_DEFAULTS
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}")
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act={self.hidden_act!r}: the Llama family here supports 'silu' (SwiGLU)")
+
+    @property
+    def attention_head_dim(self) -> int:
+        return getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
+
+
+class MistralConfig(LlamaConfig):
+    model_type = "mistral"
+    defaults = dict(_LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8,
+                    max_position_embeddings=4096 * 32, sliding_window=4096)
+    defaults.pop("attention_bias")
+    defaults.pop("mlp_bias")
+
+
+class Qwen2Config(LlamaConfig):
+    model_type = "qwen2"
+    defaults = dict(_LLAMA_DEFAULTS, vocab_size=151936, intermediate_size=22016, num_key_value_heads=32,
+                    max_position_embeddings=32768, bos_token_id=None, eos_token_id=None, use_sliding_window=False,
+                    sliding_window=4096, max_window_layers=28)
+    for _key in ("attention_bias", "mlp_bias", "head_dim"):
+        defaults.pop(_key)
+
+
+class Qwen3Config(LlamaConfig):
+    model_type = "qwen3"
+    defaults = dict(_LLAMA_DEFAULTS, vocab_size=151936, intermediate_size=22016, num_key_value_heads=32,
+                    head_dim=128, max_position_embeddings=32768, bos_token_id=None, eos_token_id=None,
+                    use_sliding_window=False, sliding_window=4096, max_window_layers=28)
+    defaults.pop("mlp_bias")
+
+
+# -- rotary embeddings --------------------------------------------------------------------------
+def rope_parameters(config) -> dict:
+    """One dict of rope settings from either spelling: transformers 5's `rope_parameters`, or the
+    older top-level `rope_theta` plus `rope_scaling`."""
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return params
+
+
+def rope_inv_freq(config, device=None) -> torch.Tensor:
+    params = rope_parameters(config)
+    dim = int(config.attention_head_dim * params.get("partial_rotary_factor", 1.0))
+    base = params["rope_theta"]
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+    kind = params["rope_type"]
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / params["factor"]
+    if kind == "llama3":
+        factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+        old_len = params.get("original_max_position_embeddings", config.max_position_embeddings)
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"rope_type={kind!r} is not supported; supported: default, linear, llama3")
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for position ids, computed as transformers does (float32, then cast)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self._inv_freq: Optional[torch.Tensor] = None
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        inv = self._inv_freq
+        if inv is None or inv.device != position_ids.device:
+            inv = self._inv_freq = rope_inv_freq(self.config, position_ids.device)
+        freqs = (inv[None, :, None] @ position_ids[:, None, :].float()).transpose(1, 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+# -- layers -------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.variance_epsilon = eps
+
+    def forward(self, x, residual=None):
+        return ops.rms_norm(x, self.weight, self.variance_epsilon, residual=residual)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.attention_head_dim
+        qkv_bias = getattr(config, "attention_bias", config.model_type == "qwen2")
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        o_bias = getattr(config, "attention_bias", False) and config.model_type != "qwen2"
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=o_bias)
+        if config.model_type == "qwen3":
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qkv = FusedLinear(self.q_proj, self.k_proj, self.v_proj)
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, x, cos, sin, cache, cache_position, key_mask, output_attentions: bool):
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv(x)
+        q = q.view(batch, seq, self.num_heads, self.head_dim)
+        k = k.view(batch, seq, self.num_kv_heads, self.head_dim)
+        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = ops.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v, cache_position)
+        probs = None
+        if output_attentions:
+            out, probs = ops.attention_with_probs(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale)
+        else:
+            out = ops.attention(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale)
+        out = out.transpose(1, 2).reshape(batch, seq, -1)
+        return ops.linear(out, self.o_proj.weight, self.o_proj.bias), probs
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up = FusedLinear(self.gate_proj, self.up_proj)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x)
+        return ops.linear(ops.silu_mul(gate, up), self.down_proj.weight, self.down_proj.bias)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, residual, cos, sin, cache, cache_position, key_mask, output_attentions: bool):
+        """x: this layer's input before its norm; residual: the stream to add it to (None at layer 0).
+        Returns (mlp output, residual stream) so the next norm fuses the add."""
+        h, residual = (self.input_layernorm(x), x) if residual is None else self.input_layernorm(x, residual)
+        h, probs = self.self_attn(h, cos, sin, cache, cache_position, key_mask, output_attentions)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual, probs
+
+
+class LlamaPreTrainedModel(PreTrainedModel):
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+
+class LlamaModel(LlamaPreTrainedModel):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def _check_window(self, total: int) -> None:
+        cfg = self.config
+        window = getattr(cfg, "sliding_window", None)
+        uses_window = cfg.model_type == "mistral" or getattr(cfg, "use_sliding_window", False)
+        if uses_window and window is not None and total > window:
+            raise ValueError(f"sequence length {total} exceeds sliding_window={window}: sliding-window attention "
+                             f"is not supported by fastformers yet")
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, cache_position=None, **kwargs):
+        cfg = self.config
+        cache = past_key_values
+        past = cache.get_seq_length() if cache is not None else 0
+        batch, seq = check_inputs(input_ids, inputs_embeds, cfg.vocab_size, None, past)
+        self._check_window(past + seq)
+        use_cache = (cfg.use_cache and not self.training) if use_cache is None else use_cache
+        if cache is None and use_cache:
+            cache = DynamicCache()
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if cache_position is None:
+            cache_position = torch.arange(past, past + seq, device=x.device)
+        if position_ids is None:
+            position_ids = cache_position[None]
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (batch, past + seq):
+                raise ValueError(f"attention_mask must have shape (batch, past + new tokens) = {(batch, past + seq)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            if not bool(attention_mask.all()):
+                key_mask = attention_mask.bool()
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+
+        hidden_states = () if output_hidden_states else None
+        attentions = () if output_attentions else None
+        residual = None
+        for layer in self.layers:
+            if output_hidden_states:
+                hidden_states += (x if residual is None else x + residual,)
+            x, residual, probs = layer(x, residual, cos, sin, cache, cache_position, key_mask, output_attentions)
+            if output_attentions:
+                attentions += (probs,)
+        x = self.norm(x) if residual is None else self.norm(x, residual)[0]
+        if output_hidden_states:
+            hidden_states += (x,)
+        if cache is not None:
+            cache.advance(seq)
+        out = BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache if use_cache else None,
+                                      hidden_states=hidden_states, attentions=attentions)
+        return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy in float32, ignoring -100, as transformers computes it."""
+    labels = nn.functional.pad(labels.to(logits.device), (0, 1), value=-100)[:, 1:]
+    return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                       ignore_index=-100)
+
+
+class LlamaForCausalLM(LlamaPreTrainedModel):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    base_model_class = LlamaModel
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def make_static_cache(self, batch_size: int, max_length: int):
+        from ..generation.cache import StaticCache
+
+        cfg = self.config
+        return StaticCache(num_layers=cfg.num_hidden_layers, batch_size=batch_size,
+                           num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.attention_head_dim,
+                           max_length=max_length, dtype=self.dtype, device=self.device)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, cache_position=None, logits_to_keep: int = 0, **kwargs):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                         return_dict=True, cache_position=cache_position)
+        h = out.last_hidden_state
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = ops.linear(h, self.lm_head.weight)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.get("past_key_values"),
+                                        hidden_states=out.get("hidden_states"), attentions=out.get("attentions"))
+        return result if (self.config.return_dict if return_dict is None else return_dict) else result.to_tuple()
+
+
+def _family(prefix: str, config_class: type):
+    """The PreTrainedModel / Model / ForCausalLM classes of one family member."""
+    pre = type(f"{prefix}PreTrainedModel", (LlamaPreTrainedModel,), {"config_class": config_class})
+    model = type(f"{prefix}Model", (pre, LlamaModel), {})
+    causal = type(f"{prefix}ForCausalLM", (pre, LlamaForCausalLM), {"base_model_class": model})
+    return pre, model, causal
+
+
+MistralPreTrainedModel, MistralModel, MistralForCausalLM = _family("Mistral", MistralConfig)
+Qwen2PreTrainedModel, Qwen2Model, Qwen2ForCausalLM = _family("Qwen2", Qwen2Config)
+Qwen3PreTrainedModel, Qwen3Model, Qwen3ForCausalLM = _family("Qwen3", Qwen3Config)
+
+MODEL_CLASSES_BY_TYPE = {
+    "llama": {"AutoModel": LlamaModel, "AutoModelForCausalLM": LlamaForCausalLM},
+    "mistral": {"AutoModel": MistralModel, "AutoModelForCausalLM": MistralForCausalLM},
+    "qwen2": {"AutoModel": Qwen2Model, "AutoModelForCausalLM": Qwen2ForCausalLM},
+    "qwen3": {"AutoModel": Qwen3Model, "AutoModelForCausalLM": Qwen3ForCausalLM},
+}
