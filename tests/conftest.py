@@ -66,6 +66,7 @@ HEAD_OUTPUTS = {
     "AutoModelForMultipleChoice": ("logits",),
     "AutoModelForCausalLM": ("logits",),
 }
+ENCODER_HEADS = [task for task in HEAD_OUTPUTS if task != "AutoModelForCausalLM"]
 
 
 def build_reference(model_type: str, task: str, tmp_path, seed: int = 0, **config):

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from conftest import HEAD_OUTPUTS, check_against_transformers
+from conftest import ENCODER_HEADS, check_against_transformers
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, type_vocab_size=2, num_labels=3)
 
 
-@pytest.mark.parametrize("task", list(HEAD_OUTPUTS))
+@pytest.mark.parametrize("task", ENCODER_HEADS)
 def test_bert_head_matches_transformers(task, tmp_path, padded_batch):
     ids, mask = padded_batch()
     token_types = torch.zeros_like(ids)

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from conftest import HEAD_OUTPUTS, check_against_transformers
+from conftest import ENCODER_HEADS, check_against_transformers
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=40, type_vocab_size=1, num_labels=3, pad_token_id=1)
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta"])
-@pytest.mark.parametrize("task", list(HEAD_OUTPUTS))
+@pytest.mark.parametrize("task", ENCODER_HEADS)
 def test_roberta_head_matches_transformers(model_type, task, tmp_path, padded_batch):
     ids, mask = padded_batch(pad_id=1)
     config = dict(TINY, num_labels=2) if task == "AutoModelForQuestionAnswering" else TINY
