@@ -34,10 +34,15 @@ def _keep_mask(q_len: int, kv_len: int, causal: bool, attention_mask: Optional[t
 
 
 def attention_reference(q, k, v, *, causal: bool = False, attention_mask=None, scale=None):
-    mask = _keep_mask(q.shape[-2], k.shape[-2], causal, attention_mask, q.device)
-    if mask is not None and mask.shape[-2] != q.shape[-2]:
-        mask = mask.expand(-1, -1, q.shape[-2], -1)
+    q_len, kv_len = q.shape[-2], k.shape[-2]
+    causal = causal and q_len > 1  # one query aligned to the bottom right sees every key
     gqa = k.shape[1] != q.shape[1]
+    if attention_mask is None and (not causal or q_len == kv_len):
+        # no mask tensor to build: SDPA's own causal flag is exact for a square score matrix
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+    mask = _keep_mask(q_len, kv_len, causal, attention_mask, q.device)
+    if mask.shape[-2] != q_len:
+        mask = mask.expand(-1, -1, q_len, -1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 

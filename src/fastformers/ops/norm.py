@@ -29,9 +29,12 @@ def rms_norm_reference(x, weight, eps: float, *, residual=None):
     """
     if residual is not None:
         x = x + residual
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    out = weight * h.to(x.dtype)
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        out = F.rms_norm(x, (x.shape[-1],), weight, eps)  # the same arithmetic, one call instead of six
+    else:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        out = weight * h.to(x.dtype)
     return out if residual is None else (out, x)
 
 
