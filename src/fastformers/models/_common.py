@@ -125,15 +125,18 @@ class FusedLinear:
         self.weight = self.bias = None
 
     def _valid(self) -> bool:
-        w = self.weight
-        return w is not None and all(
-            lin.weight.data_ptr() == w[offset].data_ptr() and lin.weight.device == w.device
-            and lin.weight.dtype == w.dtype
-            for lin, offset in zip(self.linears, self._offsets))
+        # .to(), .half(), load_state_dict(assign=True) replace every parameter's storage together:
+        # checking the first and last linear is enough, and cheap (this runs per layer per token).
+        first, last = self.linears[0].weight, self.linears[-1].weight
+        return (self.weight is not None and first.data_ptr() == self._ptrs[0] and last.data_ptr() == self._ptrs[1]
+                and first.dtype == self.weight.dtype)
 
     def _fuse(self) -> None:
-        ws = [lin.weight for lin in self.linears]
-        self.weight = torch.cat([w.detach() for w in ws])
+        ws = [lin.weight.detach() for lin in self.linears]
+        if all(w.stride(0) == 1 for w in ws):  # keep a K-major layout K-major (see PreTrainedModel)
+            self.weight = torch.cat([w.t() for w in ws], dim=1).t()
+        else:
+            self.weight = torch.cat(ws)
         has_bias = all(lin.bias is not None for lin in self.linears)
         self.bias = torch.cat([lin.bias.detach() for lin in self.linears]) if has_bias else None
         self._offsets, start = [], 0
@@ -143,6 +146,7 @@ class FusedLinear:
             if has_bias:
                 lin.bias = torch.nn.Parameter(self.bias[start:start + n], requires_grad=lin.bias.requires_grad)
             start += n
+        self._ptrs = (self.linears[0].weight.data_ptr(), self.linears[-1].weight.data_ptr())
 
     def __call__(self, x: torch.Tensor):
         if torch.is_grad_enabled() and self.linears[0].weight.requires_grad or x.device.type == "meta":

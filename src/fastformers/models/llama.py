@@ -212,6 +212,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaPreTrainedModel(PreTrainedModel):
     config_class = LlamaConfig
     base_model_prefix = "model"
+    _k_major_linears_on_cpu = True
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -71,11 +71,22 @@ def backend_status(name: str) -> str | None:
     raise ValueError(name)
 
 
+_env_cache: tuple = (None, "auto")  # (raw FASTFORMERS_BACKEND value, checked name)
+
+
 def current_backend() -> str:
     """The backend in force: use_backend(...) if inside one, else FASTFORMERS_BACKEND, else 'auto'."""
+    global _env_cache
     if _state.forced is not None:
         return _state.forced
-    return _check_name(os.environ.get("FASTFORMERS_BACKEND", "auto"), "FASTFORMERS_BACKEND")
+    # os.environ.get costs microseconds per call (str encoding); ops run thousands of times per
+    # generated token, so read the process environment's own dict, which os.environ keeps in sync.
+    raw = os.environ._data.get(b"FASTFORMERS_BACKEND") if hasattr(os.environ, "_data") else \
+        os.environ.get("FASTFORMERS_BACKEND")
+    if raw != _env_cache[0]:
+        text = raw.decode() if isinstance(raw, bytes) else (raw or "auto")
+        _env_cache = (raw, _check_name(text, "FASTFORMERS_BACKEND"))
+    return _env_cache[1]
 
 
 def _require(name: str) -> None:
