@@ -68,3 +68,23 @@ def test_unsupported_rope_type_is_named(tmp_path):
     model.rotary_emb._inv_freq = None
     with pytest.raises(ValueError, match="rope_type='yarn' is not supported"):
         model(torch.ones(1, 3, dtype=torch.long))
+
+
+def test_k_major_layout_is_invisible_to_state_dict_and_saving(tmp_path, padded_batch):
+    """On CPU the Llama linears are stored K-major (faster GEMV); values, names and saving are unchanged."""
+    import transformers
+
+    path, hf = build_reference("llama", "AutoModelForCausalLM", tmp_path, **dict(TINY, tie_word_embeddings=True))
+    model = fastformers.AutoModelForCausalLM.from_pretrained(path)
+    attn = model.model.layers[0].self_attn
+    assert attn.o_proj.weight.stride(0) == 1 and model.lm_head.weight is model.model.embed_tokens.weight
+    ids, mask = padded_batch(lengths=(6, 3), left=True)
+    with torch.no_grad():
+        model(ids, attention_mask=mask)  # runs the fused q/k/v and gate/up GEMMs
+    assert attn.q_proj.weight.stride(0) == 1
+    for name, tensor in hf.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    model.save_pretrained(tmp_path / "saved")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", attn_implementation="eager")
+    for name, tensor in hf.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
