@@ -7,7 +7,7 @@ import importlib
 
 from .harness import environment, render_markdown, write_results
 
-SUITES = ("encoder",)
+SUITES = ("encoder", "decoder")
 
 
 def main() -> None:
