@@ -55,7 +55,7 @@ def run(quick: bool = False) -> List[Row]:
     tokenizer = fastformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
     messages = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-    prompt = prompt["input_ids"] if isinstance(prompt, dict) else prompt
+    prompt = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
     new = 16 if quick else 64
     kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
     results = {"fastformers": [], "transformers": []}

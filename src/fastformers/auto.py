@@ -9,8 +9,8 @@ import importlib
 import os
 from typing import Any, Dict
 
-from .configuration import CONFIG_NAME, PretrainedConfig, read_json
-from .loading.hub import refuse_remote_code, resolve_file
+from .configuration import PretrainedConfig, read_config_dict
+from .loading.hub import refuse_remote_code
 
 # model_type -> module under fastformers.models
 MODEL_MODULES: Dict[str, str] = {
@@ -61,11 +61,11 @@ class AutoConfig:
 
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, *, revision=None, cache_dir=None, local_files_only=False,
-                        token=None, trust_remote_code: bool = False, **kwargs: Any) -> PretrainedConfig:
+                        token=None, trust_remote_code: bool = False, gguf_file: str | None = None,
+                        **kwargs: Any) -> PretrainedConfig:
         refuse_remote_code(trust_remote_code)
-        path = resolve_file(name_or_path, CONFIG_NAME, revision=revision, cache_dir=cache_dir,
-                            local_files_only=local_files_only, token=token)
-        data = read_json(path)
+        path, data = read_config_dict(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=local_files_only, token=token)
         if "model_type" not in data:
             raise ValueError(f"{path} has no 'model_type' key; supported model types: {', '.join(sorted(MODEL_MODULES))}")
         config = config_class_for(data["model_type"], path).from_dict(data, **kwargs)
@@ -100,8 +100,9 @@ class _AutoModel:
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         if config is None:
             model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOAD_ARGS}
-            config = AutoConfig.from_pretrained(name_or_path, **hub, **kwargs)
-            kwargs = model_kwargs
+            config = AutoConfig.from_pretrained(name_or_path, **hub, gguf_file=kwargs.get("gguf_file"),
+                                                **{k: v for k, v in kwargs.items() if k != "gguf_file"})
+            kwargs = dict(model_kwargs, gguf_file=kwargs.get("gguf_file"))
         return cls.model_class(config).from_pretrained(name_or_path, config=config, **hub, **kwargs)
 
 

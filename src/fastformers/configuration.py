@@ -45,6 +45,17 @@ def read_json(path: str) -> Dict[str, Any]:
     return data
 
 
+def read_config_dict(name_or_path, gguf_file: Optional[str] = None, **hub) -> tuple:
+    """(source path, config dict) from config.json, or from a GGUF file's metadata."""
+    if gguf_file is not None:
+        from .loading.gguf import read_gguf
+
+        path = resolve_file(name_or_path, gguf_file, **hub)
+        return path, read_gguf(path).config_dict()
+    path = resolve_file(name_or_path, CONFIG_NAME, **hub)
+    return path, read_json(path)
+
+
 class PretrainedConfig:
     """Base config. Subclasses set `model_type` and `defaults` (their architecture's keys)."""
 
@@ -152,11 +163,11 @@ class PretrainedConfig:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: Optional[str] = None,
                         cache_dir=None, local_files_only: bool = False, token=None,
-                        trust_remote_code: bool = False, **kwargs: Any) -> "PretrainedConfig":
+                        trust_remote_code: bool = False, gguf_file: Optional[str] = None,
+                        **kwargs: Any) -> "PretrainedConfig":
         refuse_remote_code(trust_remote_code)
-        path = resolve_file(name_or_path, CONFIG_NAME, revision=revision, cache_dir=cache_dir,
-                            local_files_only=local_files_only, token=token)
-        data = read_json(path)
+        path, data = read_config_dict(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=local_files_only, token=token)
         model_type = data.get("model_type")
         if cls.model_type and model_type and model_type != cls.model_type:
             raise ValueError(f"{path} is for model_type {model_type!r}, not {cls.model_type!r} ({cls.__name__})")

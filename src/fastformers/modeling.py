@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .configuration import PretrainedConfig
-from .loading.hub import refuse_remote_code
+from .loading.gguf import read_gguf
+from .loading.hub import refuse_remote_code, resolve_file
 from .loading.weights import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files, read_tensors
 
 logger = logging.getLogger("fastformers")
@@ -158,37 +159,47 @@ class PreTrainedModel(nn.Module):
         device_map: Any = None,
         trust_remote_code: bool = False,
         use_safetensors: Optional[bool] = None,
+        gguf_file: Optional[str] = None,
         **config_overrides: Any,
     ) -> "PreTrainedModel":
         """Load a checkpoint folder or hub repository (same arguments as transformers).
 
         `torch_dtype`/`dtype`: "auto" (default, as in transformers 5) keeps the checkpoint's dtype;
-        `device` (or a single-device `device_map`) is where the weights are loaded.
+        `device` (or a single-device `device_map`) is where the weights are loaded; `gguf_file` names a
+        GGUF file in the folder/repository to read config and weights from (dequantized).
         """
         refuse_remote_code(trust_remote_code)
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         config_overrides.pop("attn_implementation", None)  # one implementation: the op layer's
         if config is None:
-            config = cls.config_class.from_pretrained(name_or_path, **hub, **config_overrides)
+            config = cls.config_class.from_pretrained(name_or_path, **hub, gguf_file=gguf_file, **config_overrides)
         else:
             for key, value in config_overrides.items():
                 setattr(config, key, value)
-        files = find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
-
         requested = dtype if dtype is not None else torch_dtype
-        if requested is None or requested == "auto":
-            target_dtype = to_torch_dtype(getattr(config, "dtype", None), "config dtype") or checkpoint_dtype(files[0]) or torch.float32
-        else:
+        if requested is not None and requested != "auto":
             target_dtype = to_torch_dtype(requested, "dtype" if dtype is not None else "torch_dtype")
+        else:
+            target_dtype = to_torch_dtype(getattr(config, "dtype", None), "config dtype")
+        if gguf_file is not None:
+            gguf = read_gguf(resolve_file(name_or_path, gguf_file, **hub))
+            target_dtype = target_dtype or torch.float32  # transformers dequantizes GGUF to float32
+            shards = _chunked(gguf.path, gguf.iter_state_dict(target_dtype))
+        else:
+            files = find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
+            target_dtype = target_dtype or checkpoint_dtype(files[0]) or torch.float32
+            shards = ((path, dict(read_tensors(path))) for path in files)
         device = _single_device(device if device is not None else device_map)
 
         with torch.device("meta"):
             model = cls(config)
-        model._load_checkpoint(files, os.fspath(name_or_path), target_dtype, device)
+        model._load_checkpoint(shards, os.fspath(name_or_path), target_dtype, device)
         if device.type == "cpu" and cls._k_major_linears_on_cpu:
             model.k_major_linears_()
         config.dtype = str(target_dtype).removeprefix("torch.")
         config._name_or_path = os.fspath(name_or_path)
+        if hasattr(model, "generate"):
+            model.generation_config = _generation_config(name_or_path, config, gguf_file is not None, hub)
         return model.eval()
 
     def _checkpoint_key_map(self, keys: Iterable[str]) -> Dict[str, str]:
@@ -209,13 +220,14 @@ class PreTrainedModel(nn.Module):
             mapping[key] = name
         return mapping
 
-    def _load_checkpoint(self, files: List[str], source: str, dtype: torch.dtype, device: torch.device) -> None:
+    def _load_checkpoint(self, shards: Iterable[Tuple[str, Dict[str, torch.Tensor]]], source: str,
+                         dtype: torch.dtype, device: torch.device) -> None:
+        """Fill the meta-device model from (file name, {checkpoint name: tensor}) pieces, one at a time."""
         own = self.state_dict(keep_vars=True)
         tied_targets = set(self._tie_pairs())
         loaded, unexpected, mismatched = set(), [], []
-        for path in files:
+        for path, tensors in shards:
             state = {}
-            tensors = dict(read_tensors(path))
             key_map = self._checkpoint_key_map(tensors)
             for key, tensor in tensors.items():
                 name = key_map[key]
@@ -319,6 +331,30 @@ class PreTrainedModel(nn.Module):
                  "weight_map": weight_map}
         with open(os.path.join(save_directory, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)
+
+
+def _generation_config(name_or_path, config, from_gguf: bool, hub: Dict[str, Any]):
+    """generation_config.json when the checkpoint has one, else what the model config implies."""
+    from .generation.configuration import GenerationConfig
+
+    if not from_gguf:
+        try:
+            return GenerationConfig.from_pretrained(name_or_path, **hub)
+        except OSError:
+            pass
+    return GenerationConfig.from_model_config(config)
+
+
+def _chunked(label: str, items: Iterable[Tuple[str, torch.Tensor]], size: int = 32):
+    """Group a stream of (name, tensor) into (label, dict) pieces: bounded memory, few load calls."""
+    chunk: Dict[str, torch.Tensor] = {}
+    for name, tensor in items:
+        chunk[name] = tensor
+        if len(chunk) == size:
+            yield label, chunk
+            chunk = {}
+    if chunk:
+        yield label, chunk
 
 
 def _single_device(device: Any) -> torch.device:

@@ -12,6 +12,7 @@ from torch import nn
 from .. import ops
 from ..configuration import PretrainedConfig
 from ..generation.cache import DynamicCache
+from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import SequenceClassifierOutput, _output
 from ._common import activation, check_inputs, sequence_classification_loss
@@ -186,7 +187,7 @@ class GPT2Model(GPT2PreTrainedModel):
         return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config) -> None:

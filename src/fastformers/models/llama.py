@@ -18,6 +18,7 @@ from torch import nn
 from .. import ops
 from ..configuration import PretrainedConfig
 from ..generation.cache import DynamicCache
+from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
 from ._common import FusedLinear, check_inputs
@@ -294,7 +295,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                                        ignore_index=-100)
 
 
-class LlamaForCausalLM(LlamaPreTrainedModel):
+class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     base_model_class = LlamaModel
 

@@ -1,0 +1,593 @@
+"""`model.generate(...)`: greedy, sampling and beam search, token for token as transformers.
+
+Read top to bottom: `generate` settles the configuration and inputs (`_prepare_config`,
+`_prepare_inputs`), builds the logits processors and stopping criteria, allocates the KV cache, then
+runs one of two decode loops:
+
+- `_decode` (greedy and multinomial sampling): one forward per token. The token buffer, attention
+  mask and position ids are allocated once for the whole generation and each step passes views of
+  them, so a step allocates little beyond what the forward itself does. The only host syncs are the
+  ones stopping needs (one `any()` per step when there is an eos / stop criterion).
+- `_beam_search`: transformers 5's vectorised beam search (the top 2*num_beams continuations per
+  step, running and finished beams kept in fixed-shape tensors), with the same arithmetic so that
+  sequences, scores and beam indices are identical; the cache is reordered with `cache.reorder`.
+
+The model contract: `forward(input_ids, attention_mask, position_ids, past_key_values, use_cache,
+logits_to_keep, return_dict)` with `attention_mask` covering cache + new tokens, and
+`make_static_cache(batch_size, max_length)` (see cache.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..outputs import _output
+from .cache import DynamicCache
+from .configuration import GenerationConfig
+from .logits_process import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    ExponentialDecayLengthPenalty,
+    ForcedBOSTokenLogitsProcessor,
+    ForcedEOSTokenLogitsProcessor,
+    InfNanRemoveLogitsProcessor,
+    LogitNormalization,
+    LogitsProcessorList,
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    PrefixConstrainedLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+from .stopping_criteria import (
+    EosTokenCriteria,
+    MaxLengthCriteria,
+    MaxTimeCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
+
+logger = logging.getLogger("fastformers")
+
+GenerateDecoderOnlyOutput = _output("GenerateDecoderOnlyOutput", "sequences", "scores", "logits", "attentions",
+                                    "hidden_states", "past_key_values")
+GenerateBeamDecoderOnlyOutput = _output("GenerateBeamDecoderOnlyOutput", "sequences", "sequences_scores", "scores",
+                                        "logits", "beam_indices", "attentions", "hidden_states", "past_key_values")
+# transformers' older names
+GreedySearchDecoderOnlyOutput = SampleDecoderOnlyOutput = GenerateDecoderOnlyOutput
+BeamSearchDecoderOnlyOutput = BeamSampleDecoderOnlyOutput = GenerateBeamDecoderOnlyOutput
+
+# Settings fastformers does not implement: generate() refuses them rather than ignore them.
+_UNSUPPORTED = {
+    "penalty_alpha": "contrastive search", "dola_layers": "DoLa decoding", "constraints": "constrained beam search",
+    "force_words_ids": "constrained beam search", "guidance_scale": "classifier-free guidance",
+    "watermarking_config": "watermarking", "token_healing": "token healing", "top_h": "top-H sampling",
+    "prompt_lookup_num_tokens": "prompt lookup decoding", "assistant_early_exit": "self-speculative decoding",
+    "use_mtp": "multi-token prediction", "low_memory": "low-memory beam search",
+    "encoder_repetition_penalty": "encoder repetition penalty", "encoder_no_repeat_ngram_size": "encoder n-gram bans",
+    "num_beam_groups": "group beam search", "diversity_penalty": "group beam search",
+}
+_INACTIVE = {"guidance_scale": (1, 1.0), "encoder_repetition_penalty": (1.0,), "encoder_no_repeat_ngram_size": (0,),
+             "num_beam_groups": (1,), "diversity_penalty": (0.0,), "token_healing": (False,), "low_memory": (False,),
+             "use_mtp": (False,), "penalty_alpha": (0, 0.0)}
+_MODEL_INPUTS = ("input_ids", "attention_mask", "past_key_values", "position_ids")
+
+
+class GenerationMixin:
+    """Adds `generate()` to a causal language model (see the module docstring for the contract)."""
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return True
+
+    @torch.no_grad()
+    def generate(self, inputs: Optional[torch.Tensor] = None, generation_config: Optional[GenerationConfig] = None,
+                 logits_processor: Optional[LogitsProcessorList] = None,
+                 stopping_criteria: Optional[StoppingCriteriaList] = None,
+                 prefix_allowed_tokens_fn: Optional[Callable[[int, torch.Tensor], List[int]]] = None,
+                 synced_gpus: Optional[bool] = None, assistant_model=None, streamer=None, *,
+                 generator: Optional[torch.Generator] = None, **kwargs):
+        """Generate token ids after `inputs` / `input_ids` (batch, prompt length), as transformers does.
+
+        Generation settings come from `generation_config` (default: the model's), overridden by
+        keyword arguments (`max_new_tokens=...`, `do_sample=True`, `num_beams=4`, ...). Also accepted:
+        `attention_mask` (left padding), `past_key_values` (a cache to continue from), `tokenizer`
+        (needed by `stop_strings`), `streamer`, and `generator` (a torch.Generator used for sampling
+        instead of torch's global one). Returns the sequences (prompt + new tokens), or with
+        `return_dict_in_generate=True` an output with `sequences`, `scores`, `logits`,
+        `sequences_scores` / `beam_indices` (beam search) and `past_key_values`.
+        """
+        if assistant_model is not None:
+            raise NotImplementedError("assisted generation (assistant_model) is not supported by fastformers")
+        tokenizer = kwargs.pop("tokenizer", None)
+        config, model_kwargs, default_max_length = self._prepare_config(generation_config, kwargs)
+        mode = config.get_generation_mode()
+        if streamer is not None and mode.startswith("beam"):
+            raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set "
+                             "to 1.")
+
+        input_ids, attention_mask, eos, pad = self._prepare_inputs(inputs, model_kwargs, config)
+        cache = model_kwargs.get("past_key_values")
+        if model_kwargs.get("position_ids") is not None:
+            raise NotImplementedError("generate() computes position_ids from the attention_mask; passing "
+                                      "position_ids is not supported")
+
+        # one row per beam / returned sequence
+        expand = max(config.num_beams, config.num_return_sequences)
+        if expand > 1:
+            input_ids = input_ids.repeat_interleave(expand, dim=0)
+            attention_mask = attention_mask.repeat_interleave(expand, dim=0)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+        prompt_len = input_ids.shape[1]
+        self._set_lengths(config, prompt_len, default_max_length)
+        has_padding = not bool(attention_mask.all())
+        processors = self._logits_processors(config, prompt_len, eos, attention_mask if has_padding else None,
+                                             prefix_allowed_tokens_fn, logits_processor, input_ids.device)
+        criteria = self._stopping_criteria(config, eos, stopping_criteria, tokenizer)
+
+        # the attention mask and position ids of the whole generation, allocated once
+        max_length = config.max_length
+        batch = input_ids.shape[0]
+        new = max_length - prompt_len
+        if has_padding:
+            mask = torch.cat([attention_mask, attention_mask.new_ones(batch, new)], dim=1)
+            positions = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 0)
+        else:
+            mask = None  # no padding: the model needs no mask (saves it a check per step)
+            positions = torch.arange(prompt_len, device=input_ids.device).expand(batch, -1)
+        positions = torch.cat([positions, positions[:, -1:] + torch.arange(1, new + 1, device=input_ids.device)], 1)
+
+        if cache is None and config.use_cache:
+            make = getattr(self, "make_static_cache", None)
+            # the last token is never fed back: max_length - 1 slots suffice
+            cache = make(batch, max_length - 1) if make is not None else DynamicCache()
+        state = _State(mask, positions, cache, config)
+        if "logits_to_keep" in inspect.signature(self.forward).parameters:
+            state.extra["logits_to_keep"] = 1  # the LM head runs for the last position only
+
+        if mode.startswith("beam"):
+            return self._beam_search(input_ids, state, processors, criteria, eos, pad, generator)
+        return self._decode(input_ids, state, processors, criteria, pad, streamer, generator)
+
+    def compute_transition_scores(self, sequences: torch.Tensor, scores: Tuple[torch.Tensor, ...],
+                                  beam_indices: Optional[torch.Tensor] = None, normalize_logits: bool = False
+                                  ) -> torch.Tensor:
+        """The score of each generated token, (sequences, steps), from the `scores` (and for beam search
+        the `beam_indices`) of a return_dict output; `normalize_logits` applies log_softmax first.
+        Steps after a beam finished are 0."""
+        stacked = torch.stack(scores)  # (steps, rows, vocab)
+        if normalize_logits:
+            stacked = F.log_softmax(stacked, dim=-1)
+        if beam_indices is None:
+            beam_indices = torch.arange(stacked.shape[1], device=sequences.device)[:, None].expand(-1, len(scores))
+        valid = beam_indices >= 0
+        steps = int(valid.sum(-1).max())
+        rows, valid = beam_indices[:, :steps].clamp(min=0).long(), valid[:, :steps]
+        tokens = sequences[:, sequences.shape[-1] - steps:]
+        step = torch.arange(steps, device=sequences.device)[None, :]
+        return stacked[step, rows, tokens].masked_fill(~valid, 0.0)
+
+    # ------------------------------------------------------------------------------------------
+    # preparation
+    # ------------------------------------------------------------------------------------------
+    def _prepare_config(self, generation_config: Optional[GenerationConfig], kwargs: Dict[str, Any]
+                        ) -> Tuple[GenerationConfig, Dict[str, Any], bool]:
+        """The call's config: `generation_config` (or a blank one), completed by the model's
+        generation_config, then by the global defaults, then overridden by `kwargs`. Returns it and
+        the kwargs that are not generation settings (the model inputs), and whether max_length is the
+        global default (nobody set it)."""
+        model_config = getattr(self, "generation_config", None)
+        if model_config is None:
+            model_config = self.generation_config = GenerationConfig.from_model_config(self.config)
+        default_max_length = (kwargs.get("max_length") is None and model_config.max_length is None
+                              and (generation_config is None or generation_config.max_length is None))
+        config = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig()
+        config.update(**model_config.to_dict(), defaults_only=True, allow_custom_entries=True)
+        config.update(**GenerationConfig.global_defaults(), defaults_only=True)
+        model_kwargs = config.update(**kwargs)
+        unknown = [k for k in model_kwargs if k not in _MODEL_INPUTS + ("inputs_embeds",)]
+        if unknown:
+            raise ValueError(f"The following `model_kwargs` are not used by the model: {unknown} (note: typos in the "
+                             f"generate arguments will also show up in this list)")
+        if model_kwargs.get("inputs_embeds") is not None:
+            raise NotImplementedError("generate(inputs_embeds=...) is not supported by fastformers; pass input_ids")
+        for name, feature in _UNSUPPORTED.items():
+            value = getattr(config, name, None)
+            if value is not None and value is not False and value not in _INACTIVE.get(name, ()):
+                raise NotImplementedError(f"`{name}` ({feature}) is not supported by fastformers' generate()")
+        return config, model_kwargs, default_max_length
+
+    def _prepare_inputs(self, inputs, model_kwargs, config):
+        """input_ids, attention_mask, eos ids (1-D tensor or None) and the pad id (tensor or None)."""
+        input_ids = model_kwargs.get("input_ids")
+        if inputs is not None and input_ids is not None:
+            raise ValueError("`inputs` were passed alongside `input_ids`, which is not allowed: pass one of them")
+        input_ids = inputs if inputs is not None else input_ids
+        attention_mask = model_kwargs.get("attention_mask")
+        device = self.device
+        if input_ids is None:
+            if config.bos_token_id is None:
+                raise ValueError("`bos_token_id` has to be defined when no `input_ids` are provided.")
+            batch = attention_mask.shape[0] if attention_mask is not None else 1
+            input_ids = torch.full((batch, 1), config.bos_token_id, dtype=torch.long, device=device)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, sequence length), got {tuple(input_ids.shape)}")
+        input_ids = input_ids.to(device)
+
+        def as_ids(value):
+            return None if value is None else torch.tensor(value, dtype=torch.long, device=device).reshape(-1)
+
+        eos = as_ids(config.eos_token_id)
+        pad = as_ids(config.pad_token_id)
+        pad = pad[0] if pad is not None else (eos[0] if eos is not None else None)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+            # infer the padding from pad_token_id when it can be told apart from eos
+            if pad is not None and (input_ids == pad).any() and (eos is None or not bool((eos == pad).any())):
+                attention_mask = input_ids.ne(pad).long()
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"`attention_mask` must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            attention_mask = attention_mask.to(device)
+        if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
+            logger.warning("A decoder-only architecture is being used, but right-padding was detected! For correct "
+                           "generation results, please set `padding_side='left'` when initializing the tokenizer.")
+        return input_ids, attention_mask, eos, pad
+
+    def _set_lengths(self, config: GenerationConfig, prompt_len: int, default_max_length: bool) -> None:
+        """Resolve max_new_tokens / min_new_tokens into absolute max_length / min_length."""
+        if config.max_new_tokens is not None:
+            config.max_length = prompt_len + config.max_new_tokens
+        elif default_max_length:  # transformers' default: 20 new tokens, within the model's positions
+            config.max_length = config.max_length + prompt_len
+            max_positions = getattr(self.config, "max_position_embeddings", None)
+            if max_positions is not None:
+                config.max_length = min(config.max_length, max_positions)
+        if config.min_new_tokens is not None:
+            config.min_length = prompt_len + config.min_new_tokens
+        if prompt_len >= config.max_length:
+            raise ValueError(f"Input length of input_ids is {prompt_len}, but `max_length` is set to "
+                             f"{config.max_length}. This can lead to unexpected behavior. You should consider "
+                             "increasing `max_length` or, better yet, setting `max_new_tokens`.")
+
+    def _logits_processors(self, config, prompt_len, eos, padding_mask, prefix_allowed_tokens_fn, custom, device
+                           ) -> LogitsProcessorList:
+        """transformers' processors, in transformers' order; those that would change nothing are left out."""
+        procs = LogitsProcessorList()
+        if config.sequence_bias is not None:
+            procs.append(SequenceBiasLogitsProcessor(config.sequence_bias))
+        if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+            ignore = (padding_mask != 0).int().argmax(dim=1) if padding_mask is not None else None
+            procs.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, prompt_ignore_length=ignore))
+        if config.no_repeat_ngram_size is not None and config.no_repeat_ngram_size > 0:
+            procs.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        if config.bad_words_ids is not None:
+            procs.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos))
+        if eos is not None and config.min_length is not None and config.min_length > 0:
+            procs.append(MinLengthLogitsProcessor(config.min_length, eos, device=device))
+        if eos is not None and config.min_new_tokens is not None and config.min_new_tokens > 0:
+            procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, config.min_new_tokens, eos, device=device))
+        if prefix_allowed_tokens_fn is not None:
+            procs.append(PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn, config.num_beams))
+        if config.forced_bos_token_id is not None:
+            procs.append(ForcedBOSTokenLogitsProcessor(config.forced_bos_token_id))
+        if config.forced_eos_token_id is not None:
+            procs.append(ForcedEOSTokenLogitsProcessor(config.max_length, config.forced_eos_token_id, device=device))
+        if config.remove_invalid_values is True:
+            procs.append(InfNanRemoveLogitsProcessor())
+        if config.exponential_decay_length_penalty is not None:
+            procs.append(ExponentialDecayLengthPenalty(config.exponential_decay_length_penalty, eos, prompt_len))
+        if config.suppress_tokens is not None:
+            procs.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
+        if config.begin_suppress_tokens is not None:
+            begin = prompt_len + (1 if prompt_len == 1 and config.forced_bos_token_id is not None else 0)
+            procs.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin, device=device))
+        procs = _merge(procs, custom)
+        if config.do_sample:  # the warpers
+            # beam sampling keeps enough tokens for a non-eos continuation
+            keep = (len(eos) if eos is not None else 1) + 1 if config.num_beams > 1 else 1
+            if config.temperature is not None and config.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k is not None and config.top_k != 0:
+                procs.append(TopKLogitsWarper(config.top_k, min_tokens_to_keep=keep))
+            if config.top_p is not None and config.top_p < 1.0:
+                procs.append(TopPLogitsWarper(config.top_p, min_tokens_to_keep=keep))
+            if config.min_p is not None:
+                procs.append(MinPLogitsWarper(config.min_p, min_tokens_to_keep=keep))
+            if config.typical_p is not None and config.typical_p < 1.0:
+                procs.append(TypicalLogitsWarper(config.typical_p, min_tokens_to_keep=keep))
+            if config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0:
+                procs.append(EpsilonLogitsWarper(config.epsilon_cutoff, min_tokens_to_keep=keep))
+            if config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0:
+                procs.append(EtaLogitsWarper(config.eta_cutoff, min_tokens_to_keep=keep, device=device))
+        if config.renormalize_logits is True:
+            procs.append(LogitNormalization())
+        return procs
+
+    def _stopping_criteria(self, config, eos, custom, tokenizer) -> StoppingCriteriaList:
+        criteria = StoppingCriteriaList([MaxLengthCriteria(config.max_length,
+                                                           getattr(self.config, "max_position_embeddings", None))])
+        if config.max_time is not None:
+            criteria.append(MaxTimeCriteria(config.max_time))
+        if config.stop_strings is not None:
+            if tokenizer is None:
+                raise ValueError("There are one or more stop strings, either in the arguments to `generate` or in "
+                                 "the model's generation config, but we could not locate a tokenizer. When "
+                                 "generating with stop strings, you must pass the model's tokenizer to the "
+                                 "`tokenizer` argument of `generate`.")
+            criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
+        if eos is not None:
+            criteria.append(EosTokenCriteria(eos))
+        return _merge(criteria, custom)
+
+    # ------------------------------------------------------------------------------------------
+    # the model step
+    # ------------------------------------------------------------------------------------------
+    def _step(self, state: "_State", tokens: torch.Tensor, start: int, end: int):
+        """Run the model on `tokens` (the positions [start, end) of the sequence); logits of the last."""
+        cache = state.cache
+        if cache is None:  # no cache: the whole sequence every step
+            start = 0
+        mask = state.mask[:, :end] if state.mask is not None else None
+        return self(input_ids=tokens, attention_mask=mask, position_ids=state.positions[:, start:end],
+                    past_key_values=cache, use_cache=cache is not None, return_dict=True, **state.extra)
+
+    def _prefill(self, state: "_State", input_ids: torch.Tensor):
+        """The prompt's forward (in chunks with prefill_chunk_size); skips what a given cache holds."""
+        end = input_ids.shape[1]
+        start = state.cache.get_seq_length() if state.cache is not None else 0
+        if start >= end:
+            raise ValueError(f"the cache already holds {start} tokens, as many as the {end} of input_ids: "
+                             "input_ids must hold at least one new token")
+        chunk = state.prefill_chunk if state.cache is not None and state.prefill_chunk else end - start
+        out = None
+        for lo in range(start, end, chunk):
+            hi = min(lo + chunk, end)
+            out = self._step(state, input_ids[:, lo:hi] if state.cache is not None else input_ids[:, :hi], lo, hi)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # greedy search and multinomial sampling
+    # ------------------------------------------------------------------------------------------
+    def _decode(self, input_ids, state, processors, criteria, pad, streamer, generator):
+        """Greedy search / multinomial sampling: process the last logits, pick a token, append, stop."""
+        config = state.config
+        batch, cur = input_ids.shape
+        max_length = config.max_length
+        want = _Recorder(config)
+        # the sequences of the whole generation, written in place
+        seq = input_ids.new_empty((batch, max_length))
+        seq[:, :cur] = input_ids
+        next_tokens = input_ids.new_empty(batch)
+        unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+        # the common case: only max_length and eos stop, checked here without the criteria objects
+        fast = all(type(c) in (MaxLengthCriteria, EosTokenCriteria) for c in criteria)
+        eos = next((c.eos_token_id.to(seq.device) for c in criteria if isinstance(c, EosTokenCriteria)), None)
+        pad_finished = batch > 1 and any(hasattr(c, "eos_token_id") for c in criteria)
+        if pad_finished and pad is None:
+            raise ValueError("`pad_token_id` must be set to pad finished sequences (set it, or eos_token_id)")
+
+        out = self._prefill(state, seq[:, :cur])
+        while True:
+            logits = out.logits[:, -1]
+            if logits.dtype != torch.float32:
+                logits = logits.float()
+            scores = processors(seq[:, :cur], logits) if processors else logits
+            want.record(out, logits, scores)
+            if config.do_sample:
+                probs = F.softmax(scores, dim=-1)
+                torch.multinomial(probs, 1, generator=generator, out=next_tokens.view(batch, 1))
+            else:
+                torch.argmax(scores, dim=-1, out=next_tokens)
+            # rows that finished earlier get padding
+            seq[:, cur] = torch.where(unfinished, next_tokens, pad) if pad_finished else next_tokens
+            new = seq[:, cur]
+            cur += 1
+            del out
+            if streamer is not None:
+                streamer.put(new.cpu())
+            if fast:
+                if eos is not None:
+                    unfinished &= ~torch.isin(new, eos) if eos.numel() > 1 else new != eos
+                    if not bool(unfinished.any()):
+                        break
+                if cur >= max_length:
+                    break
+            else:
+                unfinished &= ~criteria(seq[:, :cur], want.scores)
+                if cur >= max_length or not bool(unfinished.any()):
+                    break
+            out = self._step(state, seq[:, cur - 1:cur] if state.cache is not None else seq[:, :cur], cur - 1, cur)
+
+        if streamer is not None:
+            streamer.end()
+        sequences = seq[:, :cur] if cur == max_length else seq[:, :cur].contiguous()
+        if not config.return_dict_in_generate:
+            return sequences
+        return GenerateDecoderOnlyOutput(sequences=sequences, scores=want.scores, logits=want.logits,
+                                         attentions=want.attentions, hidden_states=want.hidden_states,
+                                         past_key_values=state.cache)
+
+    # ------------------------------------------------------------------------------------------
+    # beam search
+    # ------------------------------------------------------------------------------------------
+    def _beam_search(self, input_ids, state, processors, criteria, eos, pad, generator):
+        """transformers 5's vectorised beam search. Per step: add each beam's log-probabilities to its
+        score, take the best `2 * num_beams` (more with several eos ids) continuations over all beams,
+        keep the best `num_beams` that did not stop as the running beams, and merge the ones among the
+        top `num_beams` that stopped into the finished beams (scored with the length penalty)."""
+        config = state.config
+        num_beams, max_length = config.num_beams, config.max_length
+        length_penalty, early_stopping = config.length_penalty, config.early_stopping
+        rows, cur = input_ids.shape
+        batch, prompt_len = rows // num_beams, cur
+        device = input_ids.device
+        want = _Recorder(config)
+        keep = max(2, 1 + (len(eos) if eos is not None else 0)) * num_beams
+        top_beams = torch.arange(keep, device=device) < num_beams
+        batch_offset = torch.arange(batch, device=device).view(-1, 1) * num_beams
+
+        # what shorter finished sequences are padded with (transformers: pad, or eos when pad is 0/None)
+        fill = (int(pad) if pad is not None and int(pad) != 0 else int(eos[0])) if eos is not None else -1
+        running = torch.full((batch, num_beams, max_length), fill, dtype=torch.long, device=device)
+        running[:, :, :cur] = input_ids.view(batch, num_beams, cur)
+        finished = running.clone()
+        running_scores = torch.zeros((batch, num_beams), dtype=torch.float, device=device)
+        running_scores[:, 1:] = -1e9  # only the first beam's continuations count at the first step
+        finished_scores = torch.full((batch, num_beams), -1e9, dtype=torch.float, device=device)
+        is_finished = torch.zeros((batch, num_beams), dtype=torch.bool, device=device)
+        can_improve = torch.ones((batch, 1), dtype=torch.bool, device=device)
+        running_idx = torch.full((batch, num_beams, max_length - cur), -1, dtype=torch.int32, device=device)
+        finished_idx = running_idx.clone()
+
+        out = self._prefill(state, input_ids)
+        while True:
+            logits = out.logits[:, -1].float()
+            log_probs = F.log_softmax(logits, dim=-1)
+            flat_running = running[:, :, :cur].reshape(rows, cur)
+            log_probs = processors(flat_running, log_probs) if processors else log_probs
+            want.record(out, logits, log_probs)
+            del out
+            vocab = log_probs.shape[-1]
+            totals = (log_probs.view(batch, num_beams, vocab) + running_scores[:, :, None]).view(batch, -1)
+
+            # a. the best `keep` continuations over all beams of each batch row
+            if config.do_sample:
+                top_ids = torch.multinomial(F.softmax(totals, dim=-1), keep, generator=generator)
+                top_scores = totals.gather(1, top_ids)
+            else:
+                top_scores, top_ids = torch.topk(totals, keep)
+            source = top_ids // vocab
+            cand = _take(running, source)
+            cand[:, :, cur] = top_ids % vocab
+            cand_idx = _take(running_idx, source)
+            cand_idx[:, :, cur - prompt_len] = (source + batch_offset).to(cand_idx.dtype)
+            stopped = criteria(cand[:, :, :cur + 1].reshape(batch * keep, cur + 1), want.scores).view(batch, keep)
+
+            # b. the running beams: the best continuations that did not stop
+            live_scores = top_scores + stopped.to(torch.float32) * -1.0e9
+            best = torch.topk(live_scores, num_beams)[1]
+            running, running_scores, running_idx = _take(cand, best), _take(live_scores, best), _take(cand_idx, best)
+
+            # c. the finished beams: merge in the top-num_beams continuations that just stopped
+            just_finished = stopped & top_beams[None, :]
+            done_scores = top_scores / ((cur + 1 - prompt_len) ** length_penalty)
+            batch_full = torch.all(is_finished, dim=-1, keepdim=True) & (early_stopping is True)
+            done_scores += batch_full.to(torch.float32) * -1.0e9
+            done_scores += (~can_improve).to(torch.float32) * -1.0e9
+            done_scores += (~just_finished) * -1.0e9
+            merged_scores = torch.cat((finished_scores, done_scores), dim=1)
+            best = torch.topk(merged_scores, num_beams)[1]
+            finished = _take(torch.cat((finished, cand), dim=1), best)
+            finished_scores = _take(merged_scores, best)
+            finished_idx = _take(torch.cat((finished_idx, cand_idx), dim=1), best)
+            is_finished = _take(torch.cat((is_finished, just_finished), dim=1), best)
+
+            # d. the cache follows the running beams
+            if state.cache is not None:
+                state.cache.reorder(running_idx[:, :, cur - prompt_len].reshape(-1))
+            cur += 1
+
+            # e. stop when no running beam can beat the finished ones (transformers' heuristic), when
+            #    every beam finished with early_stopping=True, or when every continuation stopped
+            if early_stopping == "never" and length_penalty > 0.0:
+                best_length = max_length - prompt_len
+            else:
+                best_length = cur - prompt_len
+            best_possible = running_scores[:, :1] / (best_length ** length_penalty)
+            worst_finished = torch.where(is_finished, torch.min(finished_scores, dim=1, keepdim=True)[0], -1.0e9)
+            can_improve = can_improve & torch.any(best_possible > worst_finished, dim=-1, keepdim=True)
+            go_on = (torch.any(can_improve) & ~(torch.all(is_finished) & (early_stopping is True))
+                     & ~torch.all(stopped))
+            if not bool(go_on):
+                break
+            tokens = running[:, :, cur - 1].reshape(rows, 1) if state.cache is not None else \
+                running[:, :, :cur].reshape(rows, cur)
+            out = self._step(state, tokens, cur - 1, cur)
+
+        n = config.num_return_sequences
+        sequences = finished[:, :n].reshape(batch * n, -1)
+        scores = finished_scores[:, :n].reshape(-1)
+        beam_indices = finished_idx[:, :n].reshape(batch * n, -1)
+        generated = int((beam_indices + 1).bool().sum(dim=1).max())
+        sequences = sequences[:, :prompt_len + generated]
+        if not config.return_dict_in_generate:
+            return sequences
+        return GenerateBeamDecoderOnlyOutput(
+            sequences=sequences, sequences_scores=scores if config.output_scores else None, scores=want.scores,
+            logits=want.logits, beam_indices=beam_indices[:, :generated], attentions=want.attentions,
+            hidden_states=want.hidden_states, past_key_values=state.cache)
+
+
+class _State:
+    """What every model step of one generate() call shares."""
+
+    def __init__(self, mask, positions, cache, config) -> None:
+        self.mask, self.positions, self.cache, self.config = mask, positions, cache, config
+        self.prefill_chunk = config.prefill_chunk_size
+        self.extra = {}
+        if config.return_dict_in_generate and config.output_attentions:
+            self.extra["output_attentions"] = True
+        if config.return_dict_in_generate and config.output_hidden_states:
+            self.extra["output_hidden_states"] = True
+
+
+class _Recorder:
+    """The per-step outputs return_dict_in_generate asks for (None when not asked for)."""
+
+    def __init__(self, config: GenerationConfig) -> None:
+        on = bool(config.return_dict_in_generate)
+        self.scores = () if on and config.output_scores else None
+        self.logits = () if on and config.output_logits else None
+        self.attentions = () if on and config.output_attentions else None
+        self.hidden_states = () if on and config.output_hidden_states else None
+
+    def record(self, out, logits, scores) -> None:
+        if self.scores is not None:
+            self.scores += (scores.clone(),)
+        if self.logits is not None:
+            self.logits += (logits.clone(),)
+        if self.attentions is not None:
+            self.attentions += (out.attentions,)
+        if self.hidden_states is not None:
+            self.hidden_states += (out.hidden_states,)
+
+
+def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Select along dim 1 (the beam dimension) of a (batch, beams, ...) tensor."""
+    while index.dim() < tensor.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(tensor, index, dim=1)
+
+
+def _merge(defaults: list, custom: Optional[list]) -> list:
+    """transformers' rule: a custom processor / criterion replaces a built-in one of the same type;
+    the other custom ones come after the built-in ones."""
+    if not custom:
+        return defaults
+    merged = type(defaults)()
+    for d in defaults:
+        merged.append(next((c for c in custom if type(c) is type(d)), d))
+    merged.extend(c for c in custom if c not in merged)
+    return merged
+
+
+__all__ = ["GenerationMixin", "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput"]

@@ -1,0 +1,888 @@
+"""GGUF checkpoints (llama.cpp's single-file format): config, weights and tokenizer, as transformers reads them.
+
+    ckpt = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ckpt.config_dict()      # the config.json transformers builds for the file
+    ckpt.state_dict()       # Hugging Face parameter names -> dequantized float32 tensors
+    ckpt.tokenizer()        # a fastformers PreTrainedTokenizerFast (ids identical to transformers')
+
+The file is memory-mapped; nothing but the metadata is read until a tensor is asked for. The header is parsed
+here (a few struct reads per key) rather than with `gguf.GGUFReader`, which builds one numpy array per metadata
+string and costs seconds on a 50k-token vocabulary. Dequantization is vectorised torch code for F32, F16, BF16,
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, bit-identical to `gguf.quants.dequantize` (the
+function transformers uses); other quantization types fall back to `gguf.quants.dequantize` when the optional
+`gguf` package is installed (``pip install gguf``).
+
+What transformers does with a GGUF, reproduced here (transformers' legacy GGUF path, which Llama, Mistral,
+Qwen2 and Qwen3 files go through in transformers 5):
+
+* Q and K projections of `llama` files are stored with llama.cpp's rotary row permutation, undone on load.
+* Weights are dequantized to float32 (then cast to the dtype asked for); the config states no dtype (transformers
+  loads GGUF models in float32 whatever the file's types).
+* The config keeps only what the metadata states (plus `tie_word_embeddings`, true when the file has no
+  `output.weight`); a `llama` file is `model_type` "mistral" only when its `general.name` is exactly "mistral".
+* The tokenizer is rebuilt from `tokenizer.ggml.*`: byte-level BPE ("gpt2") or SentencePiece-style BPE with
+  byte fallback ("llama"), control tokens added as special tokens, user-defined ones as plain added tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import re
+import struct
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GGUFCheckpoint",
+    "GGUFError",
+    "GGUFTensorInfo",
+    "SUPPORTED_ARCHITECTURES",
+    "NATIVE_QUANT_TYPES",
+    "dequantize",
+    "permute_qk",
+    "read_gguf",
+    "unpermute_qk",
+]
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+
+# general.architecture values whose config and weights are read (a "llama" file may be model_type "mistral")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+class GGUFError(ValueError):
+    """A GGUF file that cannot be read (not GGUF, truncated, unsupported content); the message names the file."""
+
+
+class _UnsupportedType(ValueError):
+    """A ggml tensor type that neither fastformers nor the gguf package can dequantize."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ggml tensor types
+# ---------------------------------------------------------------------------------------------------------------
+
+# ggml type id -> (name, elements per block, bytes per block), for the types dequantized here
+_NATIVE_TYPES: Dict[int, Tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    30: ("BF16", 1, 2),
+}
+NATIVE_QUANT_TYPES = tuple(name for name, _, _ in _NATIVE_TYPES.values())
+
+
+def _import_gguf(purpose: str):
+    try:
+        import gguf  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        raise ImportError(f"{purpose} needs the optional `gguf` package: pip install gguf") from None
+    return gguf
+
+
+def _type_layout(type_id: int) -> Optional[Tuple[str, int, int]]:
+    """(name, block elements, block bytes) of a ggml type id, or None when neither we nor `gguf` know it."""
+    if type_id in _NATIVE_TYPES:
+        return _NATIVE_TYPES[type_id]
+    try:
+        import gguf  # noqa: PLC0415
+    except ImportError:
+        return None
+    try:
+        qtype = gguf.GGMLQuantizationType(type_id)
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        return None
+    return qtype.name, block, size
+
+
+def _type_name(type_id: int) -> str:
+    layout = _type_layout(type_id)
+    return layout[0] if layout else f"unknown ggml type {type_id}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dequantization (torch, vectorised; op order mirrors gguf.quants so results are bit-identical)
+# ---------------------------------------------------------------------------------------------------------------
+
+_SHIFT_4 = torch.tensor([0, 4], dtype=torch.uint8)
+_SHIFT_2 = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+_SHIFT_1 = torch.arange(8, dtype=torch.uint8)
+
+
+def _half(blocks: torch.Tensor, start: int) -> torch.Tensor:
+    """The float16 stored at byte `start` of every block, as a (n, 1) float32 column."""
+    return blocks[:, start:start + 2].view(torch.float16).float()
+
+
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """(n, k) bytes -> (n, 2, k) uint8: low nibbles first, then high nibbles (ggml's 4-bit order)."""
+    out = torch.empty((qs.shape[0], 2, qs.shape[1]), dtype=torch.uint8)
+    torch.bitwise_and(qs, 15, out=out[:, 0])
+    torch.bitwise_right_shift(qs, 4, out=out[:, 1])
+    return out
+
+
+def _bits(packed: torch.Tensor) -> torch.Tensor:
+    """(n, k) bytes -> (n, k * 8) single bits, little-endian within each byte."""
+    return ((packed.unsqueeze(-1) >> _SHIFT_1) & 1).reshape(packed.shape[0], -1)
+
+
+def _as_float(q: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    out = torch.empty((n, width), dtype=torch.float32)
+    out.copy_(q.reshape(n, width))
+    return out
+
+
+def _deq_q4_0(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    out = _as_float(_nibbles(b[:, 2:]), n, 32)
+    return out.sub_(8).mul_(_half(b, 0))
+
+
+def _deq_q4_1(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    out = _as_float(_nibbles(b[:, 4:]), n, 32)
+    return out.mul_(_half(b, 0)).add_(_half(b, 2))
+
+
+def _q5(b: torch.Tensor, qh_at: int) -> torch.Tensor:
+    n = b.shape[0]
+    q = _nibbles(b[:, qh_at + 4:]).reshape(n, 32)
+    q |= _bits(b[:, qh_at:qh_at + 4]) << 4
+    return _as_float(q, n, 32)
+
+
+def _deq_q5_0(b: torch.Tensor) -> torch.Tensor:
+    return _q5(b, 2).sub_(16).mul_(_half(b, 0))
+
+
+def _deq_q5_1(b: torch.Tensor) -> torch.Tensor:
+    return _q5(b, 4).mul_(_half(b, 0)).add_(_half(b, 2))
+
+
+def _deq_q8_0(b: torch.Tensor) -> torch.Tensor:
+    return _as_float(b[:, 2:].view(torch.int8), b.shape[0], 32).mul_(_half(b, 0))
+
+
+def _deq_q2_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    scales = b[:, :16]
+    dl = (_half(b, 80) * (scales & 15).float()).unsqueeze(-1)
+    ml = (_half(b, 82) * (scales >> 4).float()).unsqueeze(-1)
+    q = (b[:, 16:80].reshape(n, 2, 1, 32) >> _SHIFT_2.view(1, 1, 4, 1)) & 3
+    out = _as_float(q, n, 256).view(n, 16, 16)
+    return out.mul_(dl).sub_(ml).view(n, 256)
+
+
+def _deq_q3_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    hmask, qs, scales = b[:, :32], b[:, 32:96], b[:, 96:108]
+    low = (scales[:, :8].reshape(n, 1, 8) >> _SHIFT_4.view(1, 2, 1)).reshape(n, 16)
+    high = (scales[:, 8:12].reshape(n, 1, 4) >> _SHIFT_2.view(1, 4, 1)).reshape(n, 16)
+    sc = ((low & 15) | ((high & 3) << 4)).view(torch.int8) - 32
+    dl = (_half(b, 108) * sc.float()).unsqueeze(-1)
+    ql = ((qs.reshape(n, 2, 1, 32) >> _SHIFT_2.view(1, 1, 4, 1)) & 3).reshape(n, 16, 16)
+    qh = ((hmask.reshape(n, 1, 1, 32) >> _SHIFT_1.view(1, 1, 8, 1)) & 1).reshape(n, 16, 16) ^ 1
+    q = ql.view(torch.int8) - (qh << 2).view(torch.int8)
+    out = _as_float(q, n, 256).view(n, 16, 16)
+    return out.mul_(dl).view(n, 256)
+
+
+def _k_scale_min(scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 8 six-bit scales and mins packed in the 12 scale bytes of Q4_K / Q5_K blocks."""
+    s = scales.reshape(-1, 3, 4)
+    d, m, md = s[:, 0], s[:, 1], s[:, 2]
+    sc = torch.cat((d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)), dim=-1)
+    mn = torch.cat((m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)), dim=-1)
+    return sc, mn
+
+
+def _k_affine(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    sc, mn = _k_scale_min(b[:, 4:16])
+    d = (_half(b, 0) * sc.float()).unsqueeze(-1)
+    dm = (_half(b, 2) * mn.float()).unsqueeze(-1)
+    out = _as_float(q, n, 256).view(n, 8, 32)
+    return out.mul_(d).sub_(dm).view(n, 256)
+
+
+def _deq_q4_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    q = (b[:, 16:144].reshape(n, 4, 1, 32) >> _SHIFT_4.view(1, 1, 2, 1)) & 15
+    return _k_affine(b, q)
+
+
+def _deq_q5_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    ql = ((b[:, 48:176].reshape(n, 4, 1, 32) >> _SHIFT_4.view(1, 1, 2, 1)) & 15).reshape(n, 8, 32)
+    qh = ((b[:, 16:48].reshape(n, 1, 1, 32) >> _SHIFT_1.view(1, 1, 8, 1)) & 1).reshape(n, 8, 32)
+    return _k_affine(b, ql | (qh << 4))
+
+
+def _deq_q6_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d = (_half(b, 208) * b[:, 192:208].view(torch.int8).float()).unsqueeze(-1)
+    ql = ((b[:, :128].reshape(n, 2, 1, 64) >> _SHIFT_4.view(1, 1, 2, 1)) & 15).reshape(n, 8, 32)
+    qh = ((b[:, 128:192].reshape(n, 2, 1, 32) >> _SHIFT_2.view(1, 1, 4, 1)) & 3).reshape(n, 8, 32)
+    q = (ql | (qh << 4)).view(torch.int8) - 32
+    out = _as_float(q, n, 256).view(n, 16, 16)
+    return out.mul_(d).view(n, 256)
+
+
+_DEQUANT = {2: _deq_q4_0, 3: _deq_q4_1, 6: _deq_q5_0, 7: _deq_q5_1, 8: _deq_q8_0, 10: _deq_q2_k,
+            11: _deq_q3_k, 12: _deq_q4_k, 13: _deq_q5_k, 14: _deq_q6_k}
+_FLOAT_TYPES = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
+# rows of blocks dequantized at once: bounds the temporaries for very large tensors
+_CHUNK_BLOCKS = 1 << 18
+
+
+def dequantize(data, ggml_type: int, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Raw GGUF tensor bytes -> a new tensor of `shape` (torch order, outermost first) in `dtype`.
+
+    `data` is a uint8 numpy array or torch tensor (any shape) holding the tensor's blocks; `ggml_type` the ggml
+    type id (0 = F32, 1 = F16, 8 = Q8_0, 12 = Q4_K, ...). Values are computed in float32, as
+    `gguf.quants.dequantize` computes them, then cast; F16 / BF16 / F32 data asked for in its own dtype is copied.
+    """
+    raw = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(data))
+    raw = raw.reshape(-1)
+    if raw.dtype != torch.uint8:
+        raw = raw.view(torch.uint8)
+    if raw.data_ptr() % 8:  # a file with an unusual general.alignment: realign before reinterpreting the bytes
+        raw = raw.clone()
+    shape = tuple(int(s) for s in shape)
+    count = int(np.prod(shape)) if shape else 1
+    if ggml_type in _FLOAT_TYPES:
+        stored = _FLOAT_TYPES[ggml_type]
+        values = raw.view(stored)
+        if values.numel() != count:
+            raise ValueError(f"{values.numel()} {stored} values do not fill shape {shape}")
+        values = values.reshape(shape)
+        if dtype == stored:
+            return values.clone()
+        if stored == torch.float32:
+            return values.to(dtype, copy=True)
+        return values.float().to(dtype)
+    layout = _type_layout(ggml_type)
+    if layout is None:
+        raise _UnsupportedType(f"unknown ggml type {ggml_type}")
+    name, block, size = layout
+    if count % block or raw.numel() != count // block * size:
+        raise ValueError(f"{raw.numel()} bytes of {name} blocks do not hold shape {shape}")
+    fn = _DEQUANT.get(ggml_type)
+    if fn is None:
+        gguf = _import_gguf(f"dequantizing {name} tensors")
+        try:
+            values = gguf.quants.dequantize(raw.numpy().reshape(-1, size), gguf.GGMLQuantizationType(ggml_type))
+        except NotImplementedError:
+            raise _UnsupportedType(f"ggml type {name} cannot be dequantized (not by fastformers nor by gguf)") \
+                from None
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape).to(dtype)
+    blocks = raw.view(-1, size)
+    n = blocks.shape[0]
+    if n <= _CHUNK_BLOCKS:
+        out = fn(blocks)
+    else:
+        out = torch.empty((n, block), dtype=torch.float32)
+        for start in range(0, n, _CHUNK_BLOCKS):
+            out[start:start + _CHUNK_BLOCKS] = fn(blocks[start:start + _CHUNK_BLOCKS])
+    out = out.view(shape)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# llama.cpp's rotary permutation of Q / K rows
+# ---------------------------------------------------------------------------------------------------------------
+
+def permute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """What llama.cpp's convert_hf_to_gguf applies to a Llama q_proj (n_head heads) / k_proj (n_head = KV heads)
+    weight or bias: within each head, interleave the two rotary halves (HF's rotate-half layout -> GGML's pairs)."""
+    rows = weight.shape[0]
+    if rows % (2 * n_head):
+        raise ValueError(f"cannot permute {rows} rows into {n_head} heads of rotary pairs")
+    rest = tuple(weight.shape[1:])
+    return weight.reshape(n_head, 2, rows // n_head // 2, *rest).transpose(1, 2).reshape(weight.shape)
+
+
+def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of `permute_qk`: GGUF q/k rows back to the Hugging Face layout."""
+    rows = weight.shape[0]
+    if rows % (2 * n_head):
+        raise ValueError(f"cannot un-permute {rows} rows from {n_head} heads of rotary pairs")
+    rest = tuple(weight.shape[1:])
+    return weight.reshape(n_head, rows // n_head // 2, 2, *rest).transpose(1, 2).reshape(weight.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The file
+# ---------------------------------------------------------------------------------------------------------------
+
+class GGUFTensorInfo(NamedTuple):
+    """One tensor of the file: GGUF name, shape in torch order, ggml type, and where its bytes are."""
+
+    name: str
+    shape: Tuple[int, ...]
+    ggml_type: int
+    type_name: str
+    offset: int  # absolute, in the file
+    nbytes: Optional[int]  # None for a type whose block layout is unknown (no `gguf` package)
+
+
+# metadata value types: id -> (struct format, width)
+_SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
+            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8",
+          12: "<f8"}
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _HeaderParser:
+    """Sequential reads over the mapped file; any read past the end raises _Truncated."""
+
+    def __init__(self, buf, size: int):
+        self.buf, self.size, self.pos = buf, size, 0
+
+    def take(self, n: int) -> int:
+        start = self.pos
+        end = start + n
+        if end > self.size or n < 0:
+            raise _Truncated()
+        self.pos = end
+        return start
+
+    def unpack(self, fmt: str, width: int):
+        return struct.unpack_from(fmt, self.buf, self.take(width))[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q", 8)
+        start = self.take(n)
+        return self.buf[start:start + n].decode("utf-8")
+
+    def value(self, vtype: int):
+        if vtype in _SCALARS:
+            fmt, width = _SCALARS[vtype]
+            value = self.unpack(fmt, width)
+            return bool(value) if vtype == 7 else value
+        if vtype == 8:
+            return self.string()
+        if vtype == 9:
+            etype = self.unpack("<I", 4)
+            count = self.unpack("<Q", 8)
+            if etype in _NUMPY:
+                width = _SCALARS[etype][1]
+                start = self.take(count * width)
+                values = np.frombuffer(self.buf, dtype=_NUMPY[etype], count=count, offset=start).tolist()
+                return [bool(v) for v in values] if etype == 7 else values
+            if etype == 8:
+                buf, size, unpack = self.buf, self.size, struct.unpack_from
+                pos, out = self.pos, []
+                append = out.append
+                for _ in range(count):
+                    if pos + 8 > size:
+                        raise _Truncated()
+                    (n,) = unpack("<Q", buf, pos)
+                    pos += 8
+                    if pos + n > size:
+                        raise _Truncated()
+                    append(buf[pos:pos + n].decode("utf-8"))
+                    pos += n
+                self.pos = pos
+                return out
+            if etype == 9:
+                return [self.value(9) for _ in range(count)]
+            raise ValueError(f"array of unknown metadata value type {etype}")
+        raise ValueError(f"unknown metadata value type {vtype}")
+
+
+class GGUFCheckpoint:
+    """A memory-mapped GGUF file: `metadata` (key -> value), `tensors` (GGUF name -> GGUFTensorInfo), and the
+    config / weights / tokenizer transformers derives from them. Use `read_gguf(path)` to open one."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no GGUF file at {self.path}")
+        self.file_size = os.path.getsize(self.path)
+        if self.file_size < 4:
+            raise GGUFError(f"{self.path} is not a GGUF file: it is only {self.file_size} bytes long")
+        with open(self.path, "rb") as f:
+            magic = f.read(4)
+            if magic != GGUF_MAGIC:
+                raise GGUFError(f"{self.path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}")
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            self._parse()
+        except _Truncated:
+            self.close()
+            raise GGUFError(f"{self.path} is truncated: its GGUF header ends past the end of the file "
+                            f"({self.file_size} bytes)") from None
+        except UnicodeDecodeError as e:
+            self.close()
+            raise GGUFError(f"{self.path}: corrupt GGUF header (a string is not UTF-8: {e})") from None
+        except GGUFError:
+            self.close()
+            raise
+        except (ValueError, OverflowError, MemoryError) as e:
+            self.close()
+            raise GGUFError(f"{self.path}: corrupt GGUF header ({e})") from None
+
+    # -- parsing ----------------------------------------------------------------------------------------------
+    def _parse(self) -> None:
+        p = _HeaderParser(self._mmap, self.file_size)
+        p.take(4)
+        version = p.unpack("<I", 4)
+        if version not in (2, 3):
+            swapped = struct.unpack("<I", struct.pack(">I", version))[0]
+            if swapped in (1, 2, 3):
+                raise GGUFError(f"{self.path} is a big-endian GGUF file, which is not supported")
+            raise GGUFError(f"{self.path} is GGUF version {version}; versions 2 and 3 are supported")
+        self.version = version
+        n_tensors = p.unpack("<Q", 8)
+        n_kv = p.unpack("<Q", 8)
+        if n_tensors > self.file_size or n_kv > self.file_size:
+            raise _Truncated()
+        metadata: Dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = p.string()
+            vtype = p.unpack("<I", 4)
+            try:
+                metadata[key] = p.value(vtype)
+            except ValueError as e:
+                raise GGUFError(f"{self.path}: cannot read metadata key {key!r}: {e}") from None
+        self.metadata = metadata
+        infos = []
+        for _ in range(n_tensors):
+            name = p.string()
+            n_dims = p.unpack("<I", 4)
+            if n_dims > 8:
+                raise GGUFError(f"{self.path}: tensor {name!r} claims {n_dims} dimensions")
+            dims = struct.unpack_from(f"<{n_dims}Q", self._mmap, p.take(8 * n_dims))
+            type_id = p.unpack("<I", 4)
+            offset = p.unpack("<Q", 8)
+            infos.append((name, tuple(reversed(dims)), type_id, offset))
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0:
+            raise GGUFError(f"{self.path}: invalid general.alignment {alignment!r}")
+        self.alignment = alignment
+        self.data_offset = (p.pos + alignment - 1) // alignment * alignment
+        tensors: Dict[str, GGUFTensorInfo] = {}
+        for name, shape, type_id, offset in infos:
+            layout = _type_layout(type_id)
+            count = int(np.prod(shape)) if shape else 1
+            nbytes = None
+            if layout is not None:
+                type_name, block, size = layout
+                if shape and shape[-1] % block:
+                    raise GGUFError(f"{self.path}: tensor {name!r} of type {type_name} has rows of {shape[-1]} "
+                                    f"values, not a multiple of its block size {block}")
+                nbytes = count // block * size
+                if self.data_offset + offset + nbytes > self.file_size:
+                    raise GGUFError(f"{self.path} is truncated: tensor {name!r} ({type_name}, shape {list(shape)}) "
+                                    f"ends at byte {self.data_offset + offset + nbytes}, past the end of the file "
+                                    f"({self.file_size} bytes)")
+            tensors[name] = GGUFTensorInfo(name, shape, type_id, _type_name(type_id),
+                                           self.data_offset + offset, nbytes)
+        self.tensors = tensors
+        if "general.architecture" not in metadata:
+            raise GGUFError(f"{self.path}: no general.architecture in the GGUF metadata")
+
+    # -- resources --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the memory map (tensors already returned stay valid: they own their memory)."""
+        mm = self.__dict__.pop("_mmap", None)
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive somewhere; the map is released with it
+                pass
+
+    def __enter__(self) -> "GGUFCheckpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"GGUFCheckpoint({self.path!r}, architecture={self.architecture!r}, "
+                f"tensors={len(self.tensors)}, version={self.version})")
+
+    # -- metadata ---------------------------------------------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        """general.architecture as the file states it ("llama", "qwen2", ...)."""
+        return self.metadata["general.architecture"]
+
+    @property
+    def model_type(self) -> str:
+        """The transformers model_type of the file (transformers' rule: a "llama" file is "mistral" only when
+        general.name is exactly "mistral")."""
+        arch = self.architecture
+        if arch == "llama" and self.metadata.get("general.name") == "mistral":
+            return "mistral"
+        return arch
+
+    def _check_architecture(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise GGUFError(f"{self.path}: GGUF architecture {self.architecture!r} is not supported by fastformers; "
+                            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+    def _key(self, name: str, default: Any = None, required: bool = False):
+        key = f"{self.architecture}.{name}"
+        if key not in self.metadata:
+            if required:
+                raise GGUFError(f"{self.path}: GGUF metadata has no {key!r}")
+            return default
+        value = self.metadata[key]
+        if isinstance(value, list):
+            raise GGUFError(f"{self.path}: {key} is a per-layer list {value[:4]}..., which is not supported")
+        return value
+
+    def config_dict(self) -> Dict[str, Any]:
+        """The config.json transformers derives from the metadata (its AutoConfig.from_pretrained(dir,
+        gguf_file=...) gives the config class of `model_type` built from these keys)."""
+        self._check_architecture()
+        md = self.metadata
+        cfg: Dict[str, Any] = {"model_type": self.model_type}
+        for key, name in (("vocab_size", "vocab_size"), ("embedding_length", "hidden_size"),
+                          ("feed_forward_length", "intermediate_size"), ("block_count", "num_hidden_layers"),
+                          ("attention.head_count", "num_attention_heads"),
+                          ("attention.head_count_kv", "num_key_value_heads"),
+                          ("context_length", "max_position_embeddings"),
+                          ("attention.layer_norm_rms_epsilon", "rms_norm_eps")):
+            value = self._key(key)
+            if value is not None:
+                cfg[name] = value
+        for key in ("embedding_length", "block_count", "attention.head_count"):
+            self._key(key, required=True)
+        if "vocab_size" not in cfg:
+            tokens = md.get("tokenizer.ggml.tokens")
+            if tokens is not None:
+                cfg["vocab_size"] = len(tokens)
+        if self.architecture in ("llama", "mistral"):  # rope.dimension_count is the head size for these
+            head_dim = self._key("rope.dimension_count")
+            if head_dim is not None:
+                cfg["head_dim"] = head_dim
+        elif self.architecture == "qwen3":  # Qwen3's head size is independent of hidden_size / heads
+            head_dim = self._key("attention.key_length")
+            if head_dim is not None:
+                cfg["head_dim"] = head_dim
+        rope = {"rope_type": "default", "rope_theta": float(self._key("rope.freq_base", 10000.0))}
+        scaling = self._key("rope.scaling.type")
+        factor = self._key("rope.scaling.factor")
+        if scaling is None and self._key("rope.scale_linear") not in (None, 1.0):  # older llama.cpp files
+            scaling, factor = "linear", self._key("rope.scale_linear")
+        if scaling not in (None, "none") and factor is not None:
+            rope.update(rope_type=scaling, factor=float(factor))
+            original = self._key("rope.scaling.original_context_length")
+            if original is not None and scaling != "linear":
+                rope["original_max_position_embeddings"] = original
+        cfg["rope_parameters"] = rope
+        cfg["tie_word_embeddings"] = "output.weight" not in self.tensors
+        for key, name in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                          ("padding_token_id", "pad_token_id"), ("unknown_token_id", "unk_token_id")):
+            value = md.get(f"tokenizer.ggml.{key}")
+            if value is not None:
+                cfg[name] = value
+        return cfg
+
+    # -- weights ----------------------------------------------------------------------------------------------
+    def _raw(self, info: GGUFTensorInfo) -> torch.Tensor:
+        mm = self.__dict__.get("_mmap")
+        if mm is None:
+            raise ValueError(f"{self.path}: the checkpoint was closed")
+        return torch.frombuffer(mm, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
+
+    def tensor(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """One tensor by its GGUF name, dequantized, as stored (no Q/K un-permutation)."""
+        if name not in self.tensors:
+            raise KeyError(f"{self.path} has no tensor named {name!r}")
+        info = self.tensors[name]
+        if info.ggml_type not in _FLOAT_TYPES and info.ggml_type not in _DEQUANT:
+            natives = ", ".join(NATIVE_QUANT_TYPES)
+            _import_gguf(f"{self.path}: tensor {name!r} has quantization type {info.type_name}, which fastformers "
+                         f"dequantizes itself only for {natives}; other types")
+            if info.nbytes is None:
+                raise GGUFError(f"{self.path}: tensor {name!r} has quantization type {info.type_name}, which cannot "
+                                f"be dequantized (supported: {natives}, and the types gguf.quants dequantizes)")
+        try:
+            return dequantize(self._raw(info), info.ggml_type, info.shape, dtype)
+        except _UnsupportedType:
+            raise GGUFError(f"{self.path}: tensor {name!r} has quantization type {info.type_name}, which cannot be "
+                            f"dequantized (supported: {', '.join(NATIVE_QUANT_TYPES)}, and the types gguf.quants "
+                            "dequantizes)") from None
+
+    def hf_name(self, gguf_name: str) -> Optional[str]:
+        """The Hugging Face parameter name of a GGUF tensor, or None for tensors transformers does not load
+        (e.g. llama.cpp's precomputed rope_freqs)."""
+        return _hf_name(gguf_name, self.architecture)
+
+    def iter_state_dict(self, dtype: torch.dtype = torch.float32) -> Iterator[Tuple[str, torch.Tensor]]:
+        """(Hugging Face name, tensor) for every tensor the model uses, in file order, one at a time."""
+        self._check_architecture()
+        permute = self.architecture == "llama"
+        if permute:
+            cfg = self.config_dict()
+            n_head = cfg["num_attention_heads"]
+            n_kv = cfg.get("num_key_value_heads", n_head)
+        for name, info in self.tensors.items():
+            hf = _hf_name(name, self.architecture)
+            if hf is None:
+                logger.info("%s: tensor %s is not part of the %s model; skipped", self.path, name,
+                            self.model_type)
+                continue
+            value = self.tensor(name, dtype)
+            if permute and ".attn_q." in name:
+                value = unpermute_qk(value, n_head).contiguous()
+            elif permute and ".attn_k." in name:
+                value = unpermute_qk(value, n_kv).contiguous()
+            yield hf, value
+
+    def state_dict(self, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+        """Hugging Face parameter name -> dequantized tensor (float32 unless asked otherwise), for every tensor
+        of the file the model uses (lm_head.weight only when the file has output.weight)."""
+        return dict(self.iter_state_dict(dtype))
+
+    # -- tokenizer --------------------------------------------------------------------------------------------
+    @property
+    def chat_template(self) -> Optional[str]:
+        return self.metadata.get("tokenizer.chat_template")
+
+    def tokenizer(self, name_or_path: Optional[str] = None, **overrides):
+        """The tokenizer described by tokenizer.ggml.*, as transformers' AutoTokenizer.from_pretrained(dir,
+        gguf_file=...) builds it: a fastformers PreTrainedTokenizerFast. Keyword overrides (padding_side=,
+        model_max_length=, ...) are applied like tokenizer_config.json values, except that, as in transformers,
+        what the file states (special tokens, add_bos_token, add_eos_token, chat_template) wins."""
+        return _build_tokenizer(self, name_or_path, overrides)
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
+    """Open a GGUF file (memory-mapped; only the metadata is read)."""
+    return GGUFCheckpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tensor names
+# ---------------------------------------------------------------------------------------------------------------
+
+_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_BLOCK = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_QWEN3_BLOCK = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)")
+
+
+def _hf_name(gguf_name: str, architecture: str) -> Optional[str]:
+    match = _BLOCK_RE.fullmatch(gguf_name)
+    if match:
+        layer, part, kind = match.groups()
+        target = _BLOCK.get(part) or (_QWEN3_BLOCK.get(part) if architecture == "qwen3" else None)
+        if target is None or (kind == "bias" and part.endswith("norm")):
+            return None
+        return f"model.layers.{layer}.{target}.{kind}"
+    base, _, kind = gguf_name.rpartition(".")
+    if base in _TOP_LEVEL and kind in ("weight", "bias"):
+        return f"{_TOP_LEVEL[base]}.{kind}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------------------
+
+_TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
+
+# tokenizer.ggml.pre -> the split regex of the vocabulary's original pre-tokenizer (the patterns transformers
+# uses; pre-tokenizers not listed keep GPT-2's byte-level split)
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_SPLITS = {
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano", "dbrx", "smaug-bpe"), _LLAMA3_SPLIT),
+    "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT,
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
+}
+
+# architectures whose "llama" (SentencePiece) vocabulary transformers reads with model-specific rules
+_SPM_SPECIAL_CASES = ("gemma", "gemma2", "gemma3", "phi3")
+
+
+def _byte_alphabet() -> Dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (bytes_to_unicode)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) \
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _spm_merges(tokens: List[str], scores: List[float]) -> List[Tuple[str, str]]:
+    """BPE merges implied by a scored SentencePiece vocabulary: every split of a token into two vocabulary
+    pieces, best score first (then longer left, longer right piece; ties in vocabulary order)."""
+    vocab = {token: index for index, token in enumerate(tokens)}
+    scored = dict(zip(tokens, scores))
+    found = []
+    for token, score in scored.items():
+        local = [(token[:i], token[i:]) for i in range(1, len(token))
+                 if token[:i] in vocab and token[i:] in vocab]
+        local.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
+        found.extend((left, right, score) for left, right in local)
+    found.sort(key=lambda m: (-m[2], -len(m[0]), -len(m[1])))
+    return [(left, right) for left, right, _ in found]
+
+
+def _file_merges(metadata: dict) -> Optional[List[Tuple[str, str]]]:
+    merges = metadata.get("tokenizer.ggml.merges")
+    if merges is None:
+        return None
+    return [tuple(m.split(" ")) for m in merges]
+
+
+def _build_tokenizer(ckpt: GGUFCheckpoint, name_or_path: Optional[str], overrides: dict):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers  # noqa: PLC0415
+    from tokenizers.models import BPE  # noqa: PLC0415
+
+    from ..tokenization import PreTrainedTokenizerFast  # noqa: PLC0415 - tokenization imports this module lazily
+
+    md = ckpt.metadata
+    model = md.get("tokenizer.ggml.model")
+    tokens = md.get("tokenizer.ggml.tokens")
+    if model is None or tokens is None:
+        raise GGUFError(f"{ckpt.path} holds no tokenizer (no tokenizer.ggml.model / tokenizer.ggml.tokens)")
+    types = md.get("tokenizer.ggml.token_type") or []
+    arch = ckpt.architecture
+
+    if model == "gpt2":
+        table = _byte_alphabet()
+        alphabet = set(table.values())
+        vocab = {}
+        for index, token in enumerate(tokens):
+            if not set(token) <= alphabet:
+                token = "".join(table[b] for b in token.encode("utf-8"))
+            vocab[token] = index
+        merges = _file_merges(md)
+        if merges is None:
+            scores = md.get("tokenizer.ggml.scores")
+            if scores is None:
+                raise GGUFError(f"{ckpt.path}: byte-level BPE vocabulary without merges or scores")
+            merges = _spm_merges(tokens, scores)
+        backend = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                                end_of_word_suffix="", fuse_unk=False))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        class_defaults = ["<|endoftext|>"]  # GPT2Tokenizer's default unk / bos / eos
+        specials_ok = alphabet
+    elif model == "llama":
+        if arch in _SPM_SPECIAL_CASES:
+            raise GGUFError(f"{ckpt.path}: the SentencePiece tokenizer of {arch!r} GGUF files is not supported "
+                            f"(supported: tokenizer.ggml.model 'gpt2', and 'llama' for other architectures)")
+        vocab = {token: index for index, token in enumerate(tokens)}
+        merges = _file_merges(md)
+        if merges is None:
+            scores = md.get("tokenizer.ggml.scores")
+            if scores is None:
+                raise GGUFError(f"{ckpt.path}: SentencePiece vocabulary without merges or scores")
+            merges = _spm_merges(tokens, scores)
+        backend = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None))
+        backend.normalizer = None
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+        backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                             decoders.Fuse(), decoders.Strip(content=" ", left=1)])
+        class_defaults = ["<unk>", "<s>", "</s>"]  # LlamaTokenizer's unk / bos / eos
+        specials_ok = None
+    else:
+        raise GGUFError(f"{ckpt.path}: cannot build a tokenizer for tokenizer.ggml.model {model!r}; supported: "
+                        f"'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)")
+
+    # As transformers builds it: the tokenizer class's default special tokens are registered first (appended to
+    # the vocabulary when it lacks them), then the file's control tokens (special) and user-defined ones (not).
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in class_defaults])
+    control = [AddedToken(token, normalized=False, special=True)
+               for token, kind in zip(tokens, types)
+               if kind == _TOKEN_CONTROL and (specials_ok is None or set(token) <= specials_ok)]
+    if control:
+        backend.add_special_tokens(control)
+    present = backend.get_vocab()
+    user = [AddedToken(token, normalized=False, special=False)
+            for token, kind in zip(tokens, types) if kind == _TOKEN_USER_DEFINED and token in present]
+    if user:
+        backend.add_tokens(user)
+
+    split = _PRE_SPLITS.get(md.get("tokenizer.ggml.pre")) if model == "gpt2" else None
+    if split is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+
+    def token_at(key: str) -> Optional[str]:
+        index = md.get(f"tokenizer.ggml.{key}")
+        if index is None:
+            return None
+        if not 0 <= index < len(tokens):
+            raise GGUFError(f"{ckpt.path}: tokenizer.ggml.{key} = {index} is outside the vocabulary "
+                            f"({len(tokens)} tokens)")
+        return tokens[index]
+
+    from_file: Dict[str, Any] = {"bos_token": token_at("bos_token_id"), "eos_token": token_at("eos_token_id"),
+                                 "unk_token": token_at("unknown_token_id"), "pad_token": token_at("padding_token_id")}
+    if "tokenizer.ggml.add_bos_token" in md:
+        from_file["add_bos_token"] = bool(md["tokenizer.ggml.add_bos_token"])
+    elif model == "llama":  # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise
+        from_file["add_bos_token"] = True
+    if "tokenizer.ggml.add_eos_token" in md:
+        from_file["add_eos_token"] = bool(md["tokenizer.ggml.add_eos_token"])
+    if "tokenizer.chat_template" in md:
+        from_file["chat_template"] = md["tokenizer.chat_template"]
+
+    kwargs = dict(overrides)
+    kwargs.update(from_file)
+    kwargs["name_or_path"] = os.fspath(name_or_path) if name_or_path is not None else ckpt.path
+    class_name = "Qwen2Tokenizer" if ckpt.model_type in ("qwen2", "qwen3") else "TokenizersBackend"
+    return PreTrainedTokenizerFast(_backend=backend, _tokenizer_class=class_name, **kwargs)
