@@ -128,10 +128,16 @@ class PreTrainedModel(nn.Module):
             self.get_submodule(owner)._parameters[name] = self.get_parameter(source)
 
     def k_major_linears_(self) -> "PreTrainedModel":
-        """Re-lay every nn.Linear weight as the transpose of a contiguous (in, out) matrix, in place."""
+        """Re-lay nn.Linear weights as the transpose of a contiguous (in, out) matrix, in place.
+
+        On CPU, a one-row matmul (a decode step) streams a K-major weight faster when it has at least
+        as many outputs as inputs; a wide-input weight (a down projection) stays row-major, which
+        measured faster for it (SmolLM2 shapes, 2 cores: 576x1536 18 vs 14 GB/s).
+        """
         with torch.no_grad():
             for module in self.modules():
-                if isinstance(module, nn.Linear) and module.weight.stride(0) != 1:
+                if (isinstance(module, nn.Linear) and module.weight.stride(0) != 1
+                        and module.out_features >= module.in_features):
                     module.weight.data = module.weight.data.t().contiguous().t()
         return self
 

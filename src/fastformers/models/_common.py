@@ -133,7 +133,7 @@ class FusedLinear:
 
     def _fuse(self) -> None:
         ws = [lin.weight.detach() for lin in self.linears]
-        if all(w.stride(0) == 1 for w in ws):  # keep a K-major layout K-major (see PreTrainedModel)
+        if any(w.stride(0) == 1 and w.shape[0] > 1 for w in ws):  # keep a K-major layout K-major (see PreTrainedModel)
             self.weight = torch.cat([w.t() for w in ws], dim=1).t()
         else:
             self.weight = torch.cat(ws)
