@@ -137,3 +137,16 @@ def check_against_transformers(model_type: str, task: str, tmp_path, inputs: dic
     optional = {"pooler_output", "past_key_values"}
     assert set(a2.keys()) - optional == set(HEAD_OUTPUTS[task]) | (set(b.keys()) & {"pooler_output"}) - optional
     return ours
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_generation(request):
+    """Generation tests run tiny models step by step: one thread is fastest for them, and keeps them
+    from crawling when another process competes for the cores (spinning OpenMP workers)."""
+    if "generation" not in request.node.path.parts:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
