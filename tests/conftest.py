@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton kernels run on the CPU through Triton's interpreter when there is no GPU. Triton reads this
+# when a kernel is defined, so it is set before any test imports fastformers.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -150,3 +158,15 @@ def _one_thread_for_generation(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def triton_backend():
+    """Force every op onto the Triton kernels (the interpreter on CPU), with kernel outputs poisoned
+    (NaN) before each launch; yields the launch counter, so a test can prove the kernels ran."""
+    from fastformers.kernels import _common
+    from fastformers import ops
+
+    _common.LAUNCHES.clear()
+    with ops.use_backend("triton"), _common.poisoned_outputs():
+        yield _common.LAUNCHES

@@ -51,3 +51,34 @@ def test_fused_qkv_inference_matches_autograd_path_and_saves(tmp_path, padded_ba
         assert rel_err(back(input_ids=ids, attention_mask=mask).logits, hf(input_ids=ids, attention_mask=mask).logits) == 0
         model.double()
         assert rel_err(model(input_ids=ids, attention_mask=mask).logits, fused) <= 1e-5
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
+def test_unpadded_encoder_matches_transformers(model_type, tmp_path, padded_batch, monkeypatch):
+    """The unpadded path (taken on GPU kernels) gives the same real-position outputs as transformers."""
+    import fastformers.ops
+
+    packed = []
+    unpad = fastformers.ops.unpad
+    monkeypatch.setattr(fastformers.ops, "unpadding_pays", lambda x, mask: mask is not None)
+    monkeypatch.setattr(fastformers.ops, "unpad", lambda x, mask: packed.append(1) or unpad(x, mask))
+    ids, mask = padded_batch(vocab_size=99, lengths=(9, 5, 1))
+    config = TINY if model_type != "distilbert" else dict(vocab_size=99, dim=32, n_layers=2, n_heads=4,
+                                                          hidden_dim=37, max_position_embeddings=64)
+    check_against_transformers(model_type, "AutoModelForTokenClassification", tmp_path,
+                               dict(input_ids=ids, attention_mask=mask), real_positions_only=True, **config)
+    assert packed, "the encoder did not unpad"
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_encoder_on_triton_kernels_matches_transformers(model_type, tmp_path, padded_batch, triton_backend):
+    """Every fused op of an encoder on the Triton kernels (the interpreter on CPU), the padded batch
+    unpadded into varlen attention: the same outputs as transformers on real positions."""
+    ids, mask = padded_batch(vocab_size=99, lengths=(9, 5, 1))
+    config = TINY if model_type == "bert" else dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                                                    max_position_embeddings=64)
+    check_against_transformers(model_type, "AutoModelForSequenceClassification", tmp_path,
+                               dict(input_ids=ids, attention_mask=mask), tol=1e-4, real_positions_only=True,
+                               **config)
+    for name in ("layer_norm", "gelu", "varlen_attention_fwd"):
+        assert any(key.startswith(name) for key in triton_backend), (name, dict(triton_backend))

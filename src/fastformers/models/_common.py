@@ -37,6 +37,34 @@ def linear_act(x: torch.Tensor, layer: torch.nn.Linear, act) -> torch.Tensor:
     return act(ops.linear(x, layer.weight, layer.bias), None)
 
 
+def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidden_states: bool,
+                attention_dropout: float = 0.0):
+    """Run encoder layers `layer(x, mask, output_attentions) -> (x, probs)` over a batch.
+
+    A padded batch is unpadded first when that pays (`ops.unpadding_pays`: varlen attention on a fused
+    kernel, e.g. CUDA with Triton): the layers then see (1, real tokens, hidden) and the packing as
+    their attention mask, and the outputs are padded back (zeros at padded positions). Not when
+    attention probabilities are needed (output_attentions, attention dropout in training).
+    """
+    packing = None
+    needs_probs = output_attentions or (layers.training and attention_dropout > 0)
+    if not needs_probs and ops.unpadding_pays(x, attention_mask):
+        x, packing = ops.unpad(x, attention_mask)
+        attention_mask = packing
+    hidden_states = (x,) if output_hidden_states else None
+    attentions = () if output_attentions else None
+    for layer in layers:
+        x, probs = layer(x, attention_mask, output_attentions)
+        if output_hidden_states:
+            hidden_states += (x,)
+        if output_attentions:
+            attentions += (probs,)
+    if packing is not None:
+        x = ops.pad(x, packing)
+        hidden_states = tuple(ops.pad(h, packing) for h in hidden_states) if output_hidden_states else None
+    return x, hidden_states, attentions
+
+
 def check_inputs(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], vocab_size: int,
                  max_positions: Optional[int], past_length: int = 0) -> Tuple[int, int]:
     """Validate ids and length at the model boundary; return (batch, seq_len)."""

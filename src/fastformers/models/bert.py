@@ -28,6 +28,7 @@ from ._common import (
     check_inputs,
     check_mask,
     linear_act,
+    run_encoder,
     sequence_classification_loss,
     span_loss,
     token_loss,
@@ -163,17 +164,11 @@ class BertEncoder(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(self, x, attention_mask, output_attentions: bool, output_hidden_states: bool):
-        hidden_states = (x,) if output_hidden_states else None
-        attentions = () if output_attentions else None
-        for layer in self.layer:
-            x, probs = layer(x, attention_mask, output_attentions)
-            if output_hidden_states:
-                hidden_states += (x,)
-            if output_attentions:
-                attentions += (probs,)
-        return x, hidden_states, attentions
+        return run_encoder(self.layer, x, attention_mask, output_attentions, output_hidden_states,
+                           self.attention_dropout)
 
 
 class BertPooler(nn.Module):

@@ -17,6 +17,7 @@ def gelu_reference(x, *, bias=None, approximate: str = "none"):
 
 
 gelu = op(gelu_reference)
+gelu.register_lazy("triton", "fastformers.kernels.activation")
 
 
 def silu_mul_reference(gate, up):
@@ -25,3 +26,4 @@ def silu_mul_reference(gate, up):
 
 
 silu_mul = op(silu_mul_reference)
+silu_mul.register_lazy("triton", "fastformers.kernels.activation")

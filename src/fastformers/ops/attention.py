@@ -18,7 +18,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .backend import op
+from .backend import Op, op
+from .padding import Packing, packed_attention
 
 
 def _keep_mask(q_len: int, kv_len: int, causal: bool, attention_mask: Optional[torch.Tensor], device):
@@ -46,7 +47,19 @@ def attention_reference(q, k, v, *, causal: bool = False, attention_mask=None, s
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
-attention = op(attention_reference)
+class _AttentionOp(Op):
+    """`ops.attention`: a `Packing` (from `ops.unpad`) as attention_mask makes it varlen attention."""
+
+    def __call__(self, q, k, v, *, causal: bool = False, attention_mask=None, scale=None):
+        if isinstance(attention_mask, Packing):
+            if causal:
+                raise ValueError("attention over a Packing (unpadded encoder batch) is not causal")
+            return packed_attention(q, k, v, attention_mask, scale=scale)
+        return super().__call__(q, k, v, causal=causal, attention_mask=attention_mask, scale=scale)
+
+
+attention = _AttentionOp("attention", attention_reference)
+attention.register_lazy("triton", "fastformers.kernels.attention")
 
 
 def attention_with_probs(q, k, v, *, causal: bool = False, attention_mask=None, scale=None,
@@ -89,3 +102,4 @@ def varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q
 
 
 varlen_attention = op(varlen_attention_reference)
+varlen_attention.register_lazy("triton", "fastformers.kernels.attention")

@@ -109,38 +109,96 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 class Op:
-    """One op: its reference implementation plus the fast implementations registered for it."""
+    """One op: its reference implementation plus the fast implementations registered for it.
 
-    def __init__(self, name: str, reference: Callable) -> None:
+    A fast implementation may come with a predicate `unsupported(*args, **kwargs) -> str | None`
+    (why this call cannot run on it). In `auto` mode such a call goes to the next backend; with a
+    forced backend it raises `BackendUnavailableError` with the reason.
+    """
+
+    def __init__(self, name: str, reference: Callable, *, same_on_every_backend: bool = False) -> None:
         self.name = name
+        # an op whose torch implementation is the kernel on every backend (dense linear: cuBLAS)
+        self.same_on_every_backend = same_on_every_backend
         self.impls: Dict[str, Callable] = {"torch": reference}
+        self.unsupported: Dict[str, Callable] = {}
+        self._lazy: Dict[str, tuple] = {}
+        self._logged: set = set()
         functools.update_wrapper(self, reference)
 
-    def register(self, backend: str) -> Callable[[Callable], Callable]:
+    def register(self, backend: str, unsupported: Callable | None = None) -> Callable[[Callable], Callable]:
         def deco(fn: Callable) -> Callable:
             self.impls[backend] = fn
+            if unsupported is not None:
+                self.unsupported[backend] = unsupported
             return fn
         return deco
 
-    def pick(self, device_type: str) -> Callable:
+    def register_lazy(self, backend: str, module: str, attr: str | None = None) -> None:
+        """Register `module.attr` (default: the op's name), imported the first time it is picked;
+        `module.<attr>_unsupported`, if present, is its predicate."""
+        self._lazy[backend] = (module, attr or self.name)
+
+    def has(self, backend: str) -> bool:
+        return backend in self.impls or backend in self._lazy
+
+    def _load(self, backend: str) -> Callable | None:
+        fn = self.impls.get(backend)
+        if fn is None and backend in self._lazy:
+            module_name, attr = self._lazy.pop(backend)
+            module = importlib.import_module(module_name)
+            fn = self.impls[backend] = getattr(module, attr)
+            check = getattr(module, attr + "_unsupported", None)
+            if check is not None:
+                self.unsupported[backend] = check
+        return fn
+
+    def _note(self, backend: str) -> None:
+        import torch
+
+        if backend not in self._logged and not torch.compiler.is_compiling():  # Dynamo cannot trace logging
+            self._logged.add(backend)
+            logger.info("fastformers op %s runs on the %s backend", self.name, backend)
+
+    def choose(self, device_type: str, args: tuple = (), kwargs: dict | None = None) -> str:
+        """The backend that runs this call (raises for a forced backend that cannot)."""
         backend = current_backend()
+        if self.same_on_every_backend:
+            if backend not in ("auto", "torch"):
+                _require(backend)  # a forced backend that cannot run here is still an error
+            return "torch"
         if backend == "auto":
             if device_type == "cuda":
                 for name in _AUTO_ORDER:
-                    if name in self.impls and backend_status(name) is None:
-                        return self.impls[name]
-            return self.impls["torch"]
-        fn = self.impls.get(backend)
-        if fn is None:
+                    if self.has(name) and backend_status(name) is None:
+                        self._load(name)
+                        check = self.unsupported.get(name)
+                        if check is None or check(*args, **(kwargs or {})) is None:
+                            return name
+            return "torch"
+        if not self.has(backend):
             raise BackendUnavailableError(
                 f"fastformers op {self.name!r} has no {backend!r} implementation "
-                f"(it has: {', '.join(sorted(self.impls))}); use FASTFORMERS_BACKEND=auto or torch"
+                f"(it has: {', '.join(sorted(set(self.impls) | set(self._lazy)))}); "
+                f"use FASTFORMERS_BACKEND=auto or torch"
             )
         _require(backend)
-        return fn
+        self._load(backend)
+        check = self.unsupported.get(backend)
+        reason = check(*args, **(kwargs or {})) if check is not None else None
+        if reason is not None:
+            raise BackendUnavailableError(f"fastformers op {self.name!r} cannot run this call on the {backend!r} "
+                                          f"backend: {reason}; use FASTFORMERS_BACKEND=auto or torch")
+        return backend
+
+    def pick(self, device_type: str, args: tuple = (), kwargs: dict | None = None) -> Callable:
+        backend = self.choose(device_type, args, kwargs)
+        if backend != "torch":
+            self._note(backend)
+        return self.impls[backend]
 
     def __call__(self, x, *args, **kwargs):
-        return self.pick(x.device.type)(x, *args, **kwargs)
+        return self.pick(x.device.type, (x,) + args, kwargs)(x, *args, **kwargs)
 
 
 def op(reference: Callable) -> Op:

@@ -19,6 +19,7 @@ def layer_norm_reference(x, weight, bias, eps: float, *, residual=None, dropout_
 
 
 layer_norm = op(layer_norm_reference)
+layer_norm.register_lazy("triton", "fastformers.kernels.norm")
 
 
 def rms_norm_reference(x, weight, eps: float, *, residual=None):
@@ -39,3 +40,4 @@ def rms_norm_reference(x, weight, eps: float, *, residual=None):
 
 
 rms_norm = op(rms_norm_reference)
+rms_norm.register_lazy("triton", "fastformers.kernels.norm")

@@ -30,3 +30,4 @@ def rotary_reference(q, k, cos, sin):
 
 
 rotary = op(rotary_reference)
+rotary.register_lazy("triton", "fastformers.kernels.rotary")

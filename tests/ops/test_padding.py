@@ -1,0 +1,62 @@
+"""Unpadding: ops.unpad / ops.pad round trips and attention over a Packing equals padded attention."""
+
+import random
+
+import pytest
+import torch
+
+from fastformers import ops
+from conftest import rel_err
+
+
+def _mask(lengths, seq, left=False):
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if left:
+            mask[i, seq - n:] = 1
+        else:
+            mask[i, :n] = 1
+    return mask
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_unpad_pad_round_trip(left):
+    seed = random.randrange(2**31)
+    g = torch.Generator().manual_seed(seed)
+    lengths = (5, 1, 7, 3)
+    mask = _mask(lengths, 7, left)
+    x = torch.randn(4, 7, 6, generator=g)
+    packed, packing = ops.unpad(x, mask)
+    assert packed.shape == (1, sum(lengths), 6)
+    assert packing.cu_seqlens.tolist() == [0, 5, 6, 13, 16] and packing.max_seqlen == 7
+    assert packing.cu_seqlens.dtype == torch.int32
+    back = ops.pad(packed, packing)
+    keep = mask.bool()
+    assert torch.equal(back[keep], x[keep]), f"seed {seed}"
+    assert (back[~keep] == 0).all()
+
+
+def test_attention_over_a_packing_equals_padded_attention_on_real_rows():
+    seed = random.randrange(2**31)
+    g = torch.Generator().manual_seed(seed)
+    mask = _mask((6, 2, 9), 9)
+    q, k, v = (torch.randn(3, 4, 9, 8, generator=g) for _ in range(3))
+    padded = ops.attention(q, k, v, attention_mask=mask)
+    pq, packing = ops.unpad(q.transpose(1, 2), mask)
+    pk, _ = ops.unpad(k.transpose(1, 2), mask)
+    pv, _ = ops.unpad(v.transpose(1, 2), mask)
+    out = ops.attention(pq.transpose(1, 2), pk.transpose(1, 2), pv.transpose(1, 2), attention_mask=packing)
+    back = ops.pad(out.transpose(1, 2), packing)
+    keep = mask.bool()
+    assert rel_err(back[keep], padded.transpose(1, 2)[keep]) <= 1e-6, f"seed {seed}"
+    with pytest.raises(ValueError, match="not causal"):
+        ops.attention(pq.transpose(1, 2), pk.transpose(1, 2), pv.transpose(1, 2), causal=True,
+                      attention_mask=packing)
+
+
+def test_unpadding_pays_only_when_varlen_attention_runs_on_a_kernel():
+    x, mask = torch.randn(2, 3, 4), torch.ones(2, 3)
+    assert not ops.unpadding_pays(x, mask)  # CPU, auto: torch runs it, padded as it is
+    assert not ops.unpadding_pays(x, None)
+    with ops.use_backend("torch"):
+        assert not ops.unpadding_pays(x, mask)
