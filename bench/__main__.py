@@ -7,19 +7,23 @@ import importlib
 
 from .harness import environment, render_markdown, write_results
 
-SUITES = ("encoder", "decoder")
+SUITES = ("encoder", "decoder", "kernels")  # kernels: CUDA only
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("suites", nargs="*", metavar="suite", help=f"any of {', '.join(SUITES)} (default: all)")
+    parser.add_argument("suites", nargs="*", metavar="suite",
+                        help=f"any of {', '.join(SUITES)} (default: all that can run here)")
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
     parser.add_argument("--out", default="bench/out", help="where to write the JSON and markdown")
     args = parser.parse_args()
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    args.suites = args.suites or list(SUITES)
+    if not args.suites:
+        import torch
+
+        args.suites = [s for s in SUITES if s != "kernels" or torch.cuda.is_available()]
     env = environment()
     rows = []
     for suite in args.suites:

@@ -9,7 +9,6 @@ libraries alternate call by call.
 from __future__ import annotations
 
 import importlib.util
-import os
 import statistics
 import time
 from typing import List
