@@ -110,7 +110,9 @@ def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     half = cos.shape[-1] // 2
     block_half = _common.next_pow2(half)
     block_pass = _common.next_pow2(D - 2 * half) if D > 2 * half else 0
-    block_h = min(_common.next_pow2(max(H, HK)), max(1, _TILE // (2 * block_half + block_pass)))
+    per_head = 2 * block_half + block_pass
+    # heads per program: a power of two (tl.arange needs one), about _TILE elements
+    block_h = min(_common.next_pow2(max(H, HK)), 1 << (max(1, _TILE // per_head).bit_length() - 1))
     grid = (B * S, triton.cdiv(H, block_h) + triton.cdiv(HK, block_h))
     _common.count("rotary_bwd" if backward else "rotary")
     rotary_kernel[grid](

@@ -75,6 +75,7 @@ def _run(fn, leaves, make, tables, grads):
     (1, 3, 3, 1, 10, 6, 3, "contiguous"),    # decode step (seq 1), odd head count, head_dim not a power of 2
     (3, 5, 1, 3, 24, 24, 2, "contiguous"),   # MQA
     (2, 2, 1, 9, 12, 4, 3, "fused"),
+    (1, 32, 32, 2, 80, 32, 2, "fused"),     # phi-style: heads per program not a power of two before rounding
 ])
 def test_rotary_kernel(triton_backend, case, dtype):
     seed = random.randrange(2**31)
