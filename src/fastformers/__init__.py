@@ -24,6 +24,7 @@ from .auto import (
 )
 from .configuration import PretrainedConfig
 from .modeling import PreTrainedModel
+from .pipelines import pipeline
 from .tokenization import AutoTokenizer, BatchEncoding, PreTrainedTokenizerFast
 
 

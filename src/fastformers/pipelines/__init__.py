@@ -1,0 +1,86 @@
+"""`pipeline(task, model, tokenizer)`: transformers' pipelines for encoder tasks, on fastformers models.
+
+    >>> from fastformers import pipeline
+    >>> classify = pipeline("sentiment-analysis", model="distilbert/distilbert-base-uncased-finetuned-sst-2-english")
+    >>> classify("I love this")  # [{'label': 'POSITIVE', 'score': 0.99...}]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, NamedTuple, Optional
+
+from .. import auto
+from ..modeling import to_torch_dtype
+from ..tokenization import AutoTokenizer
+from .base import Pipeline
+from .feature_extraction import FeatureExtractionPipeline, SentenceEmbeddingPipeline
+from .fill_mask import FillMaskPipeline
+from .text_classification import TextClassificationPipeline
+from .token_classification import TokenClassificationPipeline
+
+logger = logging.getLogger(__name__)
+
+
+class Task(NamedTuple):
+    pipeline_class: type
+    auto_class: str  # the name of the fastformers Auto class that loads the model
+    default_model: str  # the checkpoint transformers uses when no model is given
+
+
+SUPPORTED_TASKS = {
+    "text-classification": Task(TextClassificationPipeline, "AutoModelForSequenceClassification",
+                                "distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
+    "feature-extraction": Task(FeatureExtractionPipeline, "AutoModel", "distilbert/distilbert-base-cased"),
+    "sentence-embedding": Task(SentenceEmbeddingPipeline, "AutoModel", "sentence-transformers/all-MiniLM-L6-v2"),
+    "fill-mask": Task(FillMaskPipeline, "AutoModelForMaskedLM", "distilbert/distilroberta-base"),
+    "token-classification": Task(TokenClassificationPipeline, "AutoModelForTokenClassification",
+                                 "dbmdz/bert-large-cased-finetuned-conll03-english"),
+}
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+
+
+def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any = None, torch_dtype: Any = None,
+             batch_size: Optional[int] = None, **kwargs: Any) -> Pipeline:
+    """Build the pipeline for `task`.
+
+    model: a folder or hub id (loaded with the task's Auto class), a loaded model, or None for the
+    task's default checkpoint. tokenizer: a tokenizer, a folder or hub id, or None to take the model's
+    own (the model's folder, or `config._name_or_path` of a loaded model). device / torch_dtype: where
+    and in which dtype the model runs. Other keyword arguments become the defaults of every call
+    (e.g. top_k, aggregation_strategy).
+    """
+    name = TASK_ALIASES.get(task, task)
+    if name not in SUPPORTED_TASKS:
+        known = sorted([*SUPPORTED_TASKS, *TASK_ALIASES])
+        raise ValueError(f"Unknown task {task!r}; supported tasks: {', '.join(known)}")
+    spec = SUPPORTED_TASKS[name]
+    if model is None:
+        model = spec.default_model
+        logger.warning("No model was given to the %s pipeline: using its default %s", name, model)
+    if isinstance(model, (str, os.PathLike)):
+        load_args = {"device": device} if device is not None else {}
+        if torch_dtype is not None:
+            load_args["torch_dtype"] = torch_dtype
+        source = model
+        model = getattr(auto, spec.auto_class).from_pretrained(model, **load_args)
+    else:
+        source = getattr(model.config, "_name_or_path", None)
+        if device is not None:
+            model = model.to(device)
+        if torch_dtype is not None:
+            model = model.to(to_torch_dtype(torch_dtype))
+    model.eval()
+    if tokenizer is None:
+        if not source:
+            raise ValueError(f"{name} pipeline: give a tokenizer; the model object does not say where it was "
+                             "loaded from (config._name_or_path is empty)")
+        tokenizer = source
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    return spec.pipeline_class(model, tokenizer, batch_size=batch_size, **kwargs)
+
+
+__all__ = ["pipeline", "Pipeline", "SUPPORTED_TASKS", "TASK_ALIASES", "TextClassificationPipeline",
+           "FeatureExtractionPipeline", "SentenceEmbeddingPipeline", "FillMaskPipeline", "TokenClassificationPipeline"]

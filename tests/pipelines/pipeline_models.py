@@ -1,0 +1,54 @@
+"""Tiny random BERT models saved with the real all-MiniLM-L6-v2 tokenizer (WordPiece, 30522 tokens), and
+a comparison of pipeline outputs with transformers'. (A helper module, not a conftest: a second conftest
+module would shadow tests/conftest.py for the `from conftest import ...` of other tests.)"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from conftest import build_reference
+
+from fastformers.cli import default_embedding_model
+
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "MISC"}
+TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=128)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_tokenizer():
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(default_embedding_model())
+
+
+def saved_model(tmp_path_factory, task: str, seed: int = 0, **config):
+    """Save a tiny random BERT for `task` with the MiniLM tokenizer in one folder; return its path."""
+    path, _ = build_reference("bert", task, tmp_path_factory.mktemp(task), seed=seed, **{**TINY, **config})
+    tokenizer = hf_tokenizer()
+    tokenizer.model_max_length = 128  # the tiny model's position embeddings
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def assert_same(ours, theirs, tol: float = 1e-4, where: str = "output"):
+    """Same structure, keys, strings and ints; floats (python or numpy) within `tol`, of the same type."""
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and list(ours) == list(theirs), f"{where}: keys {list(ours)} vs {list(theirs)}"
+        for key in theirs:
+            assert_same(ours[key], theirs[key], tol, f"{where}[{key!r}]")
+    elif isinstance(theirs, (list, tuple)):
+        assert type(ours) is type(theirs) and len(ours) == len(theirs), f"{where}: {ours!r} vs {theirs!r}"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same(a, b, tol, f"{where}[{i}]")
+    elif isinstance(theirs, torch.Tensor):
+        assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape, f"{where}: shapes differ"
+        assert (ours - theirs).abs().max() <= tol, f"{where}: tensors differ"
+    elif isinstance(theirs, (float, np.floating)):
+        assert type(ours) is type(theirs), f"{where}: type {type(ours).__name__} vs {type(theirs).__name__}"
+        assert abs(float(ours) - float(theirs)) <= tol, f"{where}: {ours} vs {theirs}"
+    else:
+        assert type(ours) is type(theirs) and ours == theirs, f"{where}: {ours!r} vs {theirs!r}"
