@@ -19,6 +19,7 @@ from .feature_extraction import FeatureExtractionPipeline, SentenceEmbeddingPipe
 from .fill_mask import FillMaskPipeline
 from .text_classification import TextClassificationPipeline
 from .token_classification import TokenClassificationPipeline
+from .zero_shot_classification import ZeroShotClassificationPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ SUPPORTED_TASKS = {
     "fill-mask": Task(FillMaskPipeline, "AutoModelForMaskedLM", "distilbert/distilroberta-base"),
     "token-classification": Task(TokenClassificationPipeline, "AutoModelForTokenClassification",
                                  "dbmdz/bert-large-cased-finetuned-conll03-english"),
+    "zero-shot-classification": Task(ZeroShotClassificationPipeline, "AutoModelForSequenceClassification",
+                                     "facebook/bart-large-mnli"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
@@ -83,4 +86,5 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
 
 
 __all__ = ["pipeline", "Pipeline", "SUPPORTED_TASKS", "TASK_ALIASES", "TextClassificationPipeline",
-           "FeatureExtractionPipeline", "SentenceEmbeddingPipeline", "FillMaskPipeline", "TokenClassificationPipeline"]
+           "FeatureExtractionPipeline", "SentenceEmbeddingPipeline", "FillMaskPipeline", "TokenClassificationPipeline",
+           "ZeroShotClassificationPipeline"]
