@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -47,3 +48,10 @@ def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tenso
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
+
+
+def device_reason(t: torch.Tensor) -> str | None:
+    """Why the kernels cannot run on `t`'s device (None when they can): CUDA, or the CPU interpreter."""
+    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"tensors on {t.device.type!r}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
+    return None

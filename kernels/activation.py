@@ -15,7 +15,6 @@ autograd of their own).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -349,12 +348,6 @@ def silu_mul(gate, up):
     return _silu_mul_op(gate, up)
 
 
-def _device_reason(t: torch.Tensor) -> str | None:
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"tensors on {t.device.type!r}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
-    return None
-
-
 def gelu_unsupported(x, *, bias=None, approximate: str = "none") -> str | None:
     if approximate not in ("none", "tanh"):
         return f"approximate={approximate!r}; expected 'none' or 'tanh'"
@@ -368,7 +361,7 @@ def gelu_unsupported(x, *, bias=None, approximate: str = "none") -> str | None:
             return f"bias dtype {bias.dtype} differs from x dtype {x.dtype}"
         if bias.device != x.device:
             return f"bias on {bias.device}, x on {x.device}"
-    return _device_reason(x)
+    return _common.device_reason(x)
 
 
 def silu_mul_unsupported(gate, up) -> str | None:
@@ -380,4 +373,4 @@ def silu_mul_unsupported(gate, up) -> str | None:
         return f"gate shape {tuple(gate.shape)} and up shape {tuple(up.shape)} differ (no broadcasting)"
     if up.device != gate.device:
         return f"gate on {gate.device}, up on {up.device}"
-    return _device_reason(gate)
+    return _common.device_reason(gate)

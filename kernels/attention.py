@@ -36,7 +36,6 @@ Block sizes are a first guess for an H100 (not yet measured on a GPU).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -496,8 +495,9 @@ def _common_unsupported(q, k, v) -> str | None:
         return f"dtypes {', '.join(str(t.dtype) for t in tensors)} of q, k, v differ"
     if any(t.device != q.device for t in tensors):
         return f"devices {', '.join(str(t.device) for t in tensors)} of q, k, v differ"
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"tensors on {q.device.type!r}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
+    reason = _common.device_reason(q)
+    if reason is not None:
+        return reason
     if k is not None and v is not None:
         if not 0 < q.shape[-1] <= MAX_HEAD_DIM:
             return f"head_dim {q.shape[-1]}; the kernels take 1 .. {MAX_HEAD_DIM}"

@@ -23,7 +23,6 @@ kernels; the launchers trust their inputs. Gradients are first order only. Not y
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -536,12 +535,6 @@ def dropout_keep_mask(seed: torch.Tensor, shape, dropout_p: float) -> torch.Tens
     return keep.bool()
 
 
-def _device_reason(t: torch.Tensor) -> str | None:
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"tensors on {t.device.type!r}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
-    return None
-
-
 def _rows_reason(x) -> str | None:
     if x.dtype not in _DTYPES:
         return f"x dtype {x.dtype}; the kernel takes float32, float16 or bfloat16"
@@ -599,7 +592,7 @@ def layer_norm_unsupported(x, weight, bias, eps: float, *, residual=None, dropou
         reason = _residual_reason(residual, x)
     if reason is None and training and not 0.0 <= dropout_p < 1.0:
         reason = f"dropout_p={dropout_p}; the kernel takes 0 <= p < 1"
-    return reason or _device_reason(x)
+    return reason or _common.device_reason(x)
 
 
 def rms_norm_unsupported(x, weight, eps: float, *, residual=None) -> str | None:
@@ -609,4 +602,4 @@ def rms_norm_unsupported(x, weight, eps: float, *, residual=None) -> str | None:
             _param_reason("weight", weight, x, same_dtype=False)
     if reason is None and residual is not None:
         reason = _residual_reason(residual, x)
-    return reason or _device_reason(x)
+    return reason or _common.device_reason(x)

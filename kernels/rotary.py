@@ -13,7 +13,6 @@ sin negated).
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -209,6 +208,4 @@ def rotary_unsupported(q, k, cos, sin) -> str | None:
         return f"devices q {q.device}, k {k.device}, cos {cos.device}, sin {sin.device} differ"
     if torch.is_grad_enabled() and (cos.requires_grad or sin.requires_grad):
         return "cos/sin require grad; the kernel gives gradients for q and k only"
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"tensors on {q.device.type!r}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
-    return None
+    return _common.device_reason(q)

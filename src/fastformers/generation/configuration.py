@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
+from ..configuration import read_json
 from ..loading.hub import resolve_file
 
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -119,14 +120,7 @@ class GenerationConfig:
                             local_files_only=local_files_only, token=token, required=False)
         if path is None:
             raise OSError(f"{os.fspath(pretrained_model_name)!r} has no {name}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
-        return cls.from_dict(data, _lenient=True, **kwargs)
+        return cls.from_dict(read_json(path), _lenient=True, **kwargs)
 
     @classmethod
     def from_model_config(cls, model_config) -> "GenerationConfig":
