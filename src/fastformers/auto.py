@@ -14,15 +14,18 @@ from .loading.hub import refuse_remote_code
 
 # model_type -> module under fastformers.models
 MODEL_MODULES: Dict[str, str] = {
+    "bart": "bart",
     "bert": "bert",
     "distilbert": "distilbert",
     "electra": "electra",
     "gpt2": "gpt2",
     "llama": "llama",
+    "marian": "marian",
     "mistral": "llama",
     "qwen2": "llama",
     "qwen3": "llama",
     "roberta": "roberta",
+    "t5": "t5",
     "xlm-roberta": "xlm_roberta",
 }
 
@@ -121,3 +124,4 @@ AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering")
 AutoModelForMultipleChoice = _auto("AutoModelForMultipleChoice")
 AutoModelForPreTraining = _auto("AutoModelForPreTraining")
 AutoModelForCausalLM = _auto("AutoModelForCausalLM")
+AutoModelForSeq2SeqLM = _auto("AutoModelForSeq2SeqLM")

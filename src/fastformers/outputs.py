@@ -58,9 +58,23 @@ MultipleChoiceModelOutput = _output("MultipleChoiceModelOutput", "loss", "logits
 QuestionAnsweringModelOutput = _output(
     "QuestionAnsweringModelOutput", "loss", "start_logits", "end_logits", "hidden_states", "attentions"
 )
+# encoder-decoder models (BART, Marian, T5)
+Seq2SeqModelOutput = _output(
+    "Seq2SeqModelOutput", "last_hidden_state", "past_key_values", "decoder_hidden_states", "decoder_attentions",
+    "cross_attentions", "encoder_last_hidden_state", "encoder_hidden_states", "encoder_attentions",
+)
+Seq2SeqLMOutput = _output(
+    "Seq2SeqLMOutput", "loss", "logits", "past_key_values", "decoder_hidden_states", "decoder_attentions",
+    "cross_attentions", "encoder_last_hidden_state", "encoder_hidden_states", "encoder_attentions",
+)
+Seq2SeqSequenceClassifierOutput = _output(
+    "Seq2SeqSequenceClassifierOutput", "loss", "logits", "past_key_values", "decoder_hidden_states",
+    "decoder_attentions", "cross_attentions", "encoder_last_hidden_state", "encoder_hidden_states",
+    "encoder_attentions",
+)
 
 __all__ = [
     "ModelOutput", "BaseModelOutput", "BaseModelOutputWithPoolingAndCrossAttentions", "MaskedLMOutput",
     "SequenceClassifierOutput", "TokenClassifierOutput", "MultipleChoiceModelOutput",
-    "QuestionAnsweringModelOutput",
+    "QuestionAnsweringModelOutput", "Seq2SeqModelOutput", "Seq2SeqLMOutput", "Seq2SeqSequenceClassifierOutput",
 ]

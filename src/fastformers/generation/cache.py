@@ -13,11 +13,16 @@ The contract with a decoder model's forward, for q_len new tokens:
     cache.advance(q_len)                          # once, after the last layer
 `k_all`/`v_all` hold the slots [0, start + q_len): bottom-right-aligned causal attention over them is
 exact, and `key_mask` (batch, start + q_len), from the caller's attention_mask, hides padding.
+
+Encoder-decoder models (BART, Marian, T5) use `EncoderDecoderCache`: the decoder's self-attention goes
+through its `update`/`advance` exactly as above, and each layer's cross-attention keys/values, projected
+from the encoder output once, are kept with `set_cross(layer_idx, k, v)` and read back with
+`cross(layer_idx)` (None until set) on every later step.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -97,5 +102,44 @@ class DynamicCache:
     def reorder(self, beam_idx: torch.Tensor) -> None:
         self.keys = [k.index_select(0, beam_idx) for k in self.keys]
         self.values = [v.index_select(0, beam_idx) for v in self.values]
+
+    reorder_cache = reorder
+
+
+class EncoderDecoderCache:
+    """The decoder self-attention cache (static or dynamic) plus each layer's cross-attention keys and
+    values, which depend only on the encoder output and so are projected once per generate() call."""
+
+    def __init__(self, self_attention_cache=None) -> None:
+        self.self_attention_cache = self_attention_cache if self_attention_cache is not None else DynamicCache()
+        self.cross_keys: dict = {}
+        self.cross_values: dict = {}
+
+    def get_seq_length(self) -> int:
+        return self.self_attention_cache.get_seq_length()
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.self_attention_cache.update(layer_idx, k, v, cache_position)
+
+    def advance(self, n: int) -> None:
+        self.self_attention_cache.advance(n)
+
+    def cross(self, layer_idx: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        if layer_idx not in self.cross_keys:
+            return None
+        return self.cross_keys[layer_idx], self.cross_values[layer_idx]
+
+    def set_cross(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.cross_keys[layer_idx], self.cross_values[layer_idx] = k, v
+
+    def crop(self, length: int) -> None:
+        self.self_attention_cache.crop(length)
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        self.self_attention_cache.reorder(beam_idx)
+        for layer in self.cross_keys:
+            self.cross_keys[layer] = self.cross_keys[layer].index_select(0, beam_idx)
+            self.cross_values[layer] = self.cross_values[layer].index_select(0, beam_idx)
 
     reorder_cache = reorder

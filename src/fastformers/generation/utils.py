@@ -15,6 +15,15 @@ runs one of two decode loops:
 The model contract: `forward(input_ids, attention_mask, position_ids, past_key_values, use_cache,
 logits_to_keep, return_dict)` with `attention_mask` covering cache + new tokens, and
 `make_static_cache(batch_size, max_length)` (see cache.py).
+
+Encoder-decoder models (`config.is_encoder_decoder`: BART, Marian, T5) go through the same two loops on
+the decoder sequence. `_prepare_encoder_decoder` runs `get_encoder()` once on the un-expanded batch,
+repeats its output and the encoder mask per beam / returned sequence, and starts the decoder from
+`decoder_start_token_id` (or the given `decoder_input_ids`); every step then calls
+`forward(decoder_input_ids, encoder_outputs, attention_mask=<encoder mask>, past_key_values, use_cache,
+return_dict)`. The model takes the decoder positions from its cache (decoder inputs are never padded), and
+`make_static_cache` returns an `EncoderDecoderCache`. Lengths (max_length, min_length, ...) count decoder
+tokens, and the result is the decoder sequences, starting with the start token, as in transformers.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..outputs import _output
-from .cache import DynamicCache
+from .cache import DynamicCache, EncoderDecoderCache
 from .configuration import GenerationConfig
 from .logits_process import (
     EpsilonLogitsWarper,
@@ -68,7 +77,16 @@ GenerateDecoderOnlyOutput = _output("GenerateDecoderOnlyOutput", "sequences", "s
                                     "hidden_states", "past_key_values")
 GenerateBeamDecoderOnlyOutput = _output("GenerateBeamDecoderOnlyOutput", "sequences", "sequences_scores", "scores",
                                         "logits", "beam_indices", "attentions", "hidden_states", "past_key_values")
+GenerateEncoderDecoderOutput = _output(
+    "GenerateEncoderDecoderOutput", "sequences", "scores", "logits", "encoder_attentions", "encoder_hidden_states",
+    "decoder_attentions", "cross_attentions", "decoder_hidden_states", "past_key_values")
+GenerateBeamEncoderDecoderOutput = _output(
+    "GenerateBeamEncoderDecoderOutput", "sequences", "sequences_scores", "scores", "logits", "beam_indices",
+    "encoder_attentions", "encoder_hidden_states", "decoder_attentions", "cross_attentions", "decoder_hidden_states",
+    "past_key_values")
 # transformers' older names
+GreedySearchEncoderDecoderOutput = SampleEncoderDecoderOutput = GenerateEncoderDecoderOutput
+BeamSearchEncoderDecoderOutput = BeamSampleEncoderDecoderOutput = GenerateBeamEncoderDecoderOutput
 GreedySearchDecoderOnlyOutput = SampleDecoderOnlyOutput = GenerateDecoderOnlyOutput
 BeamSearchDecoderOnlyOutput = BeamSampleDecoderOnlyOutput = GenerateBeamDecoderOnlyOutput
 
@@ -86,6 +104,7 @@ _INACTIVE = {"guidance_scale": (1, 1.0), "encoder_repetition_penalty": (1.0,), "
              "num_beam_groups": (1,), "diversity_penalty": (0.0,), "token_healing": (False,), "low_memory": (False,),
              "use_mtp": (False,), "penalty_alpha": (0, 0.0)}
 _MODEL_INPUTS = ("input_ids", "attention_mask", "past_key_values", "position_ids")
+_SEQ2SEQ_INPUTS = ("decoder_input_ids", "encoder_outputs", "decoder_attention_mask")
 
 
 class GenerationMixin:
@@ -111,6 +130,11 @@ class GenerationMixin:
         instead of torch's global one). Returns the sequences (prompt + new tokens), or with
         `return_dict_in_generate=True` an output with `sequences`, `scores`, `logits`,
         `sequences_scores` / `beam_indices` (beam search) and `past_key_values`.
+
+        Encoder-decoder models: `inputs` / `input_ids` and `attention_mask` are the encoder's (padding on
+        either side), `decoder_input_ids` optionally starts the decoder, `encoder_outputs` skips the
+        encoder; the result is the decoder sequences (start token + new tokens), and the return_dict
+        outputs are GenerateEncoderDecoderOutput / GenerateBeamEncoderDecoderOutput.
         """
         if assistant_model is not None:
             raise NotImplementedError("assisted generation (assistant_model) is not supported by fastformers")
@@ -121,22 +145,26 @@ class GenerationMixin:
             raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set "
                              "to 1.")
 
-        input_ids, attention_mask, eos, pad = self._prepare_inputs(inputs, model_kwargs, config)
-        cache = model_kwargs.get("past_key_values")
         if model_kwargs.get("position_ids") is not None:
             raise NotImplementedError("generate() computes position_ids from the attention_mask; passing "
                                       "position_ids is not supported")
-
-        # one row per beam / returned sequence
-        expand = max(config.num_beams, config.num_return_sequences)
-        if expand > 1:
-            input_ids = input_ids.repeat_interleave(expand, dim=0)
-            attention_mask = attention_mask.repeat_interleave(expand, dim=0)
+        cache = model_kwargs.get("past_key_values")
+        expand = max(config.num_beams, config.num_return_sequences)  # one row per beam / returned sequence
+        seq2seq = None
+        if self._is_encoder_decoder():
+            input_ids, eos, pad, seq2seq = self._prepare_encoder_decoder(inputs, model_kwargs, config, expand)
+            attention_mask = torch.ones_like(input_ids)  # decoder inputs are never padded
+        else:
+            input_ids, attention_mask, eos, pad = self._prepare_inputs(inputs, model_kwargs, config)
+            if expand > 1:
+                input_ids = input_ids.repeat_interleave(expand, dim=0)
+                attention_mask = attention_mask.repeat_interleave(expand, dim=0)
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
         prompt_len = input_ids.shape[1]
-        self._set_lengths(config, prompt_len, default_max_length)
+        self._set_lengths(config, prompt_len, default_max_length,
+                          "decoder_input_ids" if seq2seq is not None else "input_ids")
         has_padding = not bool(attention_mask.all())
         processors = self._logits_processors(config, prompt_len, eos, attention_mask if has_padding else None,
                                              prefix_allowed_tokens_fn, logits_processor, input_ids.device)
@@ -157,8 +185,11 @@ class GenerationMixin:
         if cache is None and config.use_cache:
             make = getattr(self, "make_static_cache", None)
             # the last token is never fed back: max_length - 1 slots suffice
-            cache = make(batch, max_length - 1) if make is not None else DynamicCache()
-        state = _State(mask, positions, cache, config)
+            if make is not None:
+                cache = make(batch, max_length - 1)
+            else:
+                cache = EncoderDecoderCache() if seq2seq is not None else DynamicCache()
+        state = _State(mask, positions, cache, config, seq2seq)
         if "logits_to_keep" in inspect.signature(self.forward).parameters:
             state.extra["logits_to_keep"] = 1  # the LM head runs for the last position only
 
@@ -202,7 +233,8 @@ class GenerationMixin:
         config.update(**model_config.to_dict(), defaults_only=True, allow_custom_entries=True)
         config.update(**GenerationConfig.global_defaults(), defaults_only=True)
         model_kwargs = config.update(**kwargs)
-        unknown = [k for k in model_kwargs if k not in _MODEL_INPUTS + ("inputs_embeds",)]
+        known = _MODEL_INPUTS + ("inputs_embeds",) + (_SEQ2SEQ_INPUTS if self._is_encoder_decoder() else ())
+        unknown = [k for k in model_kwargs if k not in known]
         if unknown:
             raise ValueError(f"The following `model_kwargs` are not used by the model: {unknown} (note: typos in the "
                              f"generate arguments will also show up in this list)")
@@ -252,7 +284,92 @@ class GenerationMixin:
                            "generation results, please set `padding_side='left'` when initializing the tokenizer.")
         return input_ids, attention_mask, eos, pad
 
-    def _set_lengths(self, config: GenerationConfig, prompt_len: int, default_max_length: bool) -> None:
+    def _is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.config, "is_encoder_decoder", False))
+
+    def _prepare_encoder_decoder(self, inputs, model_kwargs, config, expand: int):
+        """Encoder-decoder models: run the encoder once, start the decoder. Returns the decoder input ids
+        (one row per beam / returned sequence), eos ids, the pad id, and the `_Seq2Seq` step inputs."""
+        input_ids = model_kwargs.get("input_ids")
+        if inputs is not None and input_ids is not None:
+            raise ValueError("`inputs` were passed alongside `input_ids`, which is not allowed: pass one of them")
+        input_ids = inputs if inputs is not None else input_ids
+        attention_mask = model_kwargs.get("attention_mask")
+        encoder_outputs = model_kwargs.get("encoder_outputs")
+        decoder_mask = model_kwargs.get("decoder_attention_mask")
+        if decoder_mask is not None and not bool(decoder_mask.all()):
+            raise NotImplementedError("generate() with a padded decoder_attention_mask is not supported by "
+                                      "fastformers: decoder inputs are not padded")
+        device = self.device
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, sequence length), got {tuple(input_ids.shape)}")
+            input_ids = input_ids.to(device)
+        if attention_mask is not None:
+            if input_ids is not None and attention_mask.shape != input_ids.shape:
+                raise ValueError(f"`attention_mask` must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            attention_mask = attention_mask.to(device)
+
+        # the encoder, once, on the un-expanded batch (transformers does not infer its mask from padding)
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("an encoder-decoder model needs `inputs` / `input_ids` (or `encoder_outputs`)")
+            encoder_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
+            if config.return_dict_in_generate and config.output_attentions:
+                encoder_kwargs["output_attentions"] = True
+            if config.return_dict_in_generate and config.output_hidden_states:
+                encoder_kwargs["output_hidden_states"] = True
+            encoder_outputs = self.get_encoder()(**encoder_kwargs)
+        elif not hasattr(encoder_outputs, "last_hidden_state"):
+            raise TypeError("`encoder_outputs` must be the encoder's output (with a `last_hidden_state`), got "
+                            f"{type(encoder_outputs).__name__}")
+        states = encoder_outputs.last_hidden_state
+        batch = states.shape[0]
+        if attention_mask is not None and attention_mask.shape[0] != batch:
+            raise ValueError(f"`attention_mask` has {attention_mask.shape[0]} rows, the encoder output {batch}")
+
+        def as_ids(value):
+            return None if value is None else torch.tensor(value, dtype=torch.long, device=device).reshape(-1)
+
+        eos = as_ids(config.eos_token_id)
+        pad = as_ids(config.pad_token_id)
+        pad = pad[0] if pad is not None else (eos[0] if eos is not None else None)
+        start = config.decoder_start_token_id
+        if start is None:
+            start = config.bos_token_id
+        if start is None:
+            raise ValueError("`decoder_start_token_id` or `bos_token_id` has to be defined for encoder-decoder "
+                             "generation.")
+        start = as_ids(start)
+        if start.numel() == 1:
+            start = start.expand(batch)
+        elif start.numel() != batch:
+            raise ValueError(f"`decoder_start_token_id` expected to have length {batch} but got {start.numel()}")
+        start = start.view(batch, 1)
+
+        decoder_input_ids = model_kwargs.get("decoder_input_ids")
+        if decoder_input_ids is None:
+            decoder_input_ids = start
+        else:
+            if decoder_input_ids.dim() != 2 or decoder_input_ids.shape[0] != batch:
+                raise ValueError(f"`decoder_input_ids` must have shape ({batch}, length), got "
+                                 f"{tuple(decoder_input_ids.shape)}")
+            decoder_input_ids = decoder_input_ids.to(device)
+            if bool((decoder_input_ids[:, 0] != start[:, 0]).all()):  # transformers prepends the start token
+                decoder_input_ids = torch.cat([start, decoder_input_ids], dim=-1)
+
+        if expand > 1:
+            decoder_input_ids = decoder_input_ids.repeat_interleave(expand, dim=0)
+            attention_mask = attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
+            expanded = copy.copy(encoder_outputs)
+            expanded["last_hidden_state"] = states.repeat_interleave(expand, dim=0)
+        else:
+            expanded = encoder_outputs
+        return decoder_input_ids, eos, pad, _Seq2Seq(encoder_outputs, expanded, attention_mask)
+
+    def _set_lengths(self, config: GenerationConfig, prompt_len: int, default_max_length: bool,
+                     input_name: str = "input_ids") -> None:
         """Resolve max_new_tokens / min_new_tokens into absolute max_length / min_length."""
         if config.max_new_tokens is not None:
             config.max_length = prompt_len + config.max_new_tokens
@@ -264,7 +381,7 @@ class GenerationMixin:
         if config.min_new_tokens is not None:
             config.min_length = prompt_len + config.min_new_tokens
         if prompt_len >= config.max_length:
-            raise ValueError(f"Input length of input_ids is {prompt_len}, but `max_length` is set to "
+            raise ValueError(f"Input length of {input_name} is {prompt_len}, but `max_length` is set to "
                              f"{config.max_length}. This can lead to unexpected behavior. You should consider "
                              "increasing `max_length` or, better yet, setting `max_new_tokens`.")
 
@@ -344,6 +461,10 @@ class GenerationMixin:
     def _step(self, state: "_State", tokens: torch.Tensor, start: int, end: int):
         """Run the model on `tokens` (the positions [start, end) of the sequence); logits of the last."""
         cache = state.cache
+        if state.seq2seq is not None:
+            return self(decoder_input_ids=tokens, encoder_outputs=state.seq2seq.encoder_outputs,
+                        attention_mask=state.seq2seq.attention_mask, past_key_values=cache,
+                        use_cache=cache is not None, return_dict=True, **state.extra)
         if cache is None:  # no cache: the whole sequence every step
             start = 0
         mask = state.mask[:, :end] if state.mask is not None else None
@@ -422,6 +543,10 @@ class GenerationMixin:
         sequences = seq[:, :cur] if cur == max_length else seq[:, :cur].contiguous()
         if not config.return_dict_in_generate:
             return sequences
+        if state.seq2seq is not None:
+            return GenerateEncoderDecoderOutput(sequences=sequences, scores=want.scores, logits=want.logits,
+                                                **state.seq2seq.encoder_fields(config), **want.decoder_fields(),
+                                                past_key_values=state.cache)
         return GenerateDecoderOnlyOutput(sequences=sequences, scores=want.scores, logits=want.logits,
                                          attentions=want.attentions, hidden_states=want.hidden_states,
                                          past_key_values=state.cache)
@@ -531,17 +656,36 @@ class GenerationMixin:
         sequences = sequences[:, :prompt_len + generated]
         if not config.return_dict_in_generate:
             return sequences
+        if state.seq2seq is not None:
+            return GenerateBeamEncoderDecoderOutput(
+                sequences=sequences, sequences_scores=scores if config.output_scores else None, scores=want.scores,
+                logits=want.logits, beam_indices=beam_indices[:, :generated], **state.seq2seq.encoder_fields(config),
+                **want.decoder_fields(), past_key_values=state.cache)
         return GenerateBeamDecoderOnlyOutput(
             sequences=sequences, sequences_scores=scores if config.output_scores else None, scores=want.scores,
             logits=want.logits, beam_indices=beam_indices[:, :generated], attentions=want.attentions,
             hidden_states=want.hidden_states, past_key_values=state.cache)
 
 
+class _Seq2Seq:
+    """An encoder-decoder generation's encoder side: the encoder output as computed (returned in the
+    return_dict outputs) and expanded per beam / returned sequence, with the encoder mask (what every step
+    passes to the model)."""
+
+    def __init__(self, computed, encoder_outputs, attention_mask) -> None:
+        self.computed, self.encoder_outputs, self.attention_mask = computed, encoder_outputs, attention_mask
+
+    def encoder_fields(self, config: GenerationConfig) -> Dict[str, Any]:
+        return {"encoder_attentions": self.computed.get("attentions") if config.output_attentions else None,
+                "encoder_hidden_states": self.computed.get("hidden_states") if config.output_hidden_states else None}
+
+
 class _State:
     """What every model step of one generate() call shares."""
 
-    def __init__(self, mask, positions, cache, config) -> None:
+    def __init__(self, mask, positions, cache, config, seq2seq: Optional[_Seq2Seq] = None) -> None:
         self.mask, self.positions, self.cache, self.config = mask, positions, cache, config
+        self.seq2seq = seq2seq
         self.prefill_chunk = config.prefill_chunk_size
         self.extra = {}
         if config.return_dict_in_generate and config.output_attentions:
@@ -559,16 +703,24 @@ class _Recorder:
         self.logits = () if on and config.output_logits else None
         self.attentions = () if on and config.output_attentions else None
         self.hidden_states = () if on and config.output_hidden_states else None
+        self.cross_attentions = self.attentions
 
     def record(self, out, logits, scores) -> None:
         if self.scores is not None:
             self.scores += (scores.clone(),)
         if self.logits is not None:
             self.logits += (logits.clone(),)
+        seq2seq = "decoder_attentions" in out.__dataclass_fields__
         if self.attentions is not None:
-            self.attentions += (out.attentions,)
+            self.attentions += (out.decoder_attentions if seq2seq else out.attentions,)
+            if seq2seq:
+                self.cross_attentions += (out.cross_attentions,)
         if self.hidden_states is not None:
-            self.hidden_states += (out.hidden_states,)
+            self.hidden_states += (out.decoder_hidden_states if seq2seq else out.hidden_states,)
+
+    def decoder_fields(self) -> Dict[str, Any]:
+        return {"decoder_attentions": self.attentions, "cross_attentions": self.cross_attentions,
+                "decoder_hidden_states": self.hidden_states}
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -590,4 +742,5 @@ def _merge(defaults: list, custom: Optional[list]) -> list:
     return merged
 
 
-__all__ = ["GenerationMixin", "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput"]
+__all__ = ["GenerationMixin", "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput",
+           "GenerateEncoderDecoderOutput", "GenerateBeamEncoderDecoderOutput"]
