@@ -1,6 +1,6 @@
 """Text generation: `model.generate(...)` and its building blocks, with transformers' names."""
 
-from .cache import DynamicCache, StaticCache
+from .cache import DynamicCache, EncoderDecoderCache, StaticCache
 from .configuration import GenerationConfig
 from .logits_process import (
     EpsilonLogitsWarper,
@@ -41,7 +41,9 @@ from .utils import (
     BeamSampleDecoderOnlyOutput,
     BeamSearchDecoderOnlyOutput,
     GenerateBeamDecoderOnlyOutput,
+    GenerateBeamEncoderDecoderOutput,
     GenerateDecoderOnlyOutput,
+    GenerateEncoderDecoderOutput,
     GenerationMixin,
     GreedySearchDecoderOnlyOutput,
     SampleDecoderOnlyOutput,

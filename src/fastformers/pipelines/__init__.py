@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, NamedTuple, Optional
 
 from .. import auto
@@ -17,6 +18,7 @@ from ..tokenization import AutoTokenizer
 from .base import Pipeline
 from .feature_extraction import FeatureExtractionPipeline, SentenceEmbeddingPipeline
 from .fill_mask import FillMaskPipeline
+from .text2text_generation import SummarizationPipeline, Text2TextGenerationPipeline, TranslationPipeline
 from .text_classification import TextClassificationPipeline
 from .token_classification import TokenClassificationPipeline
 from .zero_shot_classification import ZeroShotClassificationPipeline
@@ -40,6 +42,9 @@ SUPPORTED_TASKS = {
                                  "dbmdz/bert-large-cased-finetuned-conll03-english"),
     "zero-shot-classification": Task(ZeroShotClassificationPipeline, "AutoModelForSequenceClassification",
                                      "facebook/bart-large-mnli"),
+    "summarization": Task(SummarizationPipeline, "AutoModelForSeq2SeqLM", "sshleifer/distilbart-cnn-12-6"),
+    "translation": Task(TranslationPipeline, "AutoModelForSeq2SeqLM", "google-t5/t5-base"),
+    "text2text-generation": Task(Text2TextGenerationPipeline, "AutoModelForSeq2SeqLM", "google-t5/t5-base"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
@@ -55,6 +60,8 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
     (e.g. top_k, aggregation_strategy).
     """
     name = TASK_ALIASES.get(task, task)
+    if isinstance(task, str) and re.fullmatch(r"translation_.+_to_.+", task):
+        name = "translation"  # translation_en_to_de: the language pair picks the model's task settings
     if name not in SUPPORTED_TASKS:
         known = sorted([*SUPPORTED_TASKS, *TASK_ALIASES])
         raise ValueError(f"Unknown task {task!r}; supported tasks: {', '.join(known)}")
@@ -82,9 +89,12 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
         tokenizer = source
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    if issubclass(spec.pipeline_class, Text2TextGenerationPipeline):
+        kwargs["task"] = task
     return spec.pipeline_class(model, tokenizer, batch_size=batch_size, **kwargs)
 
 
 __all__ = ["pipeline", "Pipeline", "SUPPORTED_TASKS", "TASK_ALIASES", "TextClassificationPipeline",
            "FeatureExtractionPipeline", "SentenceEmbeddingPipeline", "FillMaskPipeline", "TokenClassificationPipeline",
-           "ZeroShotClassificationPipeline"]
+           "ZeroShotClassificationPipeline", "SummarizationPipeline", "TranslationPipeline",
+           "Text2TextGenerationPipeline"]
