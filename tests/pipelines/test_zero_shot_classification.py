@@ -70,3 +70,23 @@ def test_missing_entailment_label(tmp_path_factory):
                        id2label=labels, label2id={v: k for k, v in labels.items()})
     with pytest.raises(ValueError, match="entail"):
         fastformers.pipeline("zero-shot-classification", model=path)(TEXTS[0], candidate_labels=LABELS)
+
+
+def test_bart_mnli_style_model_matches_transformers(tmp_path):
+    """facebook/bart-large-mnli is the task's default: a tiny BartForSequenceClassification with its labels
+    (eos-token pooling, encoder-decoder) gives transformers' zero-shot results."""
+    from conftest import build_reference
+    from pipeline_models import hf_tokenizer
+
+    path, _ = build_reference("bart", "AutoModelForSequenceClassification", tmp_path, vocab_size=30522, d_model=16,
+                              encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                              encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128, pad_token_id=0,
+                              bos_token_id=101, eos_token_id=102, decoder_start_token_id=102, num_labels=3,
+                              id2label=NLI, label2id={v: k for k, v in NLI.items()})
+    tokenizer = hf_tokenizer()
+    tokenizer.save_pretrained(path)
+    ours = fastformers.pipeline("zero-shot-classification", model=str(path))
+    theirs = transformers.pipeline("zero-shot-classification", model=str(path))
+    for kwargs in ({}, {"multi_label": True}):
+        assert_same(ours(TEXTS, candidate_labels=LABELS, **kwargs), theirs(TEXTS, candidate_labels=LABELS, **kwargs))
+    assert_same(ours(TEXTS, LABELS, batch_size=3), theirs(TEXTS, LABELS))
