@@ -117,6 +117,9 @@ _MODEL_TYPE_TO_CLASS = {
     "mpnet": "MPNetTokenizer",
     "deberta": "DebertaTokenizer",
     "deberta-v2": "DebertaV2Tokenizer",
+    "t5": "T5Tokenizer",
+    "mt5": "T5Tokenizer",
+    "marian": "MarianTokenizer",
 }
 # Classes without a vocab.json + merges.txt layout of their own that we still read as RoBERTa-style BPE from it.
 _ROBERTA_LIKE_SLOW = {"XLMRobertaTokenizer", "CamembertTokenizer"}
@@ -504,6 +507,8 @@ class PreTrainedTokenizerFast:
         object.__setattr__(self, "_extra_special_tokens", [])
         self._tokenizer = backend
         self._tokenizer_class = class_name
+        if "_id_map" not in self.__dict__:
+            self._id_map = None  # backend id -> returned id, for ids the backend needs but the model lacks (Marian)
         if default_input_names is not None:
             self.model_input_names = list(default_input_names)
 
@@ -1065,7 +1070,7 @@ class PreTrainedTokenizerFast:
             for e in windows:
                 flat.append(e)
                 mapping.append(i)
-                data["input_ids"].append(e.ids)
+                data["input_ids"].append(e.ids if self._id_map is None else [self._id_map.get(t, t) for t in e.ids])
                 if return_token_type_ids:
                     data["token_type_ids"].append(e.type_ids)
                 if return_attention_mask:
@@ -1988,15 +1993,18 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
         if use_declared_class and not cfg.get("tokenizer_class"):
             model_cfg = _read_json(find("config.json"), "model config")
         vocab_txt = vocab_json = merges_txt = None
-        looked_for = [TOKENIZER_FILE, "vocab.txt", "vocab.json + merges.txt"]
+        looked_for = [TOKENIZER_FILE, "vocab.txt", "vocab.json + merges.txt", "spiece.model", "source.spm"]
 
     class_name = _resolve_class(cfg, model_cfg) if use_declared_class else None
     canonical = _CANONICAL_CLASS.get(class_name, class_name) if class_name else None
     family = _FAMILY.get(canonical)
 
+    spm_kind = None  # "t5" / "marian": a SentencePiece checkpoint without tokenizer.json (fastformers.sentencepiece)
     if tokenizer_json is None and not single_file:
         # the slow-tokenizer files, those of the declared class first
-        if family in ("roberta", "gpt2") or class_name in _ROBERTA_LIKE_SLOW:
+        if canonical in ("T5Tokenizer", "MarianTokenizer"):
+            spm_kind = "t5" if canonical == "T5Tokenizer" else "marian"
+        elif family in ("roberta", "gpt2") or class_name in _ROBERTA_LIKE_SLOW:
             vocab_json = find("vocab.json")
             merges_txt = find("merges.txt") if vocab_json is not None else None
             if merges_txt is None:
@@ -2006,8 +2014,13 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
             if vocab_txt is None:
                 vocab_json = find("vocab.json")
                 merges_txt = find("merges.txt") if vocab_json is not None else None
+        if canonical is None and vocab_txt is None and merges_txt is None:
+            if find("spiece.model") is not None:
+                spm_kind, canonical = "t5", "T5Tokenizer"
+            elif find("source.spm") is not None:
+                spm_kind, canonical = "marian", "MarianTokenizer"
 
-    if tokenizer_json is None:
+    if tokenizer_json is None and spm_kind is None:
         if family == "xlmr":
             family = None
         if vocab_json is not None and merges_txt is not None:
@@ -2102,6 +2115,18 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
             if added_by_content:
                 init[key] = added_by_content.get(str(init[key]), init[key])
     init["name_or_path"] = name
+    if spm_kind is not None:
+        from fastformers import sentencepiece
+
+        if spm_kind == "t5":
+            spiece = find("spiece.model")
+            if spiece is None:
+                raise OSError(f"cannot load the T5Tokenizer of {name!r}: it has neither tokenizer.json nor "
+                              "spiece.model")
+            return sentencepiece.load_t5(spiece, init)
+        files = {"source_spm": find("source.spm"), "target_spm": find("target.spm"), "vocab": find("vocab.json"),
+                 "target_vocab": find("target_vocab.json")}
+        return sentencepiece.load_marian(files, init)
 
     # -- backend ------------------------------------------------------------------------------------------------
     if family is not None:
@@ -2200,7 +2225,9 @@ class AutoTokenizer:
         """Load the tokenizer of `name_or_path` as transformers' AutoTokenizer would.
 
         Reads tokenizer_config.json and special_tokens_map.json when present, then tokenizer.json, or else
-        vocab.txt (BERT WordPiece) or vocab.json + merges.txt (byte-level BPE, GPT-2 or RoBERTa style). Keyword
+        vocab.txt (BERT WordPiece), vocab.json + merges.txt (byte-level BPE, GPT-2 or RoBERTa style), or a
+        SentencePiece checkpoint (spiece.model: T5; source.spm + target.spm + vocab.json: Marian; see
+        fastformers.sentencepiece). Keyword
         overrides (``model_max_length=``, ``padding_side=``, special tokens, ``do_lower_case=``...) replace the
         values of tokenizer_config.json. ``use_fast`` is accepted and ignored: the tokenizer is always the
         `tokenizers`-backed one, as in transformers 5. ``gguf_file="model.gguf"`` reads the tokenizer stored in
