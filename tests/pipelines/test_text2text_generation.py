@@ -140,3 +140,32 @@ def test_non_string_input_is_refused(bart):
     pipe = fastformers.pipeline("summarization", model=bart[0])
     with pytest.raises(TypeError, match="each input must be a string, got int"):
         pipe([TEXTS[0], 3])
+
+
+def test_marian_translation_with_sentencepiece_tokenizer(tmp_path):
+    """A Marian checkpoint as opus-mt ships it: source.spm / target.spm / vocab.json, no tokenizer.json. The
+    pipeline reads the SentencePiece models itself; the result is transformers' MarianTokenizer + generate."""
+    import transformers
+    from tokenization.test_sentencepiece import marian_folder, marian_vocab, train
+
+    source, target = train("unigram", 250, seed=1), train("unigram", 260, seed=2)
+    vocab = marian_vocab(source, target)
+    path = marian_folder(tmp_path / "marian", source, target, vocab)
+    _, hf_model = build_reference("marian", "AutoModelForSeq2SeqLM", tmp_path, vocab_size=len(vocab), d_model=16,
+                                  encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                                  decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                  max_position_embeddings=64, pad_token_id=vocab["<pad>"], eos_token_id=0,
+                                  decoder_start_token_id=vocab["<pad>"], forced_eos_token_id=0)
+    with torch.no_grad():  # randomize_ overwrote the sinusoidal position table, which checkpoints do not store
+        for module in hf_model.modules():
+            if hasattr(module, "create_weight"):
+                module.weight.copy_(module.create_weight())
+    hf_model.save_pretrained(path)
+    texts = ["the quick brown fox", "café crème brûlée in Zürich", "hello world"]
+    translate = fastformers.pipeline("translation", model=str(path), max_new_tokens=6, num_beams=2)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    for text in texts:
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            ids = hf_model.generate(**enc, max_new_tokens=6, num_beams=2)[0]
+        assert translate(text) == [{"translation_text": tok.decode(ids, skip_special_tokens=True)}]
