@@ -8,6 +8,9 @@ Rows (see ../shared/PERFORMANCE.md for the targets):
   decode_attention       q_len 1 over a 4k-32k KV cache: bandwidth of reading K and V, vs SDPA
   layer_norm, rms_norm   with a residual: bandwidth vs the unfused torch sequence (add, then norm)
   gelu, silu_mul         bias+GELU and SwiGLU: bandwidth vs torch
+  quantized_linear       int4 (g128) / int8 (per channel) weight-only GEMV at batch 1 on Llama-8B shapes:
+                         bandwidth of the packed weight, vs fp16 F.linear on the float weight; W8A8 and int4
+                         at M=2048 (prefill): TFLOP/s vs fp16 F.linear
   bert_unpadding         BERT-base shapes, batch 32, lengths uniform over 16..512: unpadded vs padded
 Needs a CUDA device; on a CPU it stops with a message (the interpreter would time Python, not kernels).
 Not yet run on a GPU: no result of this suite exists until the device tool lends one.
@@ -126,6 +129,40 @@ def _elementwise(rows: List[Row], quick: bool, copy_bw: float) -> None:
             _bandwidth_rows(rows, "silu_mul", shape, dtype, 3 * e, ours, theirs, copy_bw)
 
 
+def _quantized_linear(rows: List[Row], quick: bool, copy_bw: float) -> None:
+    from fastformers import ops
+
+    shapes = ((4096, 4096), (14336, 4096)) if quick else ((4096, 4096), (14336, 4096), (4096, 14336))
+    providers = (("int4_g128", 4, 128, "weight_only", 1), ("int8", 8, None, "weight_only", 1),
+                 ("int4_g128", 4, 128, "weight_only", 2048), ("w8a8", 8, None, "w8a8", 2048))
+    for out, n in shapes:  # (out_features, in_features)
+        w = torch.randn(out, n, device="cuda", dtype=torch.float16) * 0.02
+        xs = {m: torch.randn(m, n, device="cuda", dtype=torch.float16) for m in (1, 2048)}
+        for m, x in xs.items():  # the baseline: fp16 F.linear (cuBLAS) on the float weight
+            theirs = _ms(lambda x=x, w=w: F.linear(x, w), quick)
+            shape = f"M{m} {out}x{n}"
+            rows.append(Row("quantized_linear", "torch-fp16", shape, "float16", "median_ms", theirs))
+            metric, value = ("tb_per_s", 2 * (out * n + n + out) / theirs / 1e9) if m == 1 else \
+                ("tflops", 2 * m * n * out / theirs / 1e9)
+            rows.append(Row("quantized_linear", "torch-fp16", shape, "float16", metric, value))
+            xs[m] = (x, theirs)
+        for name, bits, group, method, m in providers:
+            qw = ops.quantize_weight(w, bits=bits, group_size=group, method=method)
+            x, theirs = xs[m]
+            ours = _ms(_with_backend("triton", lambda x=x, qw=qw: ops.quantized_linear(x, qw)), quick)
+            shape, provider = f"M{m} {out}x{n}", f"fastformers-{name}"
+            rows.append(Row("quantized_linear", provider, shape, "float16", "median_ms", ours))
+            rows.append(Row("quantized_linear", provider, shape, "float16", "speedup_vs_torch", theirs / ours))
+            if m == 1:  # decode is bandwidth-bound: the packed weight is what moves
+                nbytes = qw.nbytes() + 2 * (n + out)
+                rows.append(Row("quantized_linear", provider, shape, "float16", "tb_per_s", nbytes / ours / 1e9))
+                rows.append(Row("quantized_linear", provider, shape, "float16", "fraction_of_copy_bw",
+                                nbytes / ours / 1e9 / copy_bw))
+            else:
+                rows.append(Row("quantized_linear", provider, shape, "float16", "tflops", 2 * m * n * out / ours / 1e9))
+        del w, xs
+
+
 def _bert_unpadding(rows: List[Row], quick: bool) -> None:
     import fastformers
     import fastformers.ops
@@ -161,6 +198,7 @@ def run(quick: bool = False) -> List[Row]:
     _attention(rows, quick)
     _decode_attention(rows, quick, copy_bw)
     _elementwise(rows, quick, copy_bw)
+    _quantized_linear(rows, quick, copy_bw)
     _bert_unpadding(rows, quick)
     assert all(math.isfinite(r.value) for r in rows)
     return rows

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-FAMILIES = ("attention", "attention_backward", "norm", "activation", "rotary")
+FAMILIES = ("attention", "attention_backward", "norm", "activation", "rotary", "quant_matmul")
 ARCH = 90  # H100
 H100_SHARED_PER_BLOCK = 232448  # bytes a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 H100_REGISTERS_PER_BLOCK = 65536
@@ -204,12 +204,47 @@ def _rotary_launches(mod):
     rope(f32, 256, 256, heads=8, kv_heads=1)
 
 
+def _quant_matmul_launches(mod):
+    """Weight-only int4 (groups 32/128, per channel, a group of 40) and int8 (per channel, grouped with mins)
+    at decode (1 and 8 rows: GEMV, split K + reduce) and prefill (2048 rows: GEMM) on Llama-8B shapes, fp16 /
+    bf16 / fp32 activations; W8A8 (activation quantization + int8 GEMM) at 1 and 2048 rows."""
+    import torch
+
+    f16, bf16, f32 = _dtypes()
+
+    def weight_only(dtype, bits, group, rows, n_in, n_out, mins=True, bias=False):
+        x = _meta(rows, n_in, dtype=dtype)
+        groups = -(-n_in // (group or n_in))
+        q = _meta(n_out, n_in if bits == 8 else (n_in + 1) // 2, dtype=torch.int8 if bits == 8 else torch.uint8)
+        scales = _meta(n_out, groups, dtype=dtype)
+        bias_t = _meta(n_out, dtype=dtype) if bias else None
+        mod._quantized_linear_launch(x, q, scales, scales if mins else None, bias_t, bits, group, n_in)
+
+    for dtype in (f16, bf16):
+        for rows in (1, 8, 2048):
+            weight_only(dtype, 4, 128, rows, 4096, 14336)
+            weight_only(dtype, 4, 32, rows, 14336, 4096, bias=True)
+            weight_only(dtype, 8, None, rows, 4096, 4096, mins=False)
+    weight_only(f16, 4, None, 1, 4096, 4096)
+    weight_only(f16, 4, 40, 2048, 4096, 4096)
+    weight_only(f16, 8, 64, 1, 4096, 4096)
+    weight_only(bf16, 8, 128, 2048, 4096, 4096, bias=True)
+    for rows in (1, 8, 2048):
+        weight_only(f32, 4, 128, rows, 4096, 4096)
+    for dtype in (f16, bf16, f32):
+        for rows in (1, 2048):
+            x = _meta(rows, 4096, dtype=dtype)
+            mod._w8a8_launch(x, _meta(14336, 4096, dtype=torch.int8), _meta(14336, 1, dtype=dtype),
+                             _meta(14336, dtype=dtype) if rows == 1 else None)
+
+
 _SCENARIOS = {
     "attention": _attention_launches,
     "attention_backward": _attention_backward_launches,
     "norm": _norm_launches,
     "activation": _activation_launches,
     "rotary": _rotary_launches,
+    "quant_matmul": _quant_matmul_launches,
 }
 
 
@@ -388,7 +423,7 @@ def _worker_main(out_dir: str, *families: str) -> None:
 # -- the tests ------------------------------------------------------------------------------------
 
 # rough compile seconds of each family (one core), to share the families out among the workers
-_COST = {"attention_backward": 45, "attention": 34, "norm": 9, "activation": 7, "rotary": 4}
+_COST = {"attention_backward": 45, "attention": 34, "norm": 9, "activation": 7, "rotary": 4, "quant_matmul": 30}
 
 
 def _share_out(families, workers):

@@ -15,12 +15,20 @@ from .backend import BACKENDS, BackendUnavailableError, backend_status, current_
 from .linear import linear, linear_reference
 from .norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
 from .padding import Packing, pad, unpad, unpadding_pays
+from .quant import (
+    QuantizedWeight,
+    dequantize_weight,
+    quantize_weight,
+    quantized_linear,
+    quantized_linear_reference,
+)
 from .rotary import rotary, rotary_reference
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "attention", "attention_with_probs", "backend_status",
-    "current_backend", "gelu", "layer_norm", "linear", "Packing", "pad", "rms_norm", "rotary", "silu_mul",
-    "unpad", "unpadding_pays", "use_backend", "varlen_attention",
+    "current_backend", "dequantize_weight", "gelu", "layer_norm", "linear", "Packing", "pad", "QuantizedWeight",
+    "quantize_weight", "quantized_linear", "rms_norm", "rotary", "silu_mul", "unpad", "unpadding_pays", "use_backend",
+    "varlen_attention",
 ]
 
 
@@ -28,7 +36,7 @@ def _preload_kernels() -> None:
     """Import the Triton kernels up front where they can run (a CUDA device, or the interpreter), so
     that an op's first call inside torch.compile does not import them: Dynamo cannot trace an import."""
     if backend_status("triton") is None:
-        for fn in (attention, varlen_attention, layer_norm, rms_norm, gelu, silu_mul, rotary):
+        for fn in (attention, varlen_attention, layer_norm, rms_norm, gelu, silu_mul, rotary, quantized_linear):
             fn._load("triton")
 
 
