@@ -25,8 +25,10 @@ from .auto import (
     AutoModelForTokenClassification,
 )
 from .configuration import PretrainedConfig
+from .generation import GenerationConfig, TextIteratorStreamer, TextStreamer
 from .modeling import PreTrainedModel
 from .pipelines import pipeline
+from .quantization import QuantizationConfig
 from .tokenization import AutoTokenizer, BatchEncoding, PreTrainedTokenizerFast
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .configuration import PretrainedConfig
+from .configuration import CONFIG_NAME, PretrainedConfig, read_json
 from .loading.gguf import read_gguf
 from .loading.hub import refuse_remote_code, resolve_file
 from .loading.weights import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files, read_tensors
@@ -166,6 +166,9 @@ class PreTrainedModel(nn.Module):
         trust_remote_code: bool = False,
         use_safetensors: Optional[bool] = None,
         gguf_file: Optional[str] = None,
+        quantization_config: Any = None,
+        load_in_8bit: bool = False,
+        load_in_4bit: bool = False,
         **config_overrides: Any,
     ) -> "PreTrainedModel":
         """Load a checkpoint folder or hub repository (same arguments as transformers).
@@ -173,6 +176,13 @@ class PreTrainedModel(nn.Module):
         `torch_dtype`/`dtype`: "auto" (default, as in transformers 5) keeps the checkpoint's dtype;
         `device` (or a single-device `device_map`) is where the weights are loaded; `gguf_file` names a
         GGUF file in the folder/repository to read config and weights from (dequantized).
+
+        `quantization_config` (a `fastformers.QuantizationConfig` or its dict) quantizes the linears while
+        they load, each weight as it is read; `load_in_8bit=True` / `load_in_4bit=True` are shortcuts (groups
+        of 128). A checkpoint saved quantized (config.json `quantization_config` with quant_method
+        "fastformers") loads packed as saved. With a GGUF file, `QuantizationConfig.from_gguf()` keeps its
+        Q8_0 / Q4_0 / Q4_1 linear weights packed instead of dequantizing them: the default when `device` is a
+        GPU (`quantization_config=False` dequantizes everything there too).
         """
         refuse_remote_code(trust_remote_code)
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
@@ -187,22 +197,37 @@ class PreTrainedModel(nn.Module):
             target_dtype = to_torch_dtype(requested, "dtype" if dtype is not None else "torch_dtype")
         else:
             target_dtype = to_torch_dtype(getattr(config, "dtype", None), "config dtype")
-        if gguf_file is not None:
-            gguf = read_gguf(resolve_file(name_or_path, gguf_file, **hub))
-            target_dtype = target_dtype or torch.float32  # transformers dequantizes GGUF to float32
-            shards = _chunked(gguf.path, gguf.iter_state_dict(target_dtype))
-        else:
-            files = find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
-            target_dtype = target_dtype or checkpoint_dtype(files[0]) or torch.float32
-            shards = ((path, dict(read_tensors(path))) for path in files)
         device = _single_device(device if device is not None else device_map)
+        gguf = read_gguf(resolve_file(name_or_path, gguf_file, **hub)) if gguf_file is not None else None
+        quantization = _quantization_request(config, quantization_config, load_in_8bit, load_in_4bit,
+                                             name_or_path, hub, gguf, device)
 
         with torch.device("meta"):
             model = cls(config)
-        model._load_checkpoint(shards, os.fspath(name_or_path), target_dtype, device)
+        quantizer = None
+        if quantization is not None:
+            from .quantization.apply import QuantizedLoader
+
+            qconfig, packed = quantization
+            quantizer = QuantizedLoader(model, qconfig, packed, gguf.hf_tensor_types() if gguf else None,
+                                        key_map=model._key_mapper())
+        if gguf is not None:
+            target_dtype = target_dtype or torch.float32  # transformers dequantizes GGUF to float32
+            stream = gguf.iter_state_dict(target_dtype, keep_quantized=quantizer.keep_gguf if quantizer else None)
+            # quantizing: one tensor at a time, so that a single float weight is alive at once
+            shards = [(gguf.path, stream)] if quantizer else _chunked(gguf.path, stream)
+        else:
+            files = find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
+            target_dtype = target_dtype or checkpoint_dtype(files[0]) or torch.float32
+            shards = ((path, read_tensors(path) if quantizer else dict(read_tensors(path))) for path in files)
+        model._load_checkpoint(shards, os.fspath(name_or_path), target_dtype, device, quantizer)
         if device.type == "cpu" and cls._k_major_linears_on_cpu:
             model.k_major_linears_()
         config.dtype = str(target_dtype).removeprefix("torch.")
+        if quantizer is not None:
+            from .quantization.apply import describe
+
+            config.quantization_config = describe(model, quantizer.config)
         config._name_or_path = os.fspath(name_or_path)
         if hasattr(model, "generate"):
             model.generation_config = _generation_config(name_or_path, config, gguf_file is not None, hub)
@@ -210,11 +235,17 @@ class PreTrainedModel(nn.Module):
 
     def _checkpoint_key_map(self, keys: Iterable[str]) -> Dict[str, str]:
         """Map checkpoint key -> model key: legacy names, and the base-model prefix added or removed."""
+        key_map = self._key_mapper()
+        return {key: key_map(key) for key in keys}
+
+    def _key_mapper(self, extra_names: Iterable[str] = ()):
+        """The function checkpoint key -> model key of `_checkpoint_key_map`; `extra_names`: model keys the
+        state_dict does not show (the float weight names of quantized linears)."""
         prefix = self.base_model_prefix
-        own = set(self.state_dict(keep_vars=True))
+        own = set(self.state_dict(keep_vars=True)) | set(extra_names)
         has_base = prefix and any(k.startswith(prefix + ".") for k in own)
-        mapping = {}
-        for key in keys:
+
+        def key_map(key: str) -> str:
             name = key
             for pattern, repl in _LEGACY_RENAMES:
                 name = pattern.sub(repl, name)
@@ -223,20 +254,30 @@ class PreTrainedModel(nn.Module):
                     name = prefix + "." + name
                 elif not has_base and name.startswith(prefix + "."):
                     name = name[len(prefix) + 1:]
-            mapping[key] = name
-        return mapping
+            return name
 
-    def _load_checkpoint(self, shards: Iterable[Tuple[str, Dict[str, torch.Tensor]]], source: str,
-                         dtype: torch.dtype, device: torch.device) -> None:
-        """Fill the meta-device model from (file name, {checkpoint name: tensor}) pieces, one at a time."""
+        return key_map
+
+    def _load_checkpoint(self, shards: Iterable[Tuple[str, Any]], source: str, dtype: torch.dtype,
+                         device: torch.device, quantizer: Any = None) -> None:
+        """Fill the meta-device model from (file name, {checkpoint name: tensor} or an iterator of (name,
+        tensor)) pieces, one at a time. `quantizer` (quantization.apply.QuantizedLoader) turns the tensors of
+        quantized linears into their packed buffers as they stream in."""
         own = self.state_dict(keep_vars=True)
         tied_targets = set(self._tie_pairs())
         loaded, unexpected, mismatched = set(), [], []
+        key_map = self._key_mapper(quantizer.checkpoint_names if quantizer is not None else ())
         for path, tensors in shards:
             state = {}
-            key_map = self._checkpoint_key_map(tensors)
-            for key, tensor in tensors.items():
-                name = key_map[key]
+            for key, tensor in (tensors.items() if isinstance(tensors, dict) else tensors):
+                name = key_map(key)
+                if quantizer is not None:
+                    converted = quantizer.convert(key, name, tensor, dtype, device)
+                    if converted is not None:
+                        state.update(converted)
+                        loaded.update(converted)
+                        del tensor  # a float weight quantized: drop it before the next one is read
+                        continue
                 if name not in own:
                     if not any(p.search(key) for p in _ALWAYS_IGNORED):
                         unexpected.append(key)
@@ -256,12 +297,16 @@ class PreTrainedModel(nn.Module):
         # Reassignment broke shared parameters: tie them again, then fill what the checkpoint lacks.
         self.tie_weights()
         missing = [k for k in self.state_dict(keep_vars=True) if k not in loaded and k not in tied_targets]
-        if missing:
+        initialised = []
+        if quantizer is not None:
+            missing, initialised = quantizer.finish(missing, source, dtype, device,
+                                                    getattr(self.config, "initializer_range", 0.02))
+        if missing or initialised:
             self._materialize(missing, dtype, device)
             logger.warning(
                 "Some weights of %s were not initialized from the checkpoint at %s and are newly initialized: %s\n"
                 "Train this model on a downstream task to use it for predictions and inference.",
-                type(self).__name__, source, missing,
+                type(self).__name__, source, missing + initialised,
             )
         ignore = [re.compile(p) for p in self._keys_to_ignore_on_load_unexpected]
         unexpected = [k for k in unexpected if not any(p.search(k) for p in ignore)]
@@ -285,6 +330,17 @@ class PreTrainedModel(nn.Module):
                     self._init_weights(module)
 
     # -- saving -----------------------------------------------------------------------------
+    def _record_quantization(self) -> None:
+        """config.quantization_config describes the quantized linears this model has (quant_method "fastformers")."""
+        from .quantization.apply import describe
+        from .quantization.config import QUANT_METHOD, QuantizationConfig
+
+        current = getattr(self.config, "quantization_config", None)
+        ours = isinstance(current, dict) and current.get("quant_method") == QUANT_METHOD
+        described = describe(self, QuantizationConfig.from_dict(current) if ours else None)
+        if described is not None:
+            self.config.quantization_config = described
+
     def save_pretrained(self, save_directory: str | os.PathLike, *, state_dict: Optional[Dict[str, torch.Tensor]] = None,
                         max_shard_size: int | str = "5GB", safe_serialization: bool = True) -> None:
         """Write config.json and safetensors weights (sharded above max_shard_size) that transformers reads."""
@@ -293,6 +349,7 @@ class PreTrainedModel(nn.Module):
         if not safe_serialization:
             raise ValueError("fastformers saves safetensors only (safe_serialization=False is not supported)")
         os.makedirs(save_directory, exist_ok=True)
+        self._record_quantization()
         self.config.architectures = [type(self).__name__]
         self.config.dtype = str(self.dtype).removeprefix("torch.")
         self.config.save_pretrained(save_directory)
@@ -337,6 +394,25 @@ class PreTrainedModel(nn.Module):
                  "weight_map": weight_map}
         with open(os.path.join(save_directory, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)
+
+
+def _quantization_request(config, quantization_config, load_in_8bit: bool, load_in_4bit: bool, name_or_path,
+                          hub: Dict[str, Any], gguf, device: torch.device):
+    """(QuantizationConfig, packed) when the model loads quantized, else None (see from_pretrained)."""
+    from .quantization.apply import requested_config
+    from .quantization.config import QuantizationConfig
+
+    # the checkpoint's own quantization_config (AutoModel passes the caller's on as config attributes)
+    saved = path = None
+    if gguf is None and getattr(config, "quantization_config", None) is not None:
+        path = resolve_file(name_or_path, CONFIG_NAME, required=False, **hub)
+        saved = read_json(path).get("quantization_config") if path else None
+    asked = quantization_config is not None or load_in_8bit or load_in_4bit or any(
+        key in vars(config) for key in ("quantization_config", "load_in_8bit", "load_in_4bit"))
+    if gguf is not None and device.type == "cuda" and not asked:
+        quantization_config = QuantizationConfig.from_gguf()  # GGUF on a GPU: Q8_0 / Q4_0 / Q4_1 stay packed
+    qconfig, packed = requested_config(config, quantization_config, load_in_8bit, load_in_4bit, saved, str(path))
+    return None if qconfig is None else (qconfig, packed)
 
 
 def _generation_config(name_or_path, config, from_gguf: bool, hub: Dict[str, Any]):

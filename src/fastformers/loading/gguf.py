@@ -17,7 +17,9 @@ Qwen2 and Qwen3 files go through in transformers 5):
 
 * Q and K projections of `llama` files are stored with llama.cpp's rotary row permutation, undone on load.
 * Weights are dequantized to float32 (then cast to the dtype asked for); the config states no dtype (transformers
-  loads GGUF models in float32 whatever the file's types).
+  loads GGUF models in float32 whatever the file's types). fastformers can also keep Q8_0 / Q4_0 / Q4_1 linear
+  weights packed (`iter_state_dict(keep_quantized=...)`, used by `QuantizationConfig.from_gguf()`; see
+  fastformers/quantization/gguf.py).
 * The config keeps only what the metadata states (plus `tie_word_embeddings`, true when the file has no
   `output.weight`); a `llama` file is `model_type` "mistral" only when its `general.name` is exactly "mistral".
 * The tokenizer is rebuilt from `tokenizer.ggml.*`: byte-level BPE ("gpt2") or SentencePiece-style BPE with
@@ -31,7 +33,7 @@ import mmap
 import os
 import re
 import struct
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -249,6 +251,8 @@ def _deq_q6_k(b: torch.Tensor) -> torch.Tensor:
 _DEQUANT = {2: _deq_q4_0, 3: _deq_q4_1, 6: _deq_q5_0, 7: _deq_q5_1, 8: _deq_q8_0, 10: _deq_q2_k,
             11: _deq_q3_k, 12: _deq_q4_k, 13: _deq_q5_k, 14: _deq_q6_k}
 _FLOAT_TYPES = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
+# types iter_state_dict(keep_quantized=...) can hand over packed (fastformers.quantization.gguf)
+_KEPT_QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1")
 # rows of blocks dequantized at once: bounds the temporaries for very large tensors
 _CHUNK_BLOCKS = 1 << 18
 
@@ -635,8 +639,17 @@ class GGUFCheckpoint:
         (e.g. llama.cpp's precomputed rope_freqs)."""
         return _hf_name(gguf_name, self.architecture)
 
-    def iter_state_dict(self, dtype: torch.dtype = torch.float32) -> Iterator[Tuple[str, torch.Tensor]]:
-        """(Hugging Face name, tensor) for every tensor the model uses, in file order, one at a time."""
+    def hf_tensor_types(self) -> Dict[str, str]:
+        """Hugging Face name -> ggml type name ("Q4_1", "F32", ...) of every tensor the model uses."""
+        return {hf: info.type_name for name, info in self.tensors.items()
+                if (hf := _hf_name(name, self.architecture)) is not None}
+
+    def iter_state_dict(self, dtype: torch.dtype = torch.float32,
+                        keep_quantized: Optional[Callable[[str], bool]] = None) -> Iterator[Tuple[str, Any]]:
+        """(Hugging Face name, tensor) for every tensor the model uses, in file order, one at a time.
+
+        keep_quantized: a predicate on Hugging Face names; a Q8_0 / Q4_0 / Q4_1 matrix it accepts comes as a
+        packed `QuantizedWeight` (fastformers.quantization.gguf) with scales in `dtype`, not dequantized."""
         self._check_architecture()
         permute = self.architecture == "llama"
         if permute:
@@ -649,11 +662,20 @@ class GGUFCheckpoint:
                 logger.info("%s: tensor %s is not part of the %s model; skipped", self.path, name,
                             self.model_type)
                 continue
+            heads = (n_head if ".attn_q." in name else n_kv if ".attn_k." in name else None) if permute else None
+            if keep_quantized is not None and info.type_name in _KEPT_QUANT_TYPES and len(info.shape) == 2 \
+                    and keep_quantized(hf):
+                from ..quantization.gguf import gguf_quantized_weight, map_rows  # noqa: PLC0415 - optional path
+
+                value = gguf_quantized_weight(self._raw(info), info.ggml_type, info.shape, dtype,
+                                              f"{self.path}: tensor {name!r}")
+                if heads is not None:
+                    value = map_rows(value, lambda t, h=heads: unpermute_qk(t, h).contiguous())
+                yield hf, value
+                continue
             value = self.tensor(name, dtype)
-            if permute and ".attn_q." in name:
-                value = unpermute_qk(value, n_head).contiguous()
-            elif permute and ".attn_k." in name:
-                value = unpermute_qk(value, n_kv).contiguous()
+            if heads is not None:
+                value = unpermute_qk(value, heads).contiguous()
             yield hf, value
 
     def state_dict(self, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:

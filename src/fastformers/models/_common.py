@@ -145,40 +145,83 @@ class FusedLinear:
     each Linear's parameters become views of it, so checkpoint names, state_dict values and tying
     are unchanged. If the parameters are later replaced (`.to(...)`, `load_state_dict`), the
     storage is rebuilt on the next call. With autograd on, the separate linears run as usual.
+
+    Quantized linears (a `QuantizedWeight` as `.weight`, fastformers.quantization) fuse the same way,
+    their packed tensors concatenated along the output dim, when their formats agree (bits, groups,
+    method, mins); linears of different formats, or quantized next to float ones, run separately.
     """
 
     def __init__(self, *linears: torch.nn.Linear) -> None:
         self.linears = linears
         self.sizes = [lin.out_features for lin in linears]
         self.weight = self.bias = None
+        self._fused = False
 
-    def _valid(self) -> bool:
+    def replace_linears(self, replacements: dict) -> None:
+        """Point at new modules ({id(old module): new module}), e.g. after quantization swapped them."""
+        self.linears = tuple(replacements.get(id(lin), lin) for lin in self.linears)
+        self.weight = self.bias = None
+        self._fused = False
+
+    def _ids(self):
         # .to(), .half(), load_state_dict(assign=True) replace every parameter's storage together:
         # checking the first and last linear is enough, and cheap (this runs per layer per token).
         first, last = self.linears[0].weight, self.linears[-1].weight
-        return (self.weight is not None and first.data_ptr() == self._ptrs[0] and last.data_ptr() == self._ptrs[1]
-                and first.dtype == self.weight.dtype)
+        if isinstance(first, ops.QuantizedWeight):
+            first_ptrs = (first.qweight.data_ptr(), first.scales.data_ptr())
+        else:
+            first_ptrs = (first.data_ptr(), 0)
+        return first_ptrs + (getattr(last, "qweight", last).data_ptr(), first.dtype)
 
     def _fuse(self) -> None:
-        ws = [lin.weight.detach() for lin in self.linears]
-        if any(w.stride(0) == 1 and w.shape[0] > 1 for w in ws):  # keep a K-major layout K-major (see PreTrainedModel)
-            self.weight = torch.cat([w.t() for w in ws], dim=1).t()
+        if any(isinstance(lin.weight, ops.QuantizedWeight) for lin in self.linears):
+            self._fuse_quantized()
         else:
-            self.weight = torch.cat(ws)
-        has_bias = all(lin.bias is not None for lin in self.linears)
+            ws = [lin.weight.detach() for lin in self.linears]
+            if any(w.stride(0) == 1 and w.shape[0] > 1 for w in ws):  # keep a K-major layout K-major (PreTrainedModel)
+                self.weight = torch.cat([w.t() for w in ws], dim=1).t()
+            else:
+                self.weight = torch.cat(ws)
+            start = 0
+            for lin, n in zip(self.linears, self.sizes):
+                lin.weight = torch.nn.Parameter(self.weight[start:start + n], requires_grad=lin.weight.requires_grad)
+                start += n
+        has_bias = self.weight is not None and all(lin.bias is not None for lin in self.linears)
         self.bias = torch.cat([lin.bias.detach() for lin in self.linears]) if has_bias else None
-        self._offsets, start = [], 0
-        for lin, n in zip(self.linears, self.sizes):
-            self._offsets.append(start)
-            lin.weight = torch.nn.Parameter(self.weight[start:start + n], requires_grad=lin.weight.requires_grad)
-            if has_bias:
+        if has_bias:
+            start = 0
+            for lin, n in zip(self.linears, self.sizes):
                 lin.bias = torch.nn.Parameter(self.bias[start:start + n], requires_grad=lin.bias.requires_grad)
+                start += n
+        self._fused = True
+        self._ptrs = self._ids()
+
+    def _fuse_quantized(self) -> None:
+        ws = [lin.weight for lin in self.linears]
+
+        def layout(w):
+            return isinstance(w, ops.QuantizedWeight) and (w.bits, w.group_size, w.method, w.in_features,
+                                                           w.mins is None, w.dtype, w.device)
+
+        if not all(layout(w) == layout(ws[0]) for w in ws):
+            self.weight = None  # formats differ (or float next to quantized): the linears run one by one
+            return
+        first = ws[0]
+        parts = [None if getattr(first, p) is None else torch.cat([getattr(w, p) for w in ws])
+                 for p in ("qweight", "scales", "mins")]
+        self.weight = ops.QuantizedWeight(*parts, first.bits, first.group_size, first.in_features, first.method)
+        start = 0
+        for lin, n in zip(self.linears, self.sizes):
+            lin.weight = ops.QuantizedWeight(*(None if t is None else t[start:start + n] for t in parts), first.bits,
+                                             first.group_size, first.in_features, first.method)
             start += n
-        self._ptrs = (self.linears[0].weight.data_ptr(), self.linears[-1].weight.data_ptr())
 
     def __call__(self, x: torch.Tensor):
-        if torch.is_grad_enabled() and self.linears[0].weight.requires_grad or x.device.type == "meta":
+        if (torch.is_grad_enabled() and getattr(self.linears[0].weight, "requires_grad", False)
+                or x.device.type == "meta"):
             return [ops.linear(x, lin.weight, lin.bias) for lin in self.linears]
-        if not self._valid():
+        if not self._fused or self._ids() != self._ptrs:
             self._fuse()
+        if self.weight is None:
+            return [ops.linear(x, lin.weight, lin.bias) for lin in self.linears]
         return ops.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)

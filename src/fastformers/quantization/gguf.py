@@ -1,0 +1,69 @@
+"""GGUF Q8_0 / Q4_0 / Q4_1 tensors as `QuantizedWeight`s (ops/quant.py), kept packed instead of dequantized.
+
+The block layouts (32 values a block, rows of whole blocks; loading/gguf.py dequantizes the same bytes):
+
+- Q8_0, 34 bytes: d (float16), then 32 int8 codes q; w = q * d -> int8, group 32, scales d, no mins.
+- Q4_0, 18 bytes: d (float16), then 16 bytes of nibbles: value i in the low nibble of byte i, value 16 + i in
+  the high nibble; w = (q - 8) * d -> int4, group 32, scales d, mins -8 * d.
+- Q4_1, 20 bytes: d, m (float16), then the nibbles as Q4_0; w = q * d + m -> int4, group 32, scales d, mins m.
+
+Dequantizing the result gives exactly what loading/gguf.py's dequantization gives in float32 (the products and
+sums involved are exact), so a model that keeps these tensors packed computes what the dequantized model does,
+up to float rounding in the matmuls. Scales and mins are cast to the model dtype (exact for float16 and float32).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+
+from ..ops.quant import QuantizedWeight, pack_int4
+from .config import LinearFormat
+
+#: ggml type id -> (name, block bytes, the format it is kept in)
+KEPT_TYPES: Dict[int, tuple] = {
+    8: ("Q8_0", 34, LinearFormat(8, 32, True)),
+    2: ("Q4_0", 18, LinearFormat(4, 32, True)),
+    3: ("Q4_1", 20, LinearFormat(4, 32, False)),
+}
+KEPT_TYPE_NAMES = tuple(name for name, _, _ in KEPT_TYPES.values())
+
+
+def kept_format(type_name: str) -> Optional[LinearFormat]:
+    """The format a GGUF tensor of this type is kept in, or None for types that are dequantized."""
+    return next((fmt for name, _, fmt in KEPT_TYPES.values() if name == type_name), None)
+
+
+def gguf_quantized_weight(raw: torch.Tensor, ggml_type: int, shape, dtype: torch.dtype = torch.float32,
+                          name: str = "tensor") -> QuantizedWeight:
+    """Raw bytes of a 2-D Q8_0 / Q4_0 / Q4_1 tensor of `shape` (rows, columns) -> a checked QuantizedWeight."""
+    if ggml_type not in KEPT_TYPES:
+        raise ValueError(f"{name}: ggml type {ggml_type} is not kept quantized (supported: "
+                         f"{', '.join(KEPT_TYPE_NAMES)})")
+    type_name, size, _ = KEPT_TYPES[ggml_type]
+    if len(shape) != 2 or shape[1] % 32:
+        raise ValueError(f"{name}: a {type_name} matrix must be 2-D with rows of whole 32-value blocks, got shape "
+                         f"{tuple(shape)}")
+    rows, cols = (int(s) for s in shape)
+    raw = raw.reshape(-1)
+    if raw.data_ptr() % 2:  # the float16 fields must be aligned to be reinterpreted
+        raw = raw.clone()
+    if raw.numel() != rows * cols // 32 * size:
+        raise ValueError(f"{name}: {raw.numel()} bytes of {type_name} blocks do not hold shape {tuple(shape)}")
+    blocks = raw.view(rows, cols // 32, size)
+    d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(rows, cols // 32)
+    if type_name == "Q8_0":
+        qweight = blocks[..., 2:].contiguous().view(torch.int8).reshape(rows, cols)
+        return QuantizedWeight(qweight, d.to(dtype), None, 8, 32, cols).check(name)
+    qs = blocks[..., 4:] if type_name == "Q4_1" else blocks[..., 2:]
+    codes = torch.cat((qs & 0xF, qs >> 4), dim=-1).reshape(rows, cols)  # ggml: low nibbles, then high
+    mins = blocks[..., 2:4].contiguous().view(torch.float16).reshape(rows, cols // 32).float() \
+        if type_name == "Q4_1" else -8 * d.float()
+    return QuantizedWeight(pack_int4(codes), d.to(dtype), mins.to(dtype), 4, 32, cols).check(name)
+
+
+def map_rows(qw: QuantizedWeight, fn: Callable[[torch.Tensor], torch.Tensor]) -> QuantizedWeight:
+    """Apply a permutation of the output rows (e.g. GGUF's rotary Q/K row order undone) to a packed weight."""
+    return QuantizedWeight(fn(qw.qweight), fn(qw.scales), None if qw.mins is None else fn(qw.mins), qw.bits,
+                           qw.group_size, qw.in_features, qw.method)

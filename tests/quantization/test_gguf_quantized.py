@@ -1,0 +1,66 @@
+"""GGUF Q8_0 / Q4_0 / Q4_1 blocks kept packed (fastformers/quantization/gguf.py): dequantizing the packed weight
+gives exactly what loading/gguf.py's dequantization (bit-identical to gguf.quants) gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastformers import ops
+from fastformers.loading.gguf import dequantize, unpermute_qk
+from fastformers.quantization.gguf import gguf_quantized_weight, map_rows
+
+TYPES = {"Q8_0": (8, 34), "Q4_0": (2, 18), "Q4_1": (3, 20)}
+
+
+def random_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """Raw bytes of a (rows, cols) tensor of random blocks with finite float16 scales (and mins)."""
+    g = torch.Generator().manual_seed(seed)
+    _, size = TYPES[type_name]
+    n = rows * cols // 32
+    raw = torch.randint(0, 256, (n, size), generator=g, dtype=torch.uint8)
+    halves = 2 if type_name == "Q4_1" else 1
+    scales = (torch.randn(n, halves, generator=g) * 0.01).to(torch.float16)
+    raw[:, :2 * halves] = scales.view(torch.uint8).view(n, 2 * halves)
+    return raw.reshape(-1)
+
+
+@pytest.mark.parametrize("type_name", list(TYPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kept_weight_dequantizes_exactly_like_gguf(type_name, dtype):
+    ggml_type, _ = TYPES[type_name]
+    rows, cols = 48, 96
+    raw = random_blocks(type_name, rows, cols)
+    qw = gguf_quantized_weight(raw, ggml_type, (rows, cols), dtype)
+    assert qw.group_size == 32 and qw.bits == (8 if type_name == "Q8_0" else 4) and qw.scales.dtype == dtype
+    assert (qw.mins is None) == (type_name == "Q8_0")
+    want = dequantize(raw, ggml_type, (rows, cols), torch.float32).to(dtype)
+    assert torch.equal(ops.dequantize_weight(qw), want)
+    # the rotary row permutation llama files need, applied to the packed weight
+    heads = 4
+    permuted = map_rows(qw, lambda t: unpermute_qk(t, heads).contiguous())
+    assert torch.equal(ops.dequantize_weight(permuted), unpermute_qk(want, heads))
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="blk.0.attn_q.weight: ggml type 12 is not kept quantized"):
+        gguf_quantized_weight(torch.zeros(144, dtype=torch.uint8), 12, (1, 256), name="blk.0.attn_q.weight")
+    with pytest.raises(ValueError, match="w: 68 bytes of Q8_0 blocks do not hold shape"):
+        gguf_quantized_weight(torch.zeros(68, dtype=torch.uint8), 8, (2, 64), name="w")
+    with pytest.raises(ValueError, match="rows of whole 32-value blocks"):
+        gguf_quantized_weight(torch.zeros(68, dtype=torch.uint8), 8, (2, 48), name="w")
+
+
+def test_gguf_kept_packed_by_default_on_gpu_only():
+    """from_pretrained(gguf_file=...) keeps Q8_0 / Q4_0 / Q4_1 packed when it loads onto a GPU (decided before any
+    weight is read; checked here without one); quantization_config=False turns that off."""
+    from fastformers.modeling import _quantization_request
+    from fastformers.models.llama import LlamaConfig
+
+    gguf, cuda, cpu = object(), torch.device("cuda"), torch.device("cpu")
+    qconfig, packed = _quantization_request(LlamaConfig(), None, False, False, "x", {}, gguf, cuda)
+    assert qconfig.source == "gguf" and not packed
+    assert _quantization_request(LlamaConfig(), None, False, False, "x", {}, gguf, cpu) is None
+    assert _quantization_request(LlamaConfig(), False, False, False, "x", {}, gguf, cuda) is None
+    qconfig, _ = _quantization_request(LlamaConfig(), None, True, False, "x", {}, gguf, cuda)  # load_in_8bit wins
+    assert (qconfig.bits, qconfig.source) == (8, None)
