@@ -18,8 +18,10 @@ from ..tokenization import AutoTokenizer
 from .base import Pipeline
 from .feature_extraction import FeatureExtractionPipeline, SentenceEmbeddingPipeline
 from .fill_mask import FillMaskPipeline
+from .question_answering import QuestionAnsweringPipeline
 from .text2text_generation import SummarizationPipeline, Text2TextGenerationPipeline, TranslationPipeline
 from .text_classification import TextClassificationPipeline
+from .text_generation import TextGenerationPipeline
 from .token_classification import TokenClassificationPipeline
 from .zero_shot_classification import ZeroShotClassificationPipeline
 
@@ -40,24 +42,30 @@ SUPPORTED_TASKS = {
     "fill-mask": Task(FillMaskPipeline, "AutoModelForMaskedLM", "distilbert/distilroberta-base"),
     "token-classification": Task(TokenClassificationPipeline, "AutoModelForTokenClassification",
                                  "dbmdz/bert-large-cased-finetuned-conll03-english"),
+    "question-answering": Task(QuestionAnsweringPipeline, "AutoModelForQuestionAnswering",
+                               "distilbert/distilbert-base-cased-distilled-squad"),
     "zero-shot-classification": Task(ZeroShotClassificationPipeline, "AutoModelForSequenceClassification",
                                      "facebook/bart-large-mnli"),
     "summarization": Task(SummarizationPipeline, "AutoModelForSeq2SeqLM", "sshleifer/distilbart-cnn-12-6"),
     "translation": Task(TranslationPipeline, "AutoModelForSeq2SeqLM", "google-t5/t5-base"),
     "text2text-generation": Task(Text2TextGenerationPipeline, "AutoModelForSeq2SeqLM", "google-t5/t5-base"),
+    "text-generation": Task(TextGenerationPipeline, "AutoModelForCausalLM", "openai-community/gpt2"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 
 def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any = None, torch_dtype: Any = None,
-             batch_size: Optional[int] = None, **kwargs: Any) -> Pipeline:
+             batch_size: Optional[int] = None, gguf_file: Optional[str] = None, quantization_config: Any = None,
+             **kwargs: Any) -> Pipeline:
     """Build the pipeline for `task`.
 
     model: a folder or hub id (loaded with the task's Auto class), a loaded model, or None for the
     task's default checkpoint. tokenizer: a tokenizer, a folder or hub id, or None to take the model's
     own (the model's folder, or `config._name_or_path` of a loaded model). device / torch_dtype: where
     and in which dtype the model runs. Other keyword arguments become the defaults of every call
-    (e.g. top_k, aggregation_strategy).
+    (e.g. top_k, aggregation_strategy). gguf_file: the GGUF file inside the model's folder / repo, read by both
+    the model and (when it comes from the model's folder) the tokenizer. quantization_config: passed to the
+    model's from_pretrained.
     """
     name = TASK_ALIASES.get(task, task)
     if isinstance(task, str) and re.fullmatch(r"translation_.+_to_.+", task):
@@ -73,6 +81,10 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
         load_args = {"device": device} if device is not None else {}
         if torch_dtype is not None:
             load_args["torch_dtype"] = torch_dtype
+        if gguf_file is not None:
+            load_args["gguf_file"] = gguf_file
+        if quantization_config is not None:
+            load_args["quantization_config"] = quantization_config
         source = model
         model = getattr(auto, spec.auto_class).from_pretrained(model, **load_args)
     else:
@@ -88,7 +100,8 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
                              "loaded from (config._name_or_path is empty)")
         tokenizer = source
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        same_source = gguf_file is not None and os.fspath(tokenizer) == os.fspath(source or "")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer, **({"gguf_file": gguf_file} if same_source else {}))
     if issubclass(spec.pipeline_class, Text2TextGenerationPipeline):
         kwargs["task"] = task
     return spec.pipeline_class(model, tokenizer, batch_size=batch_size, **kwargs)
@@ -96,5 +109,5 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
 
 __all__ = ["pipeline", "Pipeline", "SUPPORTED_TASKS", "TASK_ALIASES", "TextClassificationPipeline",
            "FeatureExtractionPipeline", "SentenceEmbeddingPipeline", "FillMaskPipeline", "TokenClassificationPipeline",
-           "ZeroShotClassificationPipeline", "SummarizationPipeline", "TranslationPipeline",
-           "Text2TextGenerationPipeline"]
+           "ZeroShotClassificationPipeline", "QuestionAnsweringPipeline", "SummarizationPipeline", "TranslationPipeline",
+           "Text2TextGenerationPipeline", "TextGenerationPipeline"]
