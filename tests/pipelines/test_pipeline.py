@@ -32,3 +32,29 @@ def test_model_object_takes_its_tokenizer_from_name_or_path(tmp_path_factory):
         fastformers.pipeline("text-classification", model=model)
     with pytest.raises(TypeError, match="top_q"):  # fill-mask takes no tokenizer keyword arguments
         fastformers.pipeline("fill-mask", model=path, top_q=3)
+
+
+def test_quantization_config_quantizes_the_model_on_load(tmp_path):
+    """pipeline(..., quantization_config=...) loads the model quantized; it generates what the same model
+    quantized in memory generates."""
+    import torch
+    from conftest import build_reference
+    from pipeline_models import hf_tokenizer
+
+    from fastformers.quantization import QuantizedLinear, quantize_model
+
+    path, _ = build_reference("llama", "AutoModelForCausalLM", tmp_path, vocab_size=30522, hidden_size=64,
+                              intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              max_position_embeddings=128, bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    hf_tokenizer().save_pretrained(path)
+    config = fastformers.QuantizationConfig(bits=4, group_size=32)
+    pipe = fastformers.pipeline("text-generation", model=str(path), quantization_config=config)
+    quantized = [m for m in pipe.model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down per layer; the lm_head stays float
+    assert not isinstance(pipe.model.lm_head, QuantizedLinear)
+
+    reference = quantize_model(fastformers.AutoModelForCausalLM.from_pretrained(path), config)
+    ids = torch.tensor([pipe.tokenizer("the weather today is")["input_ids"]])
+    expected = reference.generate(ids, max_new_tokens=6, do_sample=False)[0]
+    out = pipe("the weather today is", max_new_tokens=6, do_sample=False, return_tensors=True)
+    assert list(out[0]["generated_token_ids"]) == expected.tolist()
