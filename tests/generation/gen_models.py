@@ -80,3 +80,30 @@ def left_padded(vocab_size: int = 99, lengths=(9, 5, 1), seed: int = 0, pad_id: 
         ids[i, width - n:] = torch.randint(3, vocab_size, (n,), generator=g)
         mask[i, width - n:] = 1
     return ids, mask
+
+
+def generate_both(pair, inputs, seed=0, **kwargs):
+    """(ours, transformers') generate() outputs for the same inputs, each after torch.manual_seed(seed)."""
+    ours, theirs = pair
+    torch.manual_seed(seed)
+    a = ours.generate(**inputs, **kwargs)
+    torch.manual_seed(seed)
+    b = theirs.generate(**inputs, **kwargs)
+    return a, b
+
+
+def assert_same_tokens(a, b):
+    a = a if isinstance(a, torch.Tensor) else a.sequences
+    b = b if isinstance(b, torch.Tensor) else b.sequences
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} vs {tuple(b.shape)}\n{a}\n{b}"
+    assert torch.equal(a, b), f"\nours:\n{a}\ntransformers:\n{b}"
+
+
+def assert_close_steps(ours, theirs, tol=1e-4):
+    """Per-step scores / logits equal within tol, with infinities (banned tokens) in the same places."""
+    assert len(ours) == len(theirs) > 0
+    for x, y in zip(ours, theirs):
+        assert x.shape == y.shape
+        finite = torch.isfinite(y)
+        assert torch.equal(finite, torch.isfinite(x))
+        assert (x[finite] - y[finite]).abs().max() <= tol

@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 from conftest import build_reference
-from gen_models import _TMP
+from gen_models import _TMP, assert_close_steps, assert_same_tokens, generate_both
 
 import fastformers
 
@@ -48,28 +48,7 @@ def batch(name="bart", lengths=(9, 5, 2), seed=0):
 
 
 def run_both(name, inputs, seed=0, **kwargs):
-    ours, theirs = model_pair(name)
-    torch.manual_seed(seed)
-    a = ours.generate(**inputs, **kwargs)
-    torch.manual_seed(seed)
-    b = theirs.generate(**inputs, **kwargs)
-    return a, b
-
-
-def assert_same_tokens(a, b):
-    a = a if isinstance(a, torch.Tensor) else a.sequences
-    b = b if isinstance(b, torch.Tensor) else b.sequences
-    assert a.shape == b.shape, f"shape {tuple(a.shape)} vs {tuple(b.shape)}\n{a}\n{b}"
-    assert torch.equal(a, b), f"\nours:\n{a}\ntransformers:\n{b}"
-
-
-def assert_close_steps(ours, theirs, tol=1e-4):
-    assert len(ours) == len(theirs) > 0
-    for x, y in zip(ours, theirs):
-        assert x.shape == y.shape
-        finite = torch.isfinite(y)
-        assert torch.equal(finite, torch.isfinite(x))
-        assert (x[finite] - y[finite]).abs().max() <= tol
+    return generate_both(model_pair(name), inputs, seed, **kwargs)
 
 
 NO_EOS = dict(eos_token_id=None, forced_eos_token_id=None)

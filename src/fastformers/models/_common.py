@@ -1,4 +1,4 @@
-"""Pieces every encoder architecture shares: input checks, activations, head losses."""
+"""Pieces the architectures share: input checks, activations, RMS norm, fused linears, head losses."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import ops
 
@@ -65,6 +66,19 @@ def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidde
     return x, hidden_states, attentions
 
 
+class RMSNorm(nn.Module):
+    """Scale by the root mean square (no mean subtraction, no bias; statistics in float32), optionally after
+    adding a residual (then returns (normed, sum)): Llama's RMSNorm and T5's LayerNorm."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.variance_epsilon = eps
+
+    def forward(self, x, residual=None):
+        return ops.rms_norm(x, self.weight, self.variance_epsilon, residual=residual)
+
+
 def check_inputs(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], vocab_size: int,
                  max_positions: Optional[int], past_length: int = 0) -> Tuple[int, int]:
     """Validate ids and length at the model boundary; return (batch, seq_len)."""
@@ -98,7 +112,8 @@ def check_mask(attention_mask: Optional[torch.Tensor], batch: int, seq: int) -> 
     if attention_mask is None:
         return None
     if attention_mask.shape != (batch, seq):
-        raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(batch, seq)}, got {tuple(attention_mask.shape)}")
+        raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(batch, seq)}, "
+                         f"got {tuple(attention_mask.shape)}")
     return attention_mask
 
 

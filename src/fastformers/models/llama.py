@@ -21,7 +21,7 @@ from ..generation.cache import DynamicCache
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
-from ._common import FusedLinear, check_inputs
+from ._common import FusedLinear, RMSNorm, check_inputs
 
 BaseModelOutputWithPast = _output("BaseModelOutputWithPast", "last_hidden_state", "past_key_values",
                                   "hidden_states", "attentions")
@@ -130,16 +130,6 @@ class RotaryEmbedding(nn.Module):
 
 
 # -- layers -------------------------------------------------------------------------------------
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.variance_epsilon = eps
-
-    def forward(self, x, residual=None):
-        return ops.rms_norm(x, self.weight, self.variance_epsilon, residual=residual)
-
-
 class LlamaAttention(nn.Module):
     def __init__(self, config, layer_idx: int) -> None:
         super().__init__()

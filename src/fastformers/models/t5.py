@@ -30,7 +30,7 @@ from ..generation.cache import EncoderDecoderCache
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput, _output
-from ._common import FusedLinear, activation, check_inputs, check_mask
+from ._common import FusedLinear, RMSNorm, activation, check_inputs, check_mask
 
 BaseModelOutputWithPastAndCrossAttentions = _output(
     "BaseModelOutputWithPastAndCrossAttentions", "last_hidden_state", "past_key_values", "hidden_states",
@@ -116,16 +116,8 @@ def biased_attention(q, k, v, bias, need_probs: bool, dropout_p: float = 0.0, tr
 
 
 # -- layers -------------------------------------------------------------------------------------
-class T5LayerNorm(nn.Module):
-    """RMS norm without mean subtraction or bias, variance in float32: the arithmetic of ops.rms_norm."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.variance_epsilon = eps
-
-    def forward(self, x, residual=None):
-        return ops.rms_norm(x, self.weight, self.variance_epsilon, residual=residual)
+class T5LayerNorm(RMSNorm):
+    """T5's LayerNorm is an RMS norm: no mean subtraction, no bias, variance in float32."""
 
 
 class T5Attention(nn.Module):
@@ -248,7 +240,8 @@ class T5Block(nn.Module):
         super().__init__()
         self.is_decoder = is_decoder
         self.dropout_p = config.dropout_rate
-        self.layer = nn.ModuleList([T5LayerSelfAttention(config, layer_idx, has_relative_attention_bias=layer_idx == 0)])
+        first = layer_idx == 0  # the first layer of a stack owns the relative position bias
+        self.layer = nn.ModuleList([T5LayerSelfAttention(config, layer_idx, has_relative_attention_bias=first)])
         if is_decoder:
             self.layer.append(T5LayerCrossAttention(config, layer_idx))
         self.layer.append(T5LayerFF(config))
@@ -339,7 +332,8 @@ class T5Stack(nn.Module):
             if encoder_hidden_states is None and (cache is None or cache.cross(0) is None):
                 raise ValueError("the T5 decoder needs encoder_hidden_states")
             if encoder_attention_mask is not None:
-                src = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else cache.cross(0)[0].shape[2]
+                src = (encoder_hidden_states.shape[1] if encoder_hidden_states is not None
+                       else cache.cross(0)[0].shape[2])
                 encoder_attention_mask = check_mask(encoder_attention_mask, batch, src)
                 if not bool(encoder_attention_mask.all()):
                     encoder_mask = encoder_attention_mask.to(torch.bool)
