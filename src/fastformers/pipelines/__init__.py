@@ -109,5 +109,5 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
 
 __all__ = ["pipeline", "Pipeline", "SUPPORTED_TASKS", "TASK_ALIASES", "TextClassificationPipeline",
            "FeatureExtractionPipeline", "SentenceEmbeddingPipeline", "FillMaskPipeline", "TokenClassificationPipeline",
-           "ZeroShotClassificationPipeline", "QuestionAnsweringPipeline", "SummarizationPipeline", "TranslationPipeline",
-           "Text2TextGenerationPipeline", "TextGenerationPipeline"]
+           "ZeroShotClassificationPipeline", "QuestionAnsweringPipeline", "SummarizationPipeline",
+           "TranslationPipeline", "Text2TextGenerationPipeline", "TextGenerationPipeline"]

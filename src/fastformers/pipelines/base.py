@@ -65,11 +65,7 @@ class Pipeline:
                         f"got {type(inputs).__name__}")
 
     def _run(self, inputs: Iterable, batch_size: int, pre: dict, post: dict) -> Iterator[Any]:
-        iterator = iter(inputs)
-        while True:
-            chunk = list(itertools.islice(iterator, batch_size))
-            if not chunk:
-                return
+        for chunk in batches(inputs, batch_size):
             items = [self.preprocess(x, **pre) for x in chunk]
             for outputs in self._forward_batch(items):
                 yield self.postprocess(outputs, **post)
@@ -109,3 +105,10 @@ class Pipeline:
                 one[key] = (value[:, real] if key in self.per_token_outputs else value).cpu()
             results.append(one)
         return results
+
+
+def batches(inputs: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive inputs (the last may be shorter), read lazily from any iterable."""
+    iterator = iter(inputs)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

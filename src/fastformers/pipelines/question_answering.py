@@ -21,14 +21,13 @@ breaks in the tokenizer (here it is cut to `max_question_len` tokens when that m
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from .base import Pipeline
+from .base import Pipeline, batches
 
 MASKED_LOGIT = -10000.0  # transformers' value for tokens outside the answer's reach
 PADDING_VALUES = (True, False, None, "longest", "max_length", "do_not_pad")
@@ -141,11 +140,7 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def _run(self, examples: Iterable[tuple[str, str]], batch_size: int, pre: dict, post: dict) -> Iterator[Any]:
         """Inputs batch_size at a time; their windows run through the model batch_size at a time."""
-        iterator = iter(examples)
-        while True:
-            chunk = list(itertools.islice(iterator, batch_size))
-            if not chunk:
-                return
+        for chunk in batches(examples, batch_size):
             per_input = [self.preprocess(example, **pre) for example in chunk]
             windows = [window for items in per_input for window in items]
             outputs: list[dict[str, Any]] = []

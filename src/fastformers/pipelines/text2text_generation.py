@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .base import Pipeline
+from .base import Pipeline, batches
 
 logger = logging.getLogger("fastformers")
 
@@ -69,7 +69,7 @@ class Text2TextGenerationPipeline(Pipeline):
     def _run(self, inputs, batch_size: int, pre: dict, post: dict):
         post = dict(post)
         generate = post.pop("generate")
-        for chunk in _chunks(inputs, batch_size):
+        for chunk in batches(inputs, batch_size):
             items = [self.preprocess(x, **pre) for x in chunk]
             if len(items) > 1 and self.tokenizer.pad_token_id is None:
                 raise ValueError("Please make sure that the tokenizer has a pad_token_id when using a batch input")
@@ -123,13 +123,3 @@ class TranslationPipeline(Text2TextGenerationPipeline):
         # src_lang / tgt_lang codes (mBART, NLLB) are not among fastformers' models
         return super().sanitize_parameters(**kwargs)
 
-
-def _chunks(inputs, size: int):
-    chunk = []
-    for item in inputs:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

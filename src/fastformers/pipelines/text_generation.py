@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 import torch
 
 from ..generation.configuration import GenerationConfig
-from .base import Pipeline
+from .base import Pipeline, batches
 
 
 class ReturnType(enum.Enum):
@@ -214,11 +214,7 @@ class TextGenerationPipeline(Pipeline):
 
     def _run(self, inputs: Iterable, batch_size: int, pre: dict, post: dict,
              generate: Optional[Dict[str, Any]] = None) -> Iterator[Any]:
-        iterator = iter(inputs)
-        while True:
-            chunk = list(itertools.islice(iterator, batch_size))
-            if not chunk:
-                return
+        for chunk in batches(inputs, batch_size):
             items = [self.preprocess(x, **pre) for x in chunk]
             yield from self._generate_batch(items, generate or {}, post)
 

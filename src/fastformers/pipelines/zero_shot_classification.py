@@ -4,12 +4,11 @@ labels (multi_label=False) or, per label, a softmax of [contradiction, entailmen
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Dict, Iterable, Iterator, List
 
 import numpy as np
 
-from .base import Pipeline
+from .base import Pipeline, batches
 
 DEFAULT_TEMPLATE = "This example is {}."
 
@@ -99,11 +98,7 @@ class ZeroShotClassificationPipeline(Pipeline):
                              f"label2id {dict(self.model.config.label2id or {})}; it needs a label starting with "
                              "'entail' (e.g. 'entailment')")
         labels = pre["candidate_labels"]
-        iterator = iter(inputs)
-        while True:
-            chunk = list(itertools.islice(iterator, batch_size))
-            if not chunk:
-                return
+        for chunk in batches(inputs, batch_size):
             pairs = [item for sequence in chunk for item in self.preprocess(sequence, **pre)]
             logits = []
             for start in range(0, len(pairs), batch_size):
