@@ -180,9 +180,11 @@ class PreTrainedModel(nn.Module):
         `quantization_config` (a `fastformers.QuantizationConfig` or its dict) quantizes the linears while
         they load, each weight as it is read; `load_in_8bit=True` / `load_in_4bit=True` are shortcuts (groups
         of 128). A checkpoint saved quantized (config.json `quantization_config` with quant_method
-        "fastformers") loads packed as saved. With a GGUF file, `QuantizationConfig.from_gguf()` keeps its
-        Q8_0 / Q4_0 / Q4_1 linear weights packed instead of dequantizing them: the default when `device` is a
-        GPU (`quantization_config=False` dequantizes everything there too).
+        "fastformers") loads packed as saved, and so do GPTQ and AutoAWQ checkpoints (quant_method "gptq" /
+        "awq": repacked into fastformers' format as they load; save_pretrained then writes that format). With
+        a GGUF file, `QuantizationConfig.from_gguf()` keeps its Q8_0 / Q4_0 / Q4_1 linear weights packed
+        instead of dequantizing them: the default when `device` is a GPU (`quantization_config=False`
+        dequantizes everything there too).
         """
         refuse_remote_code(trust_remote_code)
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
@@ -209,8 +211,13 @@ class PreTrainedModel(nn.Module):
             from .quantization.apply import QuantizedLoader
 
             qconfig, packed = quantization
-            quantizer = QuantizedLoader(model, qconfig, packed, gguf.hf_tensor_types() if gguf else None,
-                                        key_map=model._key_mapper())
+            if isinstance(qconfig, dict):  # a GPTQ / AWQ checkpoint: its tensors are repacked as they stream in
+                from .quantization.imported import ImportedLoader
+
+                quantizer = ImportedLoader(model, qconfig, f"{name_or_path}/{CONFIG_NAME}")
+            else:
+                quantizer = QuantizedLoader(model, qconfig, packed, gguf.hf_tensor_types() if gguf else None,
+                                            key_map=model._key_mapper())
         if gguf is not None:
             target_dtype = target_dtype or torch.float32  # transformers dequantizes GGUF to float32
             stream = gguf.iter_state_dict(target_dtype, keep_quantized=quantizer.keep_gguf if quantizer else None)
@@ -412,7 +419,12 @@ def _quantization_request(config, quantization_config, load_in_8bit: bool, load_
     if gguf is not None and device.type == "cuda" and not asked:
         quantization_config = QuantizationConfig.from_gguf()  # GGUF on a GPU: Q8_0 / Q4_0 / Q4_1 stay packed
     qconfig, packed = requested_config(config, quantization_config, load_in_8bit, load_in_4bit, saved, str(path))
-    return None if qconfig is None else (qconfig, packed)
+    if qconfig is None:
+        from .quantization.imported import imported_method
+
+        # GPTQ / AWQ (transformers' quantization_config): the dict itself, read by quantization.imported
+        return (dict(saved), True) if imported_method(saved) else None
+    return qconfig, packed
 
 
 def _generation_config(name_or_path, config, from_gguf: bool, hub: Dict[str, Any]):
