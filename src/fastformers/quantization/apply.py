@@ -90,9 +90,12 @@ def replace_linears(model: nn.Module, plan: Dict[str, LinearFormat], quantize: b
                     value.replace_linears(swapped)
 
 
-def quantize_model(model: nn.Module, config: QuantizationConfig | dict | None = None, **kwargs) -> nn.Module:
+def quantize_model(model: nn.Module, config: QuantizationConfig | dict | None = None, *, calibration_ids=None,
+                   **kwargs) -> nn.Module:
     """Quantize a loaded float model in place (config, or its fields as keywords) and return it; its
-    config.quantization_config records the result, so save_pretrained writes a loadable quantized checkpoint."""
+    config.quantization_config records the result, so save_pretrained writes a loadable quantized checkpoint.
+    algorithm="gptq" needs calibration_ids: token ids (n_samples, seq_len) or a list of 1-D tensors
+    (calibrate.gptq_quantize_)."""
     if config is None:
         config = QuantizationConfig(**kwargs)
     elif kwargs:
@@ -101,6 +104,15 @@ def quantize_model(model: nn.Module, config: QuantizationConfig | dict | None = 
     if config.source == "gguf":
         raise ValueError("quantize_model: QuantizationConfig.from_gguf() applies when loading a GGUF file "
                          "(from_pretrained(..., gguf_file=..., quantization_config=...))")
+    if config.algorithm == "gptq":
+        if calibration_ids is None:
+            raise ValueError("quantize_model: algorithm='gptq' needs calibration data: pass calibration_ids=token "
+                             "ids (n_samples, seq_len), e.g. 8 sequences of 256 tokens of text like the model's use")
+        from .calibrate import gptq_quantize_
+
+        return gptq_quantize_(model, calibration_ids, config)
+    if calibration_ids is not None:
+        raise ValueError(f"quantize_model: calibration_ids are used by algorithm='gptq', not {config.algorithm!r}")
     with torch.no_grad():
         replace_linears(model, plan_modules(model, config), quantize=True)
     if hasattr(model, "config"):
@@ -130,7 +142,8 @@ def describe(model: nn.Module, base: Optional[QuantizationConfig] = None) -> Opt
         if fmt != top:
             modules[name] = {k: v for k, v in fmt._asdict().items() if getattr(top, k) != v}
     return QuantizationConfig(bits=top.bits, group_size=top.group_size, symmetric=top.symmetric,
-                              method=top.method, skip=skip, modules=modules).to_dict()
+                              method=top.method, skip=skip, modules=modules,
+                              algorithm="rtn" if base is None else base.algorithm).to_dict()
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -149,6 +162,9 @@ class QuantizedLoader:
         if config.source == "gguf" and gguf_types is None:
             raise ValueError("quantization_config=QuantizationConfig.from_gguf() keeps the packed tensors of a GGUF "
                              "file: pass gguf_file=... (or quantize with QuantizationConfig(bits=...))")
+        if config.algorithm != "rtn" and not packed:
+            raise ValueError(f"quantization_config algorithm={config.algorithm!r} calibrates on data, which loading "
+                             f"cannot: load the float model, then quantize_model(model, config, calibration_ids=...)")
         self.config, self.packed = config, packed
         self.key_map = key_map or (lambda key: key)
         if gguf_types is not None:

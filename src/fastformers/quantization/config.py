@@ -9,6 +9,11 @@ Stored in config.json as `quantization_config` with `"quant_method": "fastformer
 the scheme), so a saved quantized model loads back packed. The packed format itself is ops/quant.py's
 `QuantizedWeight`.
 
+How: `algorithm="rtn"` (the default) rounds each weight to nearest, on the fly while loading; `algorithm="gptq"`
+fits the rounding to calibration data (calibrate.py): load the float model, then
+`quantize_model(model, QuantizationConfig(bits=4, algorithm="gptq"), calibration_ids=ids)`. Either way the
+result is the same packed format, saved and loaded alike.
+
 Which modules: every `nn.Linear` except those matched by `skip`. A pattern matches a module name when it is
 a run of whole dot-separated parts of the name ("lm_head", "mlp.down_proj", "layers.0", or the full name) or,
 when it holds `*`, `?` or `[`, a glob over the full name ("*.layers.1?.mlp.*"). The default (`skip=None`) keeps
@@ -32,6 +37,7 @@ DEFAULT_SKIP = ("lm_head",)
 _GROUP_SIZE_DEFAULT = 128
 _UNSET: Any = object()
 _FORMAT_KEYS = ("bits", "group_size", "symmetric", "method")
+ALGORITHMS = ("rtn", "gptq")
 
 
 class LinearFormat(NamedTuple):
@@ -55,7 +61,7 @@ class LinearFormat(NamedTuple):
 
 
 class QuantizationConfig:
-    """Round-to-nearest weight quantization of a model's linears.
+    """Weight quantization of a model's linears.
 
     bits: 8 or 4. group_size: input columns per scale (default 128; None: one scale per output channel).
     symmetric: None picks the usual choice (int8 symmetric, int4 asymmetric with a min per group).
@@ -63,12 +69,14 @@ class QuantizationConfig:
     group_size=None, symmetric weights; group_size defaults to None for it). skip: module-name patterns kept
     in float (see the module docstring; None: the output head). modules: per-module format overrides
     {module name: {"bits": ..., "group_size": ..., "symmetric": ..., "method": ...}}, written by
-    save_pretrained when a model mixes formats (e.g. a GGUF file with Q8_0 and Q4_1 tensors).
+    save_pretrained when a model mixes formats (e.g. a GGUF file with Q8_0 and Q4_1 tensors). algorithm: "rtn"
+    (round to nearest) or "gptq" (calibrated; quantize_model(..., calibration_ids=...), not at loading).
     """
 
     def __init__(self, bits: Optional[int] = 8, group_size: Optional[int] = _UNSET, symmetric: Optional[bool] = None,
                  method: str = "weight_only", skip: Optional[Iterable[str]] = None,
-                 modules: Optional[Dict[str, Dict[str, Any]]] = None, source: Optional[str] = None) -> None:
+                 modules: Optional[Dict[str, Dict[str, Any]]] = None, source: Optional[str] = None,
+                 algorithm: str = "rtn") -> None:
         if group_size is _UNSET:
             group_size = None if method == "w8a8" or source == "gguf" else _GROUP_SIZE_DEFAULT
         self.bits = bits
@@ -78,6 +86,7 @@ class QuantizationConfig:
         self.skip = None if skip is None else _patterns(skip)
         self.modules = {} if modules is None else modules
         self.source = source
+        self.algorithm = algorithm
         self.validate()
 
     # -- construction ------------------------------------------------------------------------------
@@ -100,7 +109,7 @@ class QuantizationConfig:
         if str(method).lower() != QUANT_METHOD:
             raise ValueError(f"{where}: quant_method={method!r} is not a fastformers quantization config "
                              f"(expected {QUANT_METHOD!r})")
-        known = {"bits", "group_size", "symmetric", "method", "skip", "modules", "source"}
+        known = {"bits", "group_size", "symmetric", "method", "skip", "modules", "source", "algorithm"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -124,6 +133,11 @@ class QuantizationConfig:
     def validate(self) -> None:
         if self.source is not None and self.source != "gguf":
             raise ValueError(f"source={self.source!r} is not supported; supported: None, 'gguf'")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r} is not supported; supported: {', '.join(ALGORITHMS)}")
+        if self.source == "gguf" and self.algorithm != "rtn":
+            raise ValueError(f"source='gguf' keeps a GGUF file's packed tensors: algorithm={self.algorithm!r} "
+                             f"does not apply")
         if self.source == "gguf":
             if self.bits is not None or self.group_size is not None or self.symmetric is not None:
                 raise ValueError("source='gguf' keeps each GGUF tensor's own format: leave bits, group_size and "
@@ -163,6 +177,8 @@ class QuantizationConfig:
             out["modules"] = {k: dict(v) for k, v in self.modules.items()}
         if self.source is not None:
             out["source"] = self.source
+        if self.algorithm != "rtn":
+            out["algorithm"] = self.algorithm
         return out
 
     def to_json_string(self) -> str:
