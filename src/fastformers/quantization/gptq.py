@@ -105,7 +105,8 @@ def import_gptq(tensors: Mapping[str, torch.Tensor], config, name: str = "linear
     group = in_features if group_size == -1 else group_size
     groups = math.ceil(in_features / group)
     want = (groups, out_features)
-    _check_shape(scales, want, f"{name}.scales", f"(groups, out_features) for {in_features} inputs in groups of {group}")
+    _check_shape(scales, want, f"{name}.scales",
+                 f"(groups, out_features) for {in_features} inputs in groups of {group}")
     want = (groups, math.ceil(out_features / per))
     _check_shape(qzeros, want, f"{name}.qzeros", f"(groups, out_features / {per}) for {bits}-bit zero points")
     g_idx = tensors.get("g_idx")
