@@ -7,7 +7,8 @@ import importlib
 
 from .harness import environment, render_markdown, write_results
 
-SUITES = ("encoder", "decoder", "kernels")  # kernels: CUDA only
+SUITES = ("encoder", "decoder", "kernels", "quantized")
+CUDA_ONLY = ("kernels", "quantized")
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     if not args.suites:
         import torch
 
-        args.suites = [s for s in SUITES if s != "kernels" or torch.cuda.is_available()]
+        args.suites = [s for s in SUITES if s not in CUDA_ONLY or torch.cuda.is_available()]
     env = environment()
     rows = []
     for suite in args.suites:
