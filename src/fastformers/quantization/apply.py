@@ -96,14 +96,7 @@ def quantize_model(model: nn.Module, config: QuantizationConfig | dict | None = 
     config.quantization_config records the result, so save_pretrained writes a loadable quantized checkpoint.
     algorithm="gptq" needs calibration_ids: token ids (n_samples, seq_len) or a list of 1-D tensors
     (calibrate.gptq_quantize_)."""
-    if config is None:
-        config = QuantizationConfig(**kwargs)
-    elif kwargs:
-        raise ValueError("quantize_model: pass a QuantizationConfig or keyword fields, not both")
-    config = QuantizationConfig.from_dict(config) if isinstance(config, dict) else config
-    if config.source == "gguf":
-        raise ValueError("quantize_model: QuantizationConfig.from_gguf() applies when loading a GGUF file "
-                         "(from_pretrained(..., gguf_file=..., quantization_config=...))")
+    config = QuantizationConfig.from_call(config, kwargs, "quantize_model")
     if config.algorithm == "gptq":
         if calibration_ids is None:
             raise ValueError("quantize_model: algorithm='gptq' needs calibration data: pass calibration_ids=token "

@@ -261,14 +261,7 @@ def gptq_quantize_(model: nn.Module, calibration_ids: Union[torch.Tensor, Sequen
     `gptq_quantize_weight`. Linears the forward of the base model (model.model) never calls, e.g. an untied
     lm_head the config quantizes, are rounded to nearest, with a warning.
     """
-    if config is None:
-        config = QuantizationConfig(**kwargs)
-    elif kwargs:
-        raise ValueError("gptq_quantize_: pass a QuantizationConfig or keyword fields, not both")
-    config = QuantizationConfig.from_dict(config) if isinstance(config, dict) else config
-    if config.source == "gguf":
-        raise ValueError("gptq_quantize_: QuantizationConfig.from_gguf() keeps a GGUF file's packed tensors; "
-                         "there is nothing to calibrate")
+    config = QuantizationConfig.from_call(config, kwargs, "gptq_quantize_")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"gptq_quantize_: block_size={block_size!r} must be a positive int")
     if not damp > 0:

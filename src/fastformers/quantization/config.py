@@ -119,6 +119,20 @@ class QuantizationConfig:
             raise ValueError(f"{where}: {e}") from None
 
     @classmethod
+    def from_call(cls, config: Any, fields: Dict[str, Any], where: str) -> "QuantizationConfig":
+        """A function's `config` argument (a QuantizationConfig, its dict, or None with the fields as keywords);
+        refuses both at once, and GGUF configs (they only apply while a GGUF file loads)."""
+        if config is None:
+            config = cls(**fields)
+        elif fields:
+            raise ValueError(f"{where}: pass a QuantizationConfig or keyword fields, not both")
+        config = cls.from_dict(config) if isinstance(config, dict) else config
+        if config.source == "gguf":
+            raise ValueError(f"{where}: QuantizationConfig.from_gguf() applies when loading a GGUF file "
+                             "(from_pretrained(..., gguf_file=..., quantization_config=...))")
+        return config
+
+    @classmethod
     def from_flags(cls, load_in_8bit: bool = False, load_in_4bit: bool = False) -> Optional["QuantizationConfig"]:
         """transformers' shortcuts: load_in_8bit -> int8, load_in_4bit -> int4, both in groups of 128."""
         if load_in_8bit and load_in_4bit:
