@@ -52,3 +52,25 @@ def assert_same(ours, theirs, tol: float = 1e-4, where: str = "output"):
         assert abs(float(ours) - float(theirs)) <= tol, f"{where}: {ours} vs {theirs}"
     else:
         assert type(ours) is type(theirs) and ours == theirs, f"{where}: {ours!r} vs {theirs!r}"
+
+
+BPE_CORPUS = ["My name is Wolfgang and I live in Berlin.", "Hugging Face Inc. is a company based in New York City.",
+              "Sarah works at the bakery in Paris, near the river."] * 20
+
+
+def byte_level_bpe(model_max_length: int, **special_tokens):
+    """A RoBERTa-style byte-level BPE tokenizer (300 tokens, <s>=0 <pad>=1 </s>=2) trained on BPE_CORPUS, as a
+    transformers tokenizer; `special_tokens` adds e.g. cls_token / sep_token."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(BPE_CORPUS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                                pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                                                model_max_length=model_max_length, **special_tokens)

@@ -9,15 +9,16 @@ import pytest
 import torch
 import transformers
 from conftest import build_reference
-from pipeline_models import assert_same, saved_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from pipeline_models import assert_same, byte_level_bpe, saved_model
 
 import fastformers
 
-WORDS = ["the", "a", "of", "Berlin", "Paris", "café", "naïve", "São", "Paulo", "🍕", "résumé,", "Straße!", "über-cool", "x-ray", "don't", "(Müller)", "42", "3.14", "New", "York", "City.", "Hugging", "Face", "Inc.", "zyxwv", "ångström", "ÉCOLE", "co-operate", "U.S.A.", "e-mail", "@home", "#tag", "東京", "мир", "Sarah", "works", "at", "the", "bakery", "near", "river;", '"quoted"', "it's"]
-CORPUS = ["My name is Wolfgang and I live in Berlin.", "Hugging Face Inc. is a company based in New York City.",
-          "Sarah works at the bakery in Paris, near the river."] * 20
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+WORDS = [
+    "the", "a", "of", "Berlin", "Paris", "café", "naïve", "São", "Paulo", "🍕", "résumé,", "Straße!", "über-cool",
+    "x-ray", "don't", "(Müller)", "42", "3.14", "New", "York", "City.", "Hugging", "Face", "Inc.", "zyxwv",
+    "ångström", "ÉCOLE", "co-operate", "U.S.A.", "e-mail", "@home", "#tag", "東京", "мир", "Sarah", "works", "at",
+    "the", "bakery", "near", "river;", '"quoted"', "it's"
+]
 
 
 def _text(rng: random.Random, n: int) -> str:
@@ -31,15 +32,7 @@ def _examples(seed: int, count: int, max_words: int = 60):
 
 
 def _bpe_roberta(tmp_path_factory) -> str:
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                                     cls_token="<s>", sep_token="</s>", pad_token="<pad>",
-                                                     unk_token="<unk>", mask_token="<mask>", model_max_length=128)
+    tokenizer = byte_level_bpe(128, cls_token="<s>", sep_token="</s>")
     path, _ = build_reference("roberta", "AutoModelForQuestionAnswering", tmp_path_factory.mktemp("qa-bpe"),
                               vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                               intermediate_size=37, max_position_embeddings=130, pad_token_id=1)
@@ -59,7 +52,8 @@ def qa(tmp_path_factory, request):
         hf_model.qa_outputs.weight.mul_(4)  # peaked start/end distributions: no near-ties between spans
     hf_model.save_pretrained(path)
     hf_model.eval()
-    return fastformers.pipeline("question-answering", model=path), hf_model, transformers.AutoTokenizer.from_pretrained(path)
+    return (fastformers.pipeline("question-answering", model=path), hf_model,
+            transformers.AutoTokenizer.from_pretrained(path))
 
 
 def _softmax(logits, keep):

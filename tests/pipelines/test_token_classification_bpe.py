@@ -4,29 +4,17 @@ heuristic decides what is a sub-word) on a tiny RoBERTa, against transformers' p
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 import fastformers
 from conftest import build_reference
-from pipeline_models import NER_LABELS, assert_same
+from pipeline_models import NER_LABELS, assert_same, byte_level_bpe
 
-CORPUS = ["My name is Wolfgang and I live in Berlin.", "Hugging Face Inc. is a company based in New York City.",
-          "Sarah works at the bakery in Paris, near the river."] * 20
 TEXTS = ["My name is Sarah and I live in Paris", "Wolfgang works at Hugging Face in New York, zyxw!", "in"]
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 @pytest.fixture(scope="module")
 def pipes(tmp_path_factory):
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                                  pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
-                                                  model_max_length=64)
+    hf_tok = byte_level_bpe(64)
     path, _ = build_reference("roberta", "AutoModelForTokenClassification", tmp_path_factory.mktemp("bpe"),
                               vocab_size=len(hf_tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                               intermediate_size=37, max_position_embeddings=80, pad_token_id=1,
