@@ -9,22 +9,21 @@ spiece.model + the tokenizer_config.json transformers writes (or a minimal one),
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import random
 import shutil
 import warnings
 
-import numpy as np
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
-from fastformers import sentencepiece as ff_spm
-from fastformers.tokenization import AutoTokenizer
+from test_tokenization import load_both, same_call  # noqa: E402  (the shared comparisons)
+
+from fastformers import sentencepiece as ff_spm  # noqa: E402
+from fastformers.tokenization import AutoTokenizer  # noqa: E402
 
 
 def make_corpus(seed: int) -> list[str]:
@@ -86,37 +85,6 @@ TEXTS = [
 # comparison helpers
 # ------------------------------------------------------------------------------------------------------------------
 
-def assert_same(ours, theirs, where="output"):
-    if isinstance(theirs, (dict, transformers.BatchEncoding)):
-        assert list(ours.keys()) == list(theirs.keys()), f"{where}: keys {list(ours)} vs {list(theirs)}"
-        for key in theirs:
-            assert_same(ours[key], theirs[key], f"{where}[{key!r}]")
-    elif torch.is_tensor(theirs):
-        assert torch.is_tensor(ours) and ours.dtype == theirs.dtype and torch.equal(ours, theirs), where
-    elif isinstance(theirs, np.ndarray):
-        assert isinstance(ours, np.ndarray) and np.array_equal(ours, theirs), where
-    elif isinstance(theirs, (list, tuple)):
-        assert type(ours) is type(theirs) and len(ours) == len(theirs), f"{where}: {ours!r} vs {theirs!r}"
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, f"{where}[{i}]")
-    else:
-        assert type(ours) is type(theirs) and ours == theirs, f"{where}: {ours!r} vs {theirs!r}"
-
-
-def same_call(ours, theirs, method, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            expected = getattr(theirs, method)(*copy.deepcopy(args), **copy.deepcopy(kwargs))
-        except Exception as e:  # noqa: BLE001 (the reference refuses: so must we)
-            with pytest.raises(type(e)):
-                getattr(ours, method)(*args, **kwargs)
-            return None
-        got = getattr(ours, method)(*args, **kwargs)
-    assert_same(got, expected, f"{method}{args!r:.100}{kwargs}")
-    return got
-
-
 def same_texts(ours, theirs, texts, **kwargs):
     for text in texts:
         got = same_call(ours, theirs, "__call__", text, **kwargs)
@@ -146,13 +114,6 @@ def same_attributes(ours, theirs):
     assert ours.model_input_names == theirs.model_input_names
     assert ours.clean_up_tokenization_spaces == theirs.clean_up_tokenization_spaces
     assert ours.num_special_tokens_to_add() == theirs.num_special_tokens_to_add()
-
-
-def load_both(path, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = transformers.AutoTokenizer.from_pretrained(str(path), **kwargs)
-    return AutoTokenizer.from_pretrained(path, **kwargs), theirs
 
 
 # ------------------------------------------------------------------------------------------------------------------
