@@ -234,9 +234,9 @@ def read_model(path: str) -> ModelProto:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _spm_added_tokens(model: ModelProto) -> list[AddedToken]:
-    """Control (special) and user-defined (not special) pieces, in id order, as transformers' extractor lists them."""
-    return [AddedToken(p.piece, normalized=False, special=p.type == CONTROL)
-            for p in model.pieces if p.type in (CONTROL, USER_DEFINED)]
+    """Control pieces, in id order, as special tokens. User-defined pieces stay ordinary vocabulary entries that the
+    Unigram model matches whole, as in transformers 5.25 (earlier releases made them added tokens)."""
+    return [AddedToken(p.piece, normalized=False, special=True) for p in model.pieces if p.type == CONTROL]
 
 
 def build_t5_backend(model: ModelProto, extra_ids: int) -> Tokenizer:

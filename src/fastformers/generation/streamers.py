@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from queue import Queue
 from typing import Any, List, Optional
 
@@ -24,8 +25,10 @@ def _is_cjk(cp: int) -> bool:
 class TextStreamer(BaseStreamer):
     """Print text to stdout as words complete (batch size 1).
 
-    Tokens are decoded together since the last newline; text is printed up to the last space (a word
-    may still grow), all of it after a newline or a CJK character, and the rest at end()."""
+    Tokens are decoded together since the last newline (whose token stays as context, so the next line keeps
+    its leading space). New text is printed at once when it ends a line, ends in a CJK character or holds only
+    letters, marks, digits and spaces (so long words and unspaced scripts stream); otherwise (symbols, which may
+    start formatting or be half a character) up to the last space; the rest at end(). As transformers 5.25."""
 
     def __init__(self, tokenizer, skip_prompt: bool = False, **decode_kwargs: Any) -> None:
         self.tokenizer = tokenizer
@@ -47,8 +50,10 @@ class TextStreamer(BaseStreamer):
         text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
         if text.endswith("\n"):
             printable = text[self.print_len:]
-            self.token_cache, self.print_len = [], 0
-        elif text and _is_cjk(ord(text[-1])):
+            self.token_cache = self.token_cache[-1:]
+            self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+        elif (text and _is_cjk(ord(text[-1]))) or all(
+                c.isspace() or unicodedata.category(c)[0] in "LMN" for c in text[self.print_len:]):
             printable = text[self.print_len:]
             self.print_len += len(printable)
         else:
