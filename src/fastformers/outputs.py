@@ -2,13 +2,20 @@
 
 Like transformers' ModelOutput, an output reads as attributes (`out.logits`), as a dict
 (`out["logits"]`) and as a tuple (`out[0]`, `out[:2]`, `out.to_tuple()`) of the fields that are not None, in order.
+
+The KV cache field is `cache`, as in transformers 5.25; the older name `past_key_values` still reads, writes and
+constructs it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Tuple
+
+
+_OLD_CACHE_NAME = "past_key_values"
 
 
 class ModelOutput(OrderedDict):
@@ -20,14 +27,29 @@ class ModelOutput(OrderedDict):
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
-            return super().__getitem__(key)
+            return super().__getitem__(self._field(key))
         return self.to_tuple()[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        key = self._field(key)
         super().__setitem__(key, value)
         object.__setattr__(self, key, value)
 
+    def __contains__(self, key: Any) -> bool:
+        return super().__contains__(self._field(key) if isinstance(key, str) else key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return super().get(self._field(key) if isinstance(key, str) else key, default)
+
+    @property
+    def past_key_values(self) -> Any:
+        return getattr(self, "cache", None)
+
+    def _field(self, key: str) -> str:
+        return "cache" if key == _OLD_CACHE_NAME and "cache" in self.__dataclass_fields__ else key
+
     def __setattr__(self, key: str, value: Any) -> None:
+        key = self._field(key)
         if value is not None and key in self.__dataclass_fields__:
             super().__setitem__(key, value)
         object.__setattr__(self, key, value)
@@ -40,10 +62,23 @@ class ModelOutput(OrderedDict):
 
 
 def _output(name: str, *names: str) -> type:
-    """Declare an output dataclass whose fields, all Optional and default None, are `names`."""
-    ns = {"__annotations__": {n: Optional[Any] for n in names}}
+    """Declare an output dataclass whose fields, all Optional and default None, are `names` ("past_key_values"
+    becomes the field "cache", which the old name also fills when the output is constructed)."""
+    names = tuple("cache" if n == _OLD_CACHE_NAME else n for n in names)
+    ns = {"__annotations__": {n: Optional[Any] for n in names},
+          "__module__": sys._getframe(1).f_globals["__name__"]}  # where it is declared: pickle finds it there
     ns.update({n: None for n in names})
-    return dataclass(type(name, (ModelOutput,), ns), eq=False)
+    cls = dataclass(type(name, (ModelOutput,), ns), eq=False)
+    if "cache" in names:
+        init = cls.__init__
+
+        def __init__(self, *args: Any, past_key_values: Any = None, **kwargs: Any) -> None:
+            if past_key_values is not None:
+                kwargs["cache"] = past_key_values
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__
+    return cls
 
 
 BaseModelOutput = _output("BaseModelOutput", "last_hidden_state", "hidden_states", "attentions")

@@ -597,7 +597,8 @@ class GenerationMixin:
             # a. the best `keep` continuations over all beams of each batch row
             if config.do_sample:
                 top_ids = torch.multinomial(F.softmax(totals, dim=-1), keep, generator=generator)
-                top_scores = totals.gather(1, top_ids)
+                top_scores, order = totals.gather(1, top_ids).sort(dim=-1, descending=True)  # best first (5.25)
+                top_ids = top_ids.gather(1, order)
             else:
                 top_scores, top_ids = torch.topk(totals, keep)
             source = top_ids // vocab
