@@ -181,7 +181,7 @@ def test_return_dict_outputs(name):
     assert_close_steps(a.scores, b.scores)
     assert_close_steps(a.logits, b.logits)
     assert a.past_key_values.get_seq_length() == a.sequences.shape[1] - 1
-    assert set(a.keys()) == {"sequences", "scores", "logits", "past_key_values"}
+    assert set(a.keys()) == {"sequences", "scores", "logits", "cache"}
     a, b = run_both(name, inputs, max_new_tokens=4, num_beams=2, return_dict_in_generate=True, output_logits=True)
     assert_same_tokens(a, b)
     assert_close_steps(a.logits, b.logits)
