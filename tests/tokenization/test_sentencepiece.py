@@ -22,7 +22,7 @@ spm = pytest.importorskip("sentencepiece")
 
 from test_tokenization import load_both, same_call  # noqa: E402  (the shared comparisons)
 
-from fastformers import sentencepiece as ff_spm  # noqa: E402
+from fastformers.tokenization import sentencepiece as ff_spm  # noqa: E402
 from fastformers.tokenization import AutoTokenizer  # noqa: E402
 
 
