@@ -1,5 +1,5 @@
-"""fastformers.sentencepiece: T5 (spiece.model) and Marian (source.spm / target.spm / vocab.json) checkpoints
-without tokenizer.json, against transformers' tokenizers loaded from the same folders.
+"""fastformers.tokenization.sentencepiece: T5 (spiece.model) and Marian (source.spm / target.spm / vocab.json)
+checkpoints without tokenizer.json, against transformers' tokenizers loaded from the same folders.
 
 No real checkpoint at hand ships spiece.model, so every model here is a tiny one trained in the test with the
 `sentencepiece` package (a test dependency; fastformers reads the .model files with its own protobuf reader).
