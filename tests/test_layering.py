@@ -9,10 +9,9 @@
 
 An import counts wherever it is written: at module level, inside a function (a lazy import delays a dependency; it
 does not remove it), or as a module name in a string (`register_lazy("triton", "fastformers.kernels.norm")`; a
-logger's name is not one). A
-module imported through its parent package (`from .. import ops`) counts as that module. Importing a module runs
-its parent packages' __init__ too; those implicit imports are not edges (every package would otherwise be a cycle
-with its own modules).
+logger's name is not one). A module imported through its parent package (`from .. import ops`) counts as that
+module. Importing a module runs its parent packages' __init__ too; those implicit imports are not edges (every
+package would otherwise be a cycle with its own modules).
 """
 
 from __future__ import annotations
