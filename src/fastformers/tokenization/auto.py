@@ -419,4 +419,6 @@ class AutoTokenizer:
                      token=token, overrides=overrides, use_declared_class=True)
 
 
+# PreTrainedTokenizerFast.from_pretrained reads checkpoints with this loader; tokenizer.py cannot import it (this
+# module builds that class and its subclasses), so it is handed over here, once, when the package is imported.
 PreTrainedTokenizerFast._load_checkpoint = staticmethod(_load)
