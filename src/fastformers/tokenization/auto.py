@@ -31,20 +31,20 @@ from . import sentencepiece
 from .chat_template import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE
 from .gguf import tokenizer_from_gguf
 from .readers import (
-    _build_bert,
-    _build_byte_level_bpe,
-    _build_xlm_roberta,
-    _merges_from_json,
-    _precompiled_charsmap,
-    _read_json,
-    _read_vocab_txt,
-    _tokenizer_from_file,
-    _tokenizer_json_parts,
-    _wordpiece_vocab,
+    build_bert,
+    build_byte_level_bpe,
+    build_xlm_roberta,
+    merges_from_json,
+    precompiled_charsmap,
+    read_json,
+    read_vocab_txt,
+    tokenizer_from_file,
+    tokenizer_json_parts,
+    wordpiece_vocab,
 )
-from .special_tokens import SPECIAL_TOKENS_ATTRIBUTES, _as_added_token, _convert_typed_dicts
+from .special_tokens import SPECIAL_TOKENS_ATTRIBUTES, as_added_token, convert_typed_dicts
 from .tokenizer import (
-    _DEFAULT_MODEL_INPUT_NAMES,
+    DEFAULT_MODEL_INPUT_NAMES,
     SPECIAL_TOKENS_MAP_FILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
@@ -167,14 +167,14 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
         vocab_json = merges_txt = None
         looked_for = [name]
     else:
-        cfg = _read_json(find(TOKENIZER_CONFIG_FILE), "tokenizer config") or {}
+        cfg = read_json(find(TOKENIZER_CONFIG_FILE), "tokenizer config") or {}
         if not isinstance(cfg, dict):
             raise ValueError(f"{TOKENIZER_CONFIG_FILE} of {name!r} is not a JSON object")
-        special_map = _read_json(find(SPECIAL_TOKENS_MAP_FILE), "special tokens map")
+        special_map = read_json(find(SPECIAL_TOKENS_MAP_FILE), "special tokens map")
         tokenizer_json = find(TOKENIZER_FILE)
         model_cfg = None
         if use_declared_class and not cfg.get("tokenizer_class"):
-            model_cfg = _read_json(find("config.json"), "model config")
+            model_cfg = read_json(find("config.json"), "model config")
         vocab_txt = vocab_json = merges_txt = None
         looked_for = [TOKENIZER_FILE, "vocab.txt", "vocab.json + merges.txt", "spiece.model", "source.spm"]
 
@@ -251,7 +251,7 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
 
     tokenizer_data = post_processor = truncation = padding = None
     if tokenizer_json is not None and family is not None:
-        tokenizer_data, post_processor, truncation, padding = _tokenizer_json_parts(tokenizer_json)
+        tokenizer_data, post_processor, truncation, padding = tokenizer_json_parts(tokenizer_json)
         if family == "xlmr" and tokenizer_data["model"].get("type") != "Unigram":
             family = None  # not the SentencePiece layout XLMRobertaTokenizer rebuilds: use the file as is
 
@@ -259,7 +259,7 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
     added_by_content: dict[str, AddedToken] = {}
     if "added_tokens_decoder" in init:
         for index, tok in (init["added_tokens_decoder"] or {}).items():
-            tok = _as_added_token(tok)
+            tok = as_added_token(tok)
             if not isinstance(tok, AddedToken):
                 raise TypeError(f"Found a {type(tok)} in the saved `added_tokens_decoder`, should be a dictionary "
                                 "or an AddedToken instance")
@@ -271,12 +271,12 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
                 if key in overrides and overrides[key]:
                     continue
                 if isinstance(value, dict) and key not in ("extra_special_tokens", "additional_special_tokens"):
-                    value = _as_added_token({k: v for k, v in value.items() if k != "special"}, special=True)
+                    value = as_added_token({k: v for k, v in value.items() if k != "special"}, special=True)
                 elif key in ("extra_special_tokens", "additional_special_tokens") and isinstance(value, list):
                     existing = list(init.get("extra_special_tokens") or [])
                     seen = {str(t) for t in existing}
                     for tok in value:
-                        tok = _as_added_token(tok, special=True) if isinstance(tok, dict) else tok
+                        tok = as_added_token(tok, special=True) if isinstance(tok, dict) else tok
                         if str(tok) not in seen:
                             existing.append(tok)
                             seen.add(str(tok))
@@ -290,11 +290,11 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
                 added_tokens_decoder[index] = tok
                 added_by_content[str(tok)] = tok
     init["added_tokens_decoder"] = added_tokens_decoder
-    init = _convert_typed_dicts(init)
+    init = convert_typed_dicts(init)
     added_tokens_decoder = init["added_tokens_decoder"]
     for key in SPECIAL_TOKENS_ATTRIBUTES:
         if key in init and init[key] is not None:
-            init[key] = _as_added_token(init[key])
+            init[key] = as_added_token(init[key])
             if added_by_content:
                 init[key] = added_by_content.get(str(init[key]), init[key])
     init["name_or_path"] = name
@@ -315,33 +315,33 @@ def _load(name_or_path, *, revision=None, cache_dir=None, local_files_only=False
             init.setdefault(key, value)
     if family == "bert":
         if tokenizer_data is not None:
-            vocab = _wordpiece_vocab(tokenizer_data["model"].get("vocab"))
+            vocab = wordpiece_vocab(tokenizer_data["model"].get("vocab"))
         else:
-            vocab = _read_vocab_txt(vocab_txt)
-        backend = _build_bert(vocab, init)
+            vocab = read_vocab_txt(vocab_txt)
+        backend = build_bert(vocab, init)
     elif family in ("roberta", "gpt2"):
         if tokenizer_data is not None:
-            vocab = _wordpiece_vocab(tokenizer_data["model"].get("vocab"))
-            merges = _merges_from_json(tokenizer_data["model"].get("merges"))
+            vocab = wordpiece_vocab(tokenizer_data["model"].get("vocab"))
+            merges = merges_from_json(tokenizer_data["model"].get("merges"))
         else:
             try:
                 vocab, merges = BPE.read_file(vocab_json, merges_txt)
             except Exception as e:
                 raise ValueError(f"cannot read BPE vocabulary {vocab_json} / {merges_txt}: {e}") from None
-        backend = _build_byte_level_bpe(vocab, merges, init)
+        backend = build_byte_level_bpe(vocab, merges, init)
         if family == "gpt2" and post_processor is not None:
             backend.post_processor = post_processor
     elif family == "xlmr":
-        backend = _build_xlm_roberta(tokenizer_data["model"]["vocab"],
-                                     _precompiled_charsmap(tokenizer_data.get("normalizer")), init)
+        backend = build_xlm_roberta(tokenizer_data["model"]["vocab"],
+                                     precompiled_charsmap(tokenizer_data.get("normalizer")), init)
     else:
-        backend = _tokenizer_from_file(tokenizer_json)
+        backend = tokenizer_from_file(tokenizer_json)
     if truncation is not None:
         backend.enable_truncation(**truncation)
     if padding is not None:
         backend.enable_padding(**padding)
 
-    input_names = _MODEL_INPUT_NAMES.get(canonical, _DEFAULT_MODEL_INPUT_NAMES)
+    input_names = _MODEL_INPUT_NAMES.get(canonical, DEFAULT_MODEL_INPUT_NAMES)
     tokenizer = PreTrainedTokenizerFast(_backend=backend, _tokenizer_class=canonical,
                                         _default_model_input_names=input_names, **init)
     for key in ("do_lower_case", "tokenize_chinese_chars", "strip_accents", "trim_offsets", "errors"):

@@ -45,12 +45,12 @@ def _tensor_kind(tensor_type) -> Optional[str]:
     raise ValueError(f"return_tensors={tensor_type!r} is not supported: use 'pt' (PyTorch), 'np' (NumPy) or None")
 
 
-def _to_py(obj):
+def to_py(obj):
     """Tensors, arrays and numpy scalars -> plain python lists / numbers."""
     if isinstance(obj, Mapping):
-        return {k: _to_py(v) for k, v in obj.items()}
+        return {k: to_py(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_py(o) for o in obj]
+        return [to_py(o) for o in obj]
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.generic):
@@ -60,7 +60,7 @@ def _to_py(obj):
     return obj
 
 
-def _is_torch_tensor(obj) -> bool:
+def is_torch_tensor(obj) -> bool:
     return type(obj).__module__.startswith("torch") and type(obj).__name__ == "Tensor"
 
 

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE, Unigram, WordPiece
 
 
-def _read_json(path: Optional[str], what: str):
+def read_json(path: Optional[str], what: str):
     if path is None:
         return None
     try:
@@ -26,7 +26,7 @@ def _read_json(path: Optional[str], what: str):
 
 
 
-def _tokenizer_from_file(path: str) -> Tokenizer:
+def tokenizer_from_file(path: str) -> Tokenizer:
     if not os.path.isfile(path):
         raise OSError(f"no tokenizer file at {path}")
     try:
@@ -35,9 +35,9 @@ def _tokenizer_from_file(path: str) -> Tokenizer:
         raise ValueError(f"cannot parse tokenizer file {path}: {e}") from None
 
 
-def _tokenizer_json_parts(path: str):
+def tokenizer_json_parts(path: str):
     """tokenizer.json -> (parsed json, post_processor, truncation, padding), cheaply (no full vocab build)."""
-    data = _read_json(path, "tokenizer file")
+    data = read_json(path, "tokenizer file")
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ValueError(f"cannot parse tokenizer file {path}: no 'model' section")
     model = dict(data["model"])
@@ -54,13 +54,13 @@ def _tokenizer_json_parts(path: str):
     return data, tiny.post_processor, tiny.truncation, tiny.padding
 
 
-def _wordpiece_vocab(vocab) -> dict[str, int]:
+def wordpiece_vocab(vocab) -> dict[str, int]:
     if isinstance(vocab, dict):
         return vocab
     return {(t[0] if isinstance(t, (list, tuple)) else t): i for i, t in enumerate(vocab or [])}
 
 
-def _read_vocab_txt(path: str) -> dict[str, int]:
+def read_vocab_txt(path: str) -> dict[str, int]:
     vocab: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for index, line in enumerate(f.readlines()):
@@ -68,7 +68,7 @@ def _read_vocab_txt(path: str) -> dict[str, int]:
     return vocab
 
 
-def _build_bert(vocab: dict, init: dict) -> Tokenizer:
+def build_bert(vocab: dict, init: dict) -> Tokenizer:
     backend = Tokenizer(WordPiece(vocab, unk_token=str(init.get("unk_token")), continuing_subword_prefix="##",
                                   max_input_chars_per_word=100))
     backend.normalizer = normalizers.BertNormalizer(
@@ -79,7 +79,7 @@ def _build_bert(vocab: dict, init: dict) -> Tokenizer:
     return backend
 
 
-def _build_byte_level_bpe(vocab: dict, merges: list, init: dict) -> Tokenizer:
+def build_byte_level_bpe(vocab: dict, merges: list, init: dict) -> Tokenizer:
     backend = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                             end_of_word_suffix="", fuse_unk=False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(init.get("add_prefix_space", False)))
@@ -87,7 +87,7 @@ def _build_byte_level_bpe(vocab: dict, merges: list, init: dict) -> Tokenizer:
     return backend
 
 
-def _build_xlm_roberta(vocab, charsmap: Optional[bytes], init: dict) -> Tokenizer:
+def build_xlm_roberta(vocab, charsmap: Optional[bytes], init: dict) -> Tokenizer:
     """transformers' XLMRobertaTokenizer pipeline: Unigram (unk id 3), the SentencePiece charsmap normalizer,
     whitespace split + metaspace."""
     backend = Tokenizer(Unigram([tuple(v) for v in vocab], unk_id=3, byte_fallback=False))
@@ -100,7 +100,7 @@ def _build_xlm_roberta(vocab, charsmap: Optional[bytes], init: dict) -> Tokenize
     return backend
 
 
-def _precompiled_charsmap(normalizer) -> Optional[bytes]:
+def precompiled_charsmap(normalizer) -> Optional[bytes]:
     """The SentencePiece charsmap of a tokenizer.json normalizer (alone or inside a Sequence), if any."""
     if not normalizer:
         return None
@@ -113,5 +113,5 @@ def _precompiled_charsmap(normalizer) -> Optional[bytes]:
     return None
 
 
-def _merges_from_json(merges) -> list[tuple[str, str]]:
+def merges_from_json(merges) -> list[tuple[str, str]]:
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges or []]

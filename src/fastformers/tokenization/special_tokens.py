@@ -12,7 +12,7 @@ from tokenizers import AddedToken, processors
 SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
-def _as_added_token(value, special: Optional[bool] = None):
+def as_added_token(value, special: Optional[bool] = None):
     """str / AddedToken / {"content": ..., ...} (optionally with "__type") -> str or AddedToken."""
     if isinstance(value, dict) and "content" in value:
         fields = {k: v for k, v in value.items() if k != "__type"}
@@ -22,18 +22,18 @@ def _as_added_token(value, special: Optional[bool] = None):
     return value
 
 
-def _convert_typed_dicts(obj):
+def convert_typed_dicts(obj):
     """Turn {"__type": "AddedToken", ...} dicts (transformers' saved form) back into AddedToken objects."""
     if isinstance(obj, dict) and obj.get("__type") == "AddedToken":
-        return _as_added_token(obj)
+        return as_added_token(obj)
     if isinstance(obj, (list, tuple)):
-        return [_convert_typed_dicts(o) for o in obj]
+        return [convert_typed_dicts(o) for o in obj]
     if isinstance(obj, dict):
-        return {k: _convert_typed_dicts(v) for k, v in obj.items()}
+        return {k: convert_typed_dicts(v) for k, v in obj.items()}
     return obj
 
 
-def _added_token_state(token: AddedToken) -> dict:
+def added_token_state(token: AddedToken) -> dict:
     return {"content": token.content, "single_word": token.single_word, "lstrip": token.lstrip,
             "rstrip": token.rstrip, "normalized": token.normalized, "special": token.special}
 

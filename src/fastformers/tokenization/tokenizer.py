@@ -20,10 +20,10 @@ from tokenizers import AddedToken, Tokenizer
 
 from fastformers.loading.hub import refuse_remote_code
 
-from .batch_encoding import BatchEncoding, _is_torch_tensor, _to_py
+from .batch_encoding import BatchEncoding, is_torch_tensor, to_py
 from .chat_template import ChatTemplateMixin
-from .readers import _tokenizer_from_file
-from .special_tokens import SPECIAL_TOKENS_ATTRIBUTES, SpecialTokensMixin, _added_token_state, _as_added_token
+from .readers import tokenizer_from_file
+from .special_tokens import SPECIAL_TOKENS_ATTRIBUTES, SpecialTokensMixin, added_token_state, as_added_token
 
 logger = logging.getLogger("fastformers.tokenization")
 
@@ -35,13 +35,13 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 
 # Every class but those with token_type_ids (see auto.py) returns input_ids and attention_mask only.
-_DEFAULT_MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+DEFAULT_MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
 def _jsonable(obj):
     """Config values -> JSON: AddedToken -> {"__type": "AddedToken", ...} (the form transformers reads back)."""
     if isinstance(obj, AddedToken):
-        return {"__type": "AddedToken", **_added_token_state(obj)}
+        return {"__type": "AddedToken", **added_token_state(obj)}
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -89,7 +89,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
     missing from the vocabulary are added to it, as transformers does.
     """
 
-    model_input_names: list[str] = list(_DEFAULT_MODEL_INPUT_NAMES)
+    model_input_names: list[str] = list(DEFAULT_MODEL_INPUT_NAMES)
     padding_side: str = "right"
     truncation_side: str = "right"
 
@@ -104,7 +104,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
             if tokenizer_object is not None:
                 backend = copy.deepcopy(tokenizer_object)
             elif tokenizer_file is not None:
-                backend = _tokenizer_from_file(os.fspath(tokenizer_file))
+                backend = tokenizer_from_file(os.fspath(tokenizer_file))
             else:
                 raise ValueError(
                     "PreTrainedTokenizerFast needs a backend: pass tokenizer_object (a tokenizers.Tokenizer) or "
@@ -145,7 +145,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
             value = kwargs[key]
             if key in SPECIAL_TOKENS_ATTRIBUTES:
                 kwargs.pop(key)
-                value = _as_added_token(value)
+                value = as_added_token(value)
                 if value is None:
                     continue
                 if not isinstance(value, (str, AddedToken)):
@@ -158,7 +158,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
                 if isinstance(value, dict):
                     model_specific.update(value)
                 elif isinstance(value, (list, tuple)):
-                    self._extra_special_tokens = [_as_added_token(v) for v in value]
+                    self._extra_special_tokens = [as_added_token(v) for v in value]
                 else:
                     raise TypeError("extra_special_tokens must be a list/tuple of tokens or a dict of named tokens")
             elif key.endswith("_token") and isinstance(value, (str, AddedToken)):
@@ -167,7 +167,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
             self.SPECIAL_TOKENS_ATTRIBUTES = list(self.SPECIAL_TOKENS_ATTRIBUTES) + [
                 k for k in model_specific if k not in self.SPECIAL_TOKENS_ATTRIBUTES]
             for key, value in model_specific.items():
-                self._special_tokens_map[key] = _as_added_token(value)
+                self._special_tokens_map[key] = as_added_token(value)
 
         model_max_length = kwargs.pop("model_max_length", kwargs.pop("max_len", None))
         self.model_max_length = model_max_length if model_max_length is not None else VERY_LARGE_INTEGER
@@ -201,7 +201,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
         present = {repr(t) for t in self._tokenizer.get_added_tokens_decoder().values()}
         decoded = {}
         for index, token in (added_tokens_decoder or {}).items():
-            token = _as_added_token(token)
+            token = as_added_token(token)
             if isinstance(token, str):
                 token = AddedToken(token, special=True)
             decoded[int(index)] = token
@@ -219,7 +219,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
                 if isinstance(tok, str):
                     tok = AddedToken(tok, special=True)
                 elif not tok.special and str(tok) in named:
-                    tok = AddedToken(**{**_added_token_state(tok), "special": True})
+                    tok = AddedToken(**{**added_token_state(tok), "special": True})
                 tokens.append(tok)
             self._tokenizer.add_tokens(tokens)
 
@@ -286,7 +286,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
         """Ids outside the vocabulary give None, as in transformers."""
-        ids = _to_py(ids)
+        ids = to_py(ids)
         if isinstance(ids, int):
             return self._tokenizer.id_to_token(ids)
         skip = set(self.all_special_ids) if skip_special_tokens else set()
@@ -580,14 +580,14 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
                     first = item[0]
                     break
         if not isinstance(first, (int, list, tuple)):
-            if _is_torch_tensor(first):
+            if is_torch_tensor(first):
                 return_tensors = "pt" if return_tensors is None else return_tensors
             elif isinstance(first, (np.ndarray, np.generic)):
                 return_tensors = "np" if return_tensors is None else return_tensors
             else:
                 raise ValueError(f"type of {first} unknown: {type(first)}. Should be one of a python, numpy, or "
                                  "pytorch object.")
-            encoded_inputs = {k: _to_py(v) for k, v in encoded_inputs.items()}
+            encoded_inputs = {k: to_py(v) for k, v in encoded_inputs.items()}
 
         pad, _, max_length = self._strategies(padding=padding, max_length=max_length, verbose=verbose)
         required = encoded_inputs[main]
@@ -647,7 +647,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
                **kwargs):
         """ids -> text; a batch (list of lists, 2-D tensor) gives a list of texts. Ids outside the vocabulary are
         dropped (as the tokenizers backend, hence transformers, does)."""
-        token_ids = _to_py(token_ids)
+        token_ids = to_py(token_ids)
         if isinstance(token_ids, (list, tuple)) and token_ids and isinstance(token_ids[0], (list, tuple)):
             return [self._decode(seq, skip_special_tokens, clean_up_tokenization_spaces) for seq in token_ids]
         return self._decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces)
@@ -740,7 +740,7 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
             if value is None:
                 continue
             if isinstance(value, AddedToken):
-                state = _added_token_state(value)
+                state = added_token_state(value)
                 state.pop("special")
                 special_map[key] = state
             else:
