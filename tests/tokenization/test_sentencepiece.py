@@ -20,7 +20,8 @@ import pytest
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
-from test_tokenization import load_both, same_call  # noqa: E402  (the shared comparisons)
+# the shared comparisons, imported by their path from tests/ so that tests elsewhere can import this module too
+from tokenization.test_tokenization import load_both, same_call  # noqa: E402
 
 from fastformers.tokenization import sentencepiece as ff_spm  # noqa: E402
 from fastformers.tokenization import AutoTokenizer  # noqa: E402
