@@ -29,6 +29,7 @@ from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint  # noq
 from fastformers.loading import gguf as ffgguf  # noqa: E402
 from fastformers.loading.gguf import GGUFError, dequantize, permute_qk, read_gguf, unpermute_qk  # noqa: E402
 from fastformers.tokenization import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
+from fastformers.tokenization.gguf import tokenizer_from_gguf  # noqa: E402
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -161,7 +162,7 @@ def test_smollm2_state_dict(smollm2):
 
 
 def test_smollm2_tokenizer(smollm2):
-    ours = smollm2.ours.tokenizer(smollm2.folder)
+    ours = tokenizer_from_gguf(smollm2.ours, smollm2.folder)
     assert_same_tokenizer(ours, smollm2.tokenizer)
     assert ours.bos_token == "<|im_start|>" and ours.eos_token == "<|im_end|>" and ours.pad_token == "<|im_end|>"
     batch = ["<|im_start|>short", "a longer text to pad against, with émojis 😀"]
@@ -623,7 +624,7 @@ def test_fallback_types_need_gguf(tmp_path, monkeypatch):
 def test_tokenizer_errors(tmp_path):
     path = write_raw_gguf(tmp_path / "notok.gguf")
     with pytest.raises(GGUFError, match=r"notok\.gguf holds no tokenizer"):
-        read_gguf(path).tokenizer()
+        tokenizer_from_gguf(read_gguf(path))
     writer = gguf.GGUFWriter(str(tmp_path / "wordpiece.gguf"), "llama")
     writer.add_tokenizer_model("bert")
     writer.add_token_list(["[PAD]", "[UNK]", "hello"])

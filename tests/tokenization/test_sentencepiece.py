@@ -1,5 +1,5 @@
-"""fastformers.sentencepiece: T5 (spiece.model) and Marian (source.spm / target.spm / vocab.json) checkpoints
-without tokenizer.json, against transformers' tokenizers loaded from the same folders.
+"""fastformers.tokenization.sentencepiece: T5 (spiece.model) and Marian (source.spm / target.spm / vocab.json)
+checkpoints without tokenizer.json, against transformers' tokenizers loaded from the same folders.
 
 No real checkpoint at hand ships spiece.model, so every model here is a tiny one trained in the test with the
 `sentencepiece` package (a test dependency; fastformers reads the .model files with its own protobuf reader).
@@ -20,9 +20,10 @@ import pytest
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
-from test_tokenization import load_both, same_call  # noqa: E402  (the shared comparisons)
+# the shared comparisons, imported by their path from tests/ so that tests elsewhere can import this module too
+from tokenization.test_tokenization import load_both, same_call  # noqa: E402
 
-from fastformers import sentencepiece as ff_spm  # noqa: E402
+from fastformers.tokenization import sentencepiece as ff_spm  # noqa: E402
 from fastformers.tokenization import AutoTokenizer  # noqa: E402
 
 

@@ -24,7 +24,8 @@ import struct
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram
 
-from fastformers.tokenization import PreTrainedTokenizerFast
+from .batch_encoding import to_py
+from .tokenizer import PreTrainedTokenizerFast
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -551,9 +552,7 @@ class MarianTokenizer(PreTrainedTokenizerFast):
         return str(self.unk_token)
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        from fastformers.tokenization import _to_py
-
-        ids = _to_py(ids)
+        ids = to_py(ids)
         if isinstance(ids, int):
             return self._id_to_token(ids, False)
         skip = set(self.all_special_ids) if skip_special_tokens else set()
@@ -562,9 +561,7 @@ class MarianTokenizer(PreTrainedTokenizerFast):
     # -- decoding: SentencePiece DecodePieces between special tokens, as transformers' MarianTokenizer -------------
     def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None,
                use_source_tokenizer: bool | None = None, **kwargs):
-        from fastformers.tokenization import _to_py
-
-        token_ids = _to_py(token_ids)
+        token_ids = to_py(token_ids)
         if isinstance(token_ids, (list, tuple)) and token_ids and isinstance(token_ids[0], (list, tuple)):
             return [self._decode_one(seq, skip_special_tokens, clean_up_tokenization_spaces, use_source_tokenizer)
                     for seq in token_ids]
