@@ -384,7 +384,9 @@ class BartModel(BartPreTrainedModel):
         encoder_mask = attention_mask
         if encoder_mask is not None:
             encoder_mask = check_mask(encoder_mask, *encoder_states.shape[:2])
-            encoder_mask = None if bool(encoder_mask.all()) else encoder_mask.bool()
+            # the all-ones shortcut reads the mask on the host: eager only
+            compiling = torch.compiler.is_compiling()
+            encoder_mask = None if not compiling and bool(encoder_mask.all()) else encoder_mask.bool()
 
         use_cache = _flag(use_cache, cfg.use_cache and not self.training)
         cache = past_key_values

@@ -331,7 +331,7 @@ class T5Stack(nn.Module):
                 src = (encoder_hidden_states.shape[1] if encoder_hidden_states is not None
                        else cache.cross(0)[0].shape[2])
                 encoder_attention_mask = check_mask(encoder_attention_mask, batch, src)
-                if not bool(encoder_attention_mask.all()):
+                if torch.compiler.is_compiling() or not bool(encoder_attention_mask.all()):  # a host read: eager only
                     encoder_mask = encoder_attention_mask.to(torch.bool)
 
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
