@@ -57,7 +57,9 @@ class StaticCache:
             self._end.copy_(torch.maximum(self._end, cache_position[-1] + 1))
         if k.shape[2] == 1:
             return keys, values  # fixed shape: the caller masks the slots after cache_position
-        end = int(cache_position[-1]) + 1  # a multi-token write (prefill): its keys, causal from slot 0
+        # a multi-token write (prefill): its keys, causal from slot 0. A host read, so a compiled
+        # multi-token step breaks the graph here: compile the one-token step.
+        end = int(cache_position[-1]) + 1
         return keys[:, :, :end], values[:, :, :end]
 
     def crop(self, length: int) -> None:
