@@ -12,17 +12,19 @@ runs one of two decode loops:
   step, running and finished beams kept in fixed-shape tensors), with the same arithmetic so that
   sequences, scores and beam indices are identical; the cache is reordered with `cache.reorder`.
 
-The model contract: `forward(input_ids, attention_mask, position_ids, past_key_values, use_cache,
-logits_to_keep, return_dict)` with `attention_mask` covering cache + new tokens, and
-`make_static_cache(batch_size, max_length)` (see cache.py).
+The model contract: `forward(input_ids, attention_mask, position_ids, past_key_values, cache_position,
+use_cache, logits_to_keep, return_dict)` with `attention_mask` covering cache + new tokens and
+`cache_position` the positions the new tokens take in the cache (see cache.py). The cache is the static
+one `make_static_cache` sizes from the model's config (a dynamic one when attentions are returned, so
+that they cover the tokens so far, as in transformers).
 
 Encoder-decoder models (`config.is_encoder_decoder`: BART, Marian, T5) go through the same two loops on
 the decoder sequence. `_prepare_encoder_decoder` runs `get_encoder()` once on the un-expanded batch,
 repeats its output and the encoder mask per beam / returned sequence, and starts the decoder from
 `decoder_start_token_id` (or the given `decoder_input_ids`); every step then calls
-`forward(decoder_input_ids, encoder_outputs, attention_mask=<encoder mask>, past_key_values, use_cache,
-return_dict)`. The model takes the decoder positions from its cache (decoder inputs are never padded), and
-`make_static_cache` returns an `EncoderDecoderCache`. Lengths (max_length, min_length, ...) count decoder
+`forward(decoder_input_ids, encoder_outputs, attention_mask=<encoder mask>, past_key_values, cache_position,
+use_cache, return_dict)` (decoder inputs are never padded), and `make_static_cache` returns an
+`EncoderDecoderCache`. Lengths (max_length, min_length, ...) count decoder
 tokens, and the result is the decoder sequences, starting with the start token, as in transformers.
 """
 
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..outputs import _output
-from .cache import DynamicCache, EncoderDecoderCache
+from .cache import DynamicCache, EncoderDecoderCache, make_static_cache
 from .configuration import GenerationConfig
 from .logits_process import (
     EpsilonLogitsWarper,
@@ -183,12 +185,10 @@ class GenerationMixin:
         positions = torch.cat([positions, positions[:, -1:] + torch.arange(1, new + 1, device=input_ids.device)], 1)
 
         if cache is None and config.use_cache:
-            make = getattr(self, "make_static_cache", None)
-            # the last token is never fed back: max_length - 1 slots suffice
-            if make is not None:
-                cache = make(batch, max_length - 1)
-            else:
+            if config.return_dict_in_generate and config.output_attentions:
                 cache = EncoderDecoderCache() if seq2seq is not None else DynamicCache()
+            else:  # the last token is never fed back: max_length - 1 slots suffice
+                cache = self.make_static_cache(batch, max_length - 1)
         state = _State(mask, positions, cache, config, seq2seq)
         if "logits_to_keep" in inspect.signature(self.forward).parameters:
             state.extra["logits_to_keep"] = 1  # the LM head runs for the last position only
@@ -196,6 +196,10 @@ class GenerationMixin:
         if mode.startswith("beam"):
             return self._beam_search(input_ids, state, processors, criteria, eos, pad, generator)
         return self._decode(input_ids, state, processors, criteria, pad, streamer, generator)
+
+    def make_static_cache(self, batch_size: int, max_length: int):
+        """A preallocated KV cache for this model (see cache.make_static_cache), in its dtype and device."""
+        return make_static_cache(self.config, batch_size, max_length, self.dtype, self.device)
 
     def compute_transition_scores(self, sequences: torch.Tensor, scores: Tuple[torch.Tensor, ...],
                                   beam_indices: Optional[torch.Tensor] = None, normalize_logits: bool = False
@@ -461,15 +465,17 @@ class GenerationMixin:
     def _step(self, state: "_State", tokens: torch.Tensor, start: int, end: int):
         """Run the model on `tokens` (the positions [start, end) of the sequence); logits of the last."""
         cache = state.cache
+        if cache is None:  # no cache: the whole sequence every step
+            start = 0
+        cache_position = state.cache_positions[start:end]
         if state.seq2seq is not None:
             return self(decoder_input_ids=tokens, encoder_outputs=state.seq2seq.encoder_outputs,
                         attention_mask=state.seq2seq.attention_mask, past_key_values=cache,
-                        use_cache=cache is not None, return_dict=True, **state.extra)
-        if cache is None:  # no cache: the whole sequence every step
-            start = 0
+                        cache_position=cache_position, use_cache=cache is not None, return_dict=True, **state.extra)
         mask = state.mask[:, :end] if state.mask is not None else None
         return self(input_ids=tokens, attention_mask=mask, position_ids=state.positions[:, start:end],
-                    past_key_values=cache, use_cache=cache is not None, return_dict=True, **state.extra)
+                    past_key_values=cache, cache_position=cache_position, use_cache=cache is not None,
+                    return_dict=True, **state.extra)
 
     def _prefill(self, state: "_State", input_ids: torch.Tensor):
         """The prompt's forward (in chunks with prefill_chunk_size); skips what a given cache holds."""
@@ -686,6 +692,7 @@ class _State:
 
     def __init__(self, mask, positions, cache, config, seq2seq: Optional[_Seq2Seq] = None) -> None:
         self.mask, self.positions, self.cache, self.config = mask, positions, cache, config
+        self.cache_positions = torch.arange(config.max_length, device=positions.device)  # sliced per step
         self.seq2seq = seq2seq
         self.prefill_chunk = config.prefill_chunk_size
         self.extra = {}

@@ -89,7 +89,7 @@ def check_inputs(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torc
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         if input_ids.dtype.is_floating_point:
             raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-        if input_ids.numel():
+        if input_ids.numel() and not torch.compiler.is_compiling():  # a host read: eager only
             lo, hi = torch.aminmax(input_ids)
             lo, hi = int(lo), int(hi)
             if hi >= vocab_size or lo < 0:
@@ -235,7 +235,8 @@ class FusedLinear:
         if (torch.is_grad_enabled() and getattr(self.linears[0].weight, "requires_grad", False)
                 or x.device.type == "meta"):
             return [ops.linear(x, lin.weight, lin.bias) for lin in self.linears]
-        if not self._fused or self._ids() != self._ptrs:
+        # a compiled step trusts the fusion an eager call (the prefill) made: Dynamo cannot compare data pointers
+        if not self._fused or (not torch.compiler.is_compiling() and self._ids() != self._ptrs):
             self._fuse()
         if self.weight is None:
             return [ops.linear(x, lin.weight, lin.bias) for lin in self.linears]

@@ -13,13 +13,14 @@ and projects each layer's cross-attention keys/values from the encoder output on
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
 from .. import ops
 from ..configuration import PretrainedConfig
-from ..generation.cache import EncoderDecoderCache
+from ..generation.cache import EncoderDecoderCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import (
@@ -227,11 +228,14 @@ class _Stack(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.embed_tokens
 
-    def embed(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token + position embeddings; `positions` (seq,) default to 0 .. seq - 1."""
         x = self.embed_tokens(input_ids)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
-        positions = self.embed_positions(torch.arange(start, start + input_ids.shape[1], device=x.device))
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=x.device)
+        positions = self.embed_positions(positions)
         if self.layernorm_embedding_enabled:
             ln = self.layernorm_embedding
             x = ops.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=positions.to(x.dtype))
@@ -259,7 +263,7 @@ class BartEncoder(_Stack):
         attention_mask = check_mask(attention_mask, batch, seq)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
-        x = self.embed(input_ids, 0)
+        x = self.embed(input_ids)
         x, hidden_states, attentions = run_encoder(
             self.layers, x, attention_mask, _flag(output_attentions, cfg.output_attentions),
             _flag(output_hidden_states, cfg.output_hidden_states), cfg.attention_dropout)
@@ -275,20 +279,14 @@ class BartDecoder(_Stack):
         self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.decoder_layers))
 
     def forward(self, input_ids, attention_mask, encoder_hidden_states, encoder_attention_mask, cache,
-                output_attentions: bool, output_hidden_states: bool):
-        """Returns (last hidden state, hidden states, self-attentions, cross-attentions); advances `cache`."""
-        past = cache.get_seq_length() if cache is not None else 0
-        batch, seq = check_inputs(input_ids, None, self.embed_tokens.num_embeddings,
-                                  self.config.max_position_embeddings, past)
-        self_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (batch, past + seq):
-                raise ValueError(f"decoder_attention_mask must have shape (batch, cached + new decoder tokens) = "
-                                 f"{(batch, past + seq)}, got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
-                self_mask = attention_mask.bool()
-        x = self.embed(input_ids, past)
-        cache_position = torch.arange(past, past + seq, device=x.device)
+                output_attentions: bool, output_hidden_states: bool, cache_position=None):
+        """Returns (last hidden state, hidden states, self-attentions, cross-attentions); writes `cache` at
+        `cache_position` (default: after what it holds)."""
+        batch, seq = check_inputs(input_ids, None, self.embed_tokens.num_embeddings, None)
+        step = cache_step(cache, batch, seq, input_ids.device, cache_position, attention_mask,
+                          max_positions=self.config.max_position_embeddings, mask_name="decoder_attention_mask")
+        self_mask, cache_position = step.key_mask, step.cache_position
+        x = self.embed(input_ids, cache_position)
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
         cross_attentions = () if output_attentions else None
@@ -300,8 +298,6 @@ class BartDecoder(_Stack):
             if output_attentions:
                 attentions += (probs,)
                 cross_attentions += (cross,)
-        if cache is not None:
-            cache.advance(seq)
         return x, hidden_states, attentions, cross_attentions
 
 
@@ -362,7 +358,8 @@ class BartModel(BartPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
-                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                cache_position=None, **kwargs):
         cfg = self.config
         if inputs_embeds is not None or decoder_inputs_embeds is not None:
             raise NotImplementedError("inputs_embeds / decoder_inputs_embeds are not supported by fastformers' "
@@ -387,7 +384,9 @@ class BartModel(BartPreTrainedModel):
         encoder_mask = attention_mask
         if encoder_mask is not None:
             encoder_mask = check_mask(encoder_mask, *encoder_states.shape[:2])
-            encoder_mask = None if bool(encoder_mask.all()) else encoder_mask.bool()
+            # the all-ones shortcut reads the mask on the host: eager only
+            compiling = torch.compiler.is_compiling()
+            encoder_mask = None if not compiling and bool(encoder_mask.all()) else encoder_mask.bool()
 
         use_cache = _flag(use_cache, cfg.use_cache and not self.training)
         cache = past_key_values
@@ -398,7 +397,7 @@ class BartModel(BartPreTrainedModel):
             cache = EncoderDecoderCache()
         x, hidden_states, attentions, cross = self.decoder(
             decoder_input_ids, decoder_attention_mask, encoder_states, encoder_mask, cache,
-            output_attentions, output_hidden_states)
+            output_attentions, output_hidden_states, cache_position)
         out = Seq2SeqModelOutput(
             last_hidden_state=x, past_key_values=cache if use_cache else None, decoder_hidden_states=hidden_states,
             decoder_attentions=attentions, cross_attentions=cross, encoder_last_hidden_state=encoder_states,
@@ -442,23 +441,13 @@ class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def make_static_cache(self, batch_size: int, max_length: int) -> EncoderDecoderCache:
-        """A preallocated decoder self-attention cache (cross-attention keys/values are added on the first step)."""
-        from ..generation.cache import StaticCache
-
-        cfg = self.config
-        heads = cfg.decoder_attention_heads
-        return EncoderDecoderCache(StaticCache(
-            num_layers=cfg.decoder_layers, batch_size=batch_size, num_kv_heads=heads, head_dim=cfg.d_model // heads,
-            max_length=max_length, dtype=self.dtype, device=self.device))
-
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
                 labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
+                cache_position=None, **kwargs):
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None:
@@ -468,7 +457,7 @@ class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
                          past_key_values=past_key_values, inputs_embeds=inputs_embeds,
                          decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
                          output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                         return_dict=True)
+                         return_dict=True, cache_position=cache_position)
         logits = ops.linear(out.last_hidden_state, self.lm_head.weight, self.final_logits_bias[0])
         loss = None
         if labels is not None:

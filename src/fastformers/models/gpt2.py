@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import ops
 from ..configuration import PretrainedConfig
-from ..generation.cache import DynamicCache
+from ..generation.cache import DynamicCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import SequenceClassifierOutput, _output
@@ -142,8 +142,7 @@ class GPT2Model(GPT2PreTrainedModel):
                 output_hidden_states=None, return_dict=None, cache_position=None, **kwargs):
         cfg = self.config
         cache = past_key_values
-        past = cache.get_seq_length() if cache is not None else 0
-        batch, seq = check_inputs(input_ids, inputs_embeds, cfg.vocab_size, cfg.n_positions, past)
+        batch, seq = check_inputs(input_ids, inputs_embeds, cfg.vocab_size, None)
         use_cache = (cfg.use_cache and not self.training) if use_cache is None else use_cache
         if cache is None and use_cache:
             cache = DynamicCache()
@@ -151,8 +150,8 @@ class GPT2Model(GPT2PreTrainedModel):
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
 
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
-        if cache_position is None:
-            cache_position = torch.arange(past, past + seq, device=x.device)
+        step = cache_step(cache, batch, seq, x.device, cache_position, attention_mask, max_positions=cfg.n_positions)
+        cache_position, key_mask = step.cache_position, step.key_mask
         if position_ids is None:
             position_ids = cache_position[None]
         x = x + self.wpe(position_ids)
@@ -160,13 +159,6 @@ class GPT2Model(GPT2PreTrainedModel):
             x = x + self.wte(token_type_ids)
         if self.training and cfg.embd_pdrop:
             x = nn.functional.dropout(x, cfg.embd_pdrop, training=True)
-        key_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (batch, past + seq):
-                raise ValueError(f"attention_mask must have shape (batch, past + new tokens) = {(batch, past + seq)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
-                key_mask = attention_mask.bool()
 
         hidden_states = () if output_hidden_states else None
         attentions = () if output_attentions else None
@@ -179,8 +171,6 @@ class GPT2Model(GPT2PreTrainedModel):
         x = _layer_norm(self.ln_f, x)
         if output_hidden_states:
             hidden_states += (x,)
-        if cache is not None:
-            cache.advance(seq)
         out = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x, past_key_values=cache if use_cache else None, hidden_states=hidden_states,
             attentions=attentions)
@@ -198,14 +188,6 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
-
-    def make_static_cache(self, batch_size: int, max_length: int):
-        from ..generation.cache import StaticCache
-
-        cfg = self.config
-        return StaticCache(num_layers=cfg.n_layer, batch_size=batch_size, num_kv_heads=cfg.n_head,
-                           head_dim=cfg.n_embd // cfg.n_head, max_length=max_length, dtype=self.dtype,
-                           device=self.device)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, token_type_ids=None, labels=None, use_cache=None, output_attentions=None,

@@ -4,7 +4,7 @@ Pre-norm decoder layers: RMSNorm (fused with the residual add) -> grouped-query 
 embeddings -> RMSNorm -> SwiGLU. Qwen2 adds biases to q/k/v; Qwen3 normalises q and k per head.
 Weight names are those of Hugging Face checkpoints (model.layers.N.self_attn.q_proj.weight ...).
 At inference q/k/v and gate/up run as one GEMM each (FusedLinear), the decode step reads a static
-KV cache (generation/cache.py).
+KV cache with fixed shapes (generation/cache.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import ops
 from ..configuration import PretrainedConfig
-from ..generation.cache import DynamicCache
+from ..generation.cache import DynamicCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
@@ -236,9 +236,7 @@ class LlamaModel(LlamaPreTrainedModel):
                 return_dict=None, cache_position=None, **kwargs):
         cfg = self.config
         cache = past_key_values
-        past = cache.get_seq_length() if cache is not None else 0
-        batch, seq = check_inputs(input_ids, inputs_embeds, cfg.vocab_size, None, past)
-        self._check_window(past + seq)
+        batch, seq = check_inputs(input_ids, inputs_embeds, cfg.vocab_size, None)
         use_cache = (cfg.use_cache and not self.training) if use_cache is None else use_cache
         if cache is None and use_cache:
             cache = DynamicCache()
@@ -246,17 +244,12 @@ class LlamaModel(LlamaPreTrainedModel):
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
 
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        if cache_position is None:
-            cache_position = torch.arange(past, past + seq, device=x.device)
+        step = cache_step(cache, batch, seq, x.device, cache_position, attention_mask)
+        if step.end is not None:
+            self._check_window(step.end)
+        cache_position, key_mask = step.cache_position, step.key_mask
         if position_ids is None:
             position_ids = cache_position[None]
-        key_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (batch, past + seq):
-                raise ValueError(f"attention_mask must have shape (batch, past + new tokens) = {(batch, past + seq)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
-                key_mask = attention_mask.bool()
         cos, sin = self.rotary_emb(position_ids, x.dtype)
 
         hidden_states = () if output_hidden_states else None
@@ -271,8 +264,6 @@ class LlamaModel(LlamaPreTrainedModel):
         x = self.norm(x) if residual is None else self.norm(x, residual)[0]
         if output_hidden_states:
             hidden_states += (x,)
-        if cache is not None:
-            cache.advance(seq)
         out = BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache if use_cache else None,
                                       hidden_states=hidden_states, attentions=attentions)
         return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
@@ -297,14 +288,6 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
-
-    def make_static_cache(self, batch_size: int, max_length: int):
-        from ..generation.cache import StaticCache
-
-        cfg = self.config
-        return StaticCache(num_layers=cfg.num_hidden_layers, batch_size=batch_size,
-                           num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.attention_head_dim,
-                           max_length=max_length, dtype=self.dtype, device=self.device)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,

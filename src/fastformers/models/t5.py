@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import ops
 from ..configuration import PretrainedConfig
-from ..generation.cache import EncoderDecoderCache
+from ..generation.cache import EncoderDecoderCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput, _output
@@ -285,11 +285,12 @@ class T5Stack(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.embed_tokens
 
-    def _self_bias(self, batch_mask, q_len: int, k_len: int, past: int, dtype, device) -> torch.Tensor:
-        """Position bias (1|batch, heads, q_len, k_len) of the first block, with masked keys at the dtype's
-        minimum: padding (batch_mask, (batch, k_len) bool) and, in the decoder, keys after the query."""
+    def _self_bias(self, batch_mask, positions: torch.Tensor, k_len: int, dtype, device) -> torch.Tensor:
+        """Position bias (1|batch, heads, q_len, k_len) of the first block for the queries at `positions`
+        over keys 0 .. k_len - 1, with masked keys at the dtype's minimum: batch_mask ((batch|1, k_len)
+        bool, padding) and, in the decoder, keys after the query."""
         cfg = self.config
-        query = torch.arange(past, past + q_len, device=device)[:, None]
+        query = positions[:, None]
         key = torch.arange(k_len, device=device)[None, :]
         buckets = relative_position_bucket(key - query, not self.is_decoder, cfg.relative_attention_num_buckets,
                                            cfg.relative_attention_max_distance)
@@ -298,14 +299,14 @@ class T5Stack(nn.Module):
         keep = None
         if batch_mask is not None:
             keep = batch_mask[:, None, None, :]
-        if self.is_decoder and q_len > 1:
+        if self.is_decoder:
             causal = (key <= query)[None, None]
             keep = causal if keep is None else keep & causal
         return bias if keep is None else bias.masked_fill(~keep, torch.finfo(dtype).min)
 
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 inputs_embeds=None, past_key_values=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, cache_position=None, **kwargs):
         cfg = self.config
         if kwargs:
             raise TypeError(f"T5Stack.forward got unexpected arguments: {', '.join(sorted(kwargs))}")
@@ -315,18 +316,13 @@ class T5Stack(nn.Module):
                             f"got {type(cache).__name__}")
         if self.is_decoder and cache is None and _flag(use_cache, cfg.use_cache and not self.training):
             cache = EncoderDecoderCache()
-        past = cache.get_seq_length() if cache is not None else 0
-        batch, seq = check_inputs(input_ids, inputs_embeds, self.embed_tokens.num_embeddings, None, past)
+        batch, seq = check_inputs(input_ids, inputs_embeds, self.embed_tokens.num_embeddings, None)
         need_probs = _flag(output_attentions, cfg.output_attentions)
         output_hidden_states = _flag(output_hidden_states, cfg.output_hidden_states)
         name = "decoder_attention_mask" if self.is_decoder else "attention_mask"
-        key_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (batch, past + seq):
-                raise ValueError(f"{name} must have shape (batch, cached + new tokens) = {(batch, past + seq)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
-                key_mask = attention_mask.to(torch.bool)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        step = cache_step(cache, batch, seq, device, cache_position, attention_mask, mask_name=name)
+        key_mask, cache_position = step.key_mask, step.cache_position
         encoder_mask = None
         if self.is_decoder:
             if encoder_hidden_states is None and (cache is None or cache.cross(0) is None):
@@ -335,14 +331,13 @@ class T5Stack(nn.Module):
                 src = (encoder_hidden_states.shape[1] if encoder_hidden_states is not None
                        else cache.cross(0)[0].shape[2])
                 encoder_attention_mask = check_mask(encoder_attention_mask, batch, src)
-                if not bool(encoder_attention_mask.all()):
+                if torch.compiler.is_compiling() or not bool(encoder_attention_mask.all()):  # a host read: eager only
                     encoder_mask = encoder_attention_mask.to(torch.bool)
 
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.training and self.dropout_p > 0:
             x = F.dropout(x, self.dropout_p, training=True)
-        bias = self._self_bias(key_mask, seq, past + seq, past, x.dtype, x.device)
-        cache_position = torch.arange(past, past + seq, device=x.device)
+        bias = self._self_bias(key_mask, cache_position, step.kv_len, x.dtype, x.device)
 
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if need_probs else None
@@ -362,8 +357,6 @@ class T5Stack(nn.Module):
             x = F.dropout(x, self.dropout_p, training=True)
         if output_hidden_states:
             hidden_states += (x,)  # as transformers: the last entry is the normed output
-        if cache is not None:
-            cache.advance(seq)
         if self.is_decoder:
             out = BaseModelOutputWithPastAndCrossAttentions(
                 last_hidden_state=x, past_key_values=cache, hidden_states=hidden_states, attentions=attentions,
@@ -462,7 +455,7 @@ class T5Model(T5PreTrainedModel):
 
     def _encode_decode(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
                        past_key_values, inputs_embeds, decoder_inputs_embeds, use_cache, output_attentions,
-                       output_hidden_states):
+                       output_hidden_states, cache_position=None):
         """(decoder output, encoder output) for the seq2seq heads."""
         cfg = self.config
         output_attentions = _flag(output_attentions, cfg.output_attentions)
@@ -482,15 +475,17 @@ class T5Model(T5PreTrainedModel):
             input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
             encoder_hidden_states=encoder_outputs.last_hidden_state, encoder_attention_mask=attention_mask,
             past_key_values=past_key_values, use_cache=_flag(use_cache, cfg.use_cache and not self.training),
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True)
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            cache_position=cache_position)
         return decoder_outputs, encoder_outputs
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
-                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                cache_position=None, **kwargs):
         dec, enc = self._encode_decode(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                                        encoder_outputs, past_key_values, inputs_embeds, decoder_inputs_embeds,
-                                       use_cache, output_attentions, output_hidden_states)
+                                       use_cache, output_attentions, output_hidden_states, cache_position)
         out = Seq2SeqModelOutput(last_hidden_state=dec.last_hidden_state, **_seq2seq_fields(dec, enc))
         return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
 
@@ -516,27 +511,18 @@ class T5ForConditionalGeneration(T5Model, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def make_static_cache(self, batch_size: int, max_length: int) -> EncoderDecoderCache:
-        """A preallocated decoder self-attention cache (cross-attention keys/values are added on the first step)."""
-        from ..generation.cache import StaticCache
-
-        cfg = self.config
-        return EncoderDecoderCache(StaticCache(
-            num_layers=cfg.num_decoder_layers, batch_size=batch_size, num_kv_heads=cfg.num_heads, head_dim=cfg.d_kv,
-            max_length=max_length, dtype=self.dtype, device=self.device))
-
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return self._shift_right(labels)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
                 labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
+                cache_position=None, **kwargs):
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)
         dec, enc = self._encode_decode(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                                        encoder_outputs, past_key_values, inputs_embeds, decoder_inputs_embeds,
-                                       use_cache, output_attentions, output_hidden_states)
+                                       use_cache, output_attentions, output_hidden_states, cache_position)
         h = dec.last_hidden_state
         if self.config.scale_decoder_outputs:
             h = h * self.config.d_model ** -0.5
