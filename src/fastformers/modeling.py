@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .configuration import CONFIG_NAME, PretrainedConfig, read_json
+from .generation.cache import rename_cache_argument
 from .loading.gguf import read_gguf
 from .loading.hub import refuse_remote_code, resolve_file
 from .loading.weights import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files, read_tensors
@@ -76,6 +77,11 @@ class PreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "cache" in kwargs:  # transformers 5.25's name for past_key_values
+            rename_cache_argument(kwargs)
+        return super().__call__(*args, **kwargs)
 
     @property
     def base_model(self) -> nn.Module:

@@ -335,3 +335,28 @@ def test_unsupported_strategies_raise():
         ours.generate(**batch(), num_beams=4, num_beam_groups=2, diversity_penalty=1.0)
     with pytest.raises(ValueError, match="streamer"):
         ours.generate(**batch(), num_beams=2, streamer=object())
+
+
+def test_cache_argument_under_its_transformers_5_25_name():
+    """`cache=` (transformers 5.25) and `past_key_values=` (its deprecated name) are the same argument, in generate()
+    and in a forward call; passing both is an error."""
+    from transformers import DynamicCache as TheirCache
+
+    from fastformers.generation import DynamicCache
+
+    ours, theirs = model_pair("llama")
+    inputs = batch()
+    first_a = ours.generate(**inputs, max_new_tokens=4, cache=DynamicCache(), return_dict_in_generate=True)
+    first_b = theirs.generate(**inputs, max_new_tokens=4, cache=TheirCache(), return_dict_in_generate=True)
+    assert_same_tokens(first_a, first_b)
+    assert first_a.cache is first_a.past_key_values and first_a.cache.get_seq_length() == first_a.sequences.shape[1] - 1
+    ids = torch.cat([first_a.sequences, torch.tensor([[17]] * 3)], dim=1)
+    mask = torch.cat([inputs["attention_mask"], torch.ones(3, 5, dtype=torch.long)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():  # the cache lacks the last generated token: feed it with the new one
+        step = ours(ids[:, -2:], attention_mask=mask, position_ids=positions[:, -2:], cache=first_a.cache,
+                    use_cache=True)
+        full = ours(ids, attention_mask=mask, position_ids=positions)
+    torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="not both"):
+        ours(ids, cache=DynamicCache(), past_key_values=DynamicCache())

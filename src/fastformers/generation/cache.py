@@ -147,6 +147,18 @@ class EncoderDecoderCache:
     reorder_cache = reorder
 
 
+def rename_cache_argument(kwargs: dict) -> dict:
+    """transformers 5.25 passes the KV cache as `cache=` (`past_key_values=` is its deprecated name, and the one
+    fastformers' forwards take): accept both, in place."""
+    if "cache" in kwargs:
+        cache = kwargs.pop("cache")
+        if cache is not None and kwargs.get("past_key_values") is not None:
+            raise TypeError("pass the KV cache as cache= or as past_key_values=, not both")
+        if cache is not None or "past_key_values" not in kwargs:
+            kwargs["past_key_values"] = cache
+    return kwargs
+
+
 def _first(config, *names):
     for name in names:
         value = getattr(config, name, None)

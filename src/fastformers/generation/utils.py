@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..outputs import _output
-from .cache import DynamicCache, EncoderDecoderCache, make_static_cache
+from .cache import DynamicCache, EncoderDecoderCache, make_static_cache, rename_cache_argument
 from .configuration import GenerationConfig
 from .logits_process import (
     EpsilonLogitsWarper,
@@ -127,11 +127,11 @@ class GenerationMixin:
 
         Generation settings come from `generation_config` (default: the model's), overridden by
         keyword arguments (`max_new_tokens=...`, `do_sample=True`, `num_beams=4`, ...). Also accepted:
-        `attention_mask` (left padding), `past_key_values` (a cache to continue from), `tokenizer`
+        `attention_mask` (left padding), `cache` or `past_key_values` (a cache to continue from), `tokenizer`
         (needed by `stop_strings`), `streamer`, and `generator` (a torch.Generator used for sampling
         instead of torch's global one). Returns the sequences (prompt + new tokens), or with
         `return_dict_in_generate=True` an output with `sequences`, `scores`, `logits`,
-        `sequences_scores` / `beam_indices` (beam search) and `past_key_values`.
+        `sequences_scores` / `beam_indices` (beam search) and `cache`.
 
         Encoder-decoder models: `inputs` / `input_ids` and `attention_mask` are the encoder's (padding on
         either side), `decoder_input_ids` optionally starts the decoder, `encoder_outputs` skips the
@@ -141,6 +141,7 @@ class GenerationMixin:
         if assistant_model is not None:
             raise NotImplementedError("assisted generation (assistant_model) is not supported by fastformers")
         tokenizer = kwargs.pop("tokenizer", None)
+        rename_cache_argument(kwargs)
         config, model_kwargs, default_max_length = self._prepare_config(generation_config, kwargs)
         mode = config.get_generation_mode()
         if streamer is not None and mode.startswith("beam"):
