@@ -193,6 +193,22 @@ class PreTrainedModel(nn.Module):
         self.tie_weights()
 
     # -- training -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "PreTrainedModel":
+        """As nn.Module.train; entering training also gives every linear weight its own contiguous row-major
+        storage again (undoing the CPU decode layout of k_major_linears_ and the views of fused projections),
+        which is what state_dict consumers such as Trainer's checkpoint writer (safetensors) need. The
+        Parameter objects stay the same, so an optimizer built before keeps working."""
+        if mode:
+            with torch.no_grad():
+                for module in self.modules():
+                    if type(module) is nn.Linear:
+                        for param in (module.weight, module.bias):
+                            if param is not None and (not param.is_contiguous()
+                                                      or param.untyped_storage().nbytes()
+                                                      != param.numel() * param.element_size()):
+                                param.data = param.data.clone(memory_format=torch.contiguous_format)
+        return super().train(mode)
+
     def _layers(self) -> List[nn.Module]:
         """The repeated blocks: items of the outermost nn.ModuleLists (a block's own lists are parts of it)."""
         found: List[nn.Module] = []

@@ -1,0 +1,138 @@
+"""transformers' Trainer with fastformers models: train (the loss goes down on a tiny learnable task), evaluate,
+save_model, activation checkpointing, LoRA through peft; what is saved loads in transformers and in fastformers
+with the same logits."""
+
+import pytest
+import torch
+
+from conftest import rel_err
+from training_models import FAMILIES, batch_for, load_pair
+
+import fastformers
+
+transformers = pytest.importorskip("transformers")
+
+
+def classification_data(n=48, seq=8, seed=0):
+    """Label 1 when the first token is in the upper half of the vocabulary: learnable in a few dozen steps."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(3, 99, (seq,), generator=g)
+        rows.append({"input_ids": ids, "attention_mask": torch.ones(seq, dtype=torch.long),
+                     "labels": int(ids[0] >= 51)})
+    return rows
+
+
+def lm_data(name, n=12):
+    """Rows of the family's batch, repeated: a causal / seq2seq LM memorises them."""
+    batch = batch_for(name)
+    return [{k: v[i % 3] for k, v in batch.items()} for i in range(n)]
+
+
+def arguments(tmp_path, **kwargs):
+    defaults = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+                    per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=5e-3, seed=0)
+    return transformers.TrainingArguments(**{**defaults, **kwargs})
+
+
+def losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_trains_evaluates_and_saves(tmp_path):
+    model, _, _ = load_pair("bert-cls", tmp_path, num_labels=2)
+    data = classification_data()
+    trainer = transformers.Trainer(model=model, args=arguments(tmp_path, max_steps=24), train_dataset=data,
+                                   eval_dataset=data)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    assert after < 0.8 * before, (before, after)
+    assert trainer.state.global_step == 24 and trainer.state.total_flos > 0  # num_parameters(exclude_embeddings)
+
+    batch = {k: torch.stack([row[k] for row in data[:5]]) for k in ("input_ids", "attention_mask")}
+    model.eval()
+    with torch.no_grad():
+        trained = model(**batch).logits
+
+    # Trainer.save_model: transformers calls save_pretrained on its own classes only; for any other module it
+    # writes the state dict (model.safetensors), which loads into both libraries with the config.
+    trainer.save_model(str(tmp_path / "trainer-saved"))
+    hf_config = transformers.AutoConfig.from_pretrained(tmp_path / "bert-AutoModelForSequenceClassification")
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "trainer-saved",
+                                                                             config=hf_config).eval()
+    ours = fastformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "trainer-saved",
+                                                                          config=model.config)
+    with torch.no_grad():
+        assert rel_err(theirs(**batch).logits, trained) <= 1e-5
+        assert rel_err(ours(**batch).logits, trained) <= 1e-6
+
+    # model.save_pretrained writes the complete folder (config.json included)
+    model.save_pretrained(tmp_path / "saved")
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    ours = fastformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        assert rel_err(theirs(**batch).logits, trained) <= 1e-5
+        assert rel_err(ours(**batch).logits, trained) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["llama", "t5"])
+def test_trainer_on_language_models(name, tmp_path):
+    """Causal and seq2seq LMs (labels shifted inside the model), with an evaluation in the middle of training:
+    the loss keeps going down after the inference path fused the projections."""
+    model, _, _ = load_pair(name, tmp_path)
+    data = lm_data(name)
+    args = arguments(tmp_path, max_steps=12, eval_strategy="steps", eval_steps=4, per_device_train_batch_size=4)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evals) == 3 and evals == sorted(evals, reverse=True), evals
+    assert losses(trainer)[-1] < losses(trainer)[0]
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
+def test_trainer_activation_checkpointing(tmp_path):
+    """gradient_checkpointing=True (transformers 5's older name of activation_checkpointing): the blocks run
+    again in the backward pass; the losses are those of the plain run, step for step."""
+    def run(checkpointing):
+        model, _, _ = load_pair("llama", tmp_path / str(checkpointing))
+        calls = []
+        for layer in model._layers():
+            layer.register_forward_pre_hook(lambda module, args: calls.append(1))
+        args = arguments(tmp_path, max_steps=3, per_device_train_batch_size=4, gradient_checkpointing=checkpointing)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=lm_data("llama"))
+        trainer.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        return losses(trainer), len(calls)
+
+    plain, plain_calls = run(False)
+    checkpointed, checkpointed_calls = run(True)
+    assert checkpointed_calls == 2 * plain_calls == 2 * 3 * FAMILIES["llama"][2]["num_hidden_layers"]
+    assert checkpointed == pytest.approx(plain, rel=1e-6)
+
+
+def test_trainer_with_peft_lora(tmp_path):
+    """LoRA through Trainer (with checkpointing, which needs the frozen embeddings' output to require grad): the
+    adapter Trainer saves loads on transformers' model and gives the same logits."""
+    peft = pytest.importorskip("peft")
+    model, _, path = load_pair("llama", tmp_path)
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                             task_type="CAUSAL_LM")
+    lora = peft.get_peft_model(model, config)
+    args = arguments(tmp_path, max_steps=10, per_device_train_batch_size=4, learning_rate=2e-2,
+                     activation_checkpointing=True)
+    trainer = transformers.Trainer(model=lora, args=args, train_dataset=lm_data("llama"))
+    trainer.train()
+    assert losses(trainer)[-1] < losses(trainer)[0]
+    trainer.save_model(str(tmp_path / "adapter"))
+    batch = batch_for("llama")
+    lora.eval()
+    with torch.no_grad():
+        ours = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    base = transformers.AutoModelForCausalLM.from_pretrained(path)
+    theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        expected = theirs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["attention_mask"].bool()
+    assert rel_err(ours[real], expected[real]) <= 1e-4
