@@ -197,8 +197,9 @@ class PreTrainedModel(nn.Module):
         """As nn.Module.train; entering training also gives every linear weight its own contiguous row-major
         storage again (undoing the CPU decode layout of k_major_linears_ and the views of fused projections),
         which is what state_dict consumers such as Trainer's checkpoint writer (safetensors) need. The
-        Parameter objects stay the same, so an optimizer built before keeps working."""
-        if mode:
+        Parameter objects stay the same, so an optimizer built before keeps working. (Trainer calls train()
+        every step: the weights are checked on the switch from eval only.)"""
+        if mode and not self.training:
             with torch.no_grad():
                 for module in self.modules():
                     if type(module) is nn.Linear:
