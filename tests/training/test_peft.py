@@ -108,3 +108,17 @@ def test_generate_through_the_peft_model(tmp_path):
     # after merging, plain generate gives the same tokens
     merged = model.merge_and_unload()
     assert merged.generate(input_ids=prompt, max_new_tokens=6, do_sample=False).tolist() == tokens.tolist()
+
+
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_seq2seq_generate_through_the_peft_model(name, tmp_path):
+    ours, hf, _ = load_pair(name, tmp_path)
+    batch = batch_for(name)
+    model = lora(ours, name)
+    train(model, batch, lr=5e-2)
+    theirs = lora(hf, name, seed=1)
+    peft.set_peft_model_state_dict(theirs, peft.get_peft_model_state_dict(model))
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=5,
+                  do_sample=False, num_beams=1)
+    tokens = model.eval().generate(**inputs)
+    assert tokens.tolist() == theirs.eval().generate(**inputs).tolist()

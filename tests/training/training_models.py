@@ -20,7 +20,10 @@ SEQ2SEQ = dict(vocab_size=99, d_model=16, encoder_layers=2, decoder_layers=2, en
                decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=37, max_position_embeddings=64,
                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 
-# name -> (model_type, task, config); one representative head per family with a loss
+GPT2 = dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, pad_token_id=0)
+
+# name -> (model_type, task, config); a representative head per family with a loss, and a few more heads
 FAMILIES = {
     "bert-mlm": ("bert", "AutoModelForMaskedLM", ENCODER),
     "bert-cls": ("bert", "AutoModelForSequenceClassification", ENCODER),
@@ -32,9 +35,7 @@ FAMILIES = {
                         dict(ENCODER, type_vocab_size=1, pad_token_id=1)),
     "electra-cls": ("electra", "AutoModelForSequenceClassification", dict(ENCODER, embedding_size=16)),
     "electra-mlm": ("electra", "AutoModelForMaskedLM", dict(ENCODER, embedding_size=16)),
-    "gpt2": ("gpt2", "AutoModelForCausalLM",
-             dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
-                  attn_pdrop=0.0)),
+    "gpt2": ("gpt2", "AutoModelForCausalLM", GPT2),
     "llama": ("llama", "AutoModelForCausalLM", DECODER),
     "llama-tied": ("llama", "AutoModelForCausalLM", dict(DECODER, tie_word_embeddings=True)),
     "mistral": ("mistral", "AutoModelForCausalLM", DECODER),
@@ -44,6 +45,12 @@ FAMILIES = {
              dict(SEQ2SEQ, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)),
     "marian": ("marian", "AutoModelForSeq2SeqLM",
                dict(SEQ2SEQ, pad_token_id=98, eos_token_id=0, decoder_start_token_id=98, scale_embedding=True)),
+    "bert-tokens": ("bert", "AutoModelForTokenClassification", ENCODER),
+    "bert-qa": ("bert", "AutoModelForQuestionAnswering", dict(ENCODER, num_labels=2)),
+    "gpt2-cls": ("gpt2", "AutoModelForSequenceClassification", dict(GPT2, num_labels=3)),
+    "bart-cls": ("bart", "AutoModelForSequenceClassification",
+                 dict(SEQ2SEQ, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                      num_labels=3)),
     "t5": ("t5", "AutoModelForSeq2SeqLM",
            dict(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4,
                 relative_attention_num_buckets=8, relative_attention_max_distance=8, decoder_start_token_id=0,
@@ -52,9 +59,11 @@ FAMILIES = {
 
 
 # the dropout probabilities of each model type's config, for tests that want dropout on
-DROPOUT_KEYS = {"bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+_BERT, _LLAMA, _BART = ("hidden_dropout_prob", "attention_probs_dropout_prob"), ("attention_dropout",), \
+    ("dropout", "attention_dropout", "activation_dropout")
+DROPOUT_KEYS = {"bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
                 "distilbert": ("dropout", "attention_dropout"), "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
-                "llama": ("attention_dropout",), "bart": ("dropout", "attention_dropout", "activation_dropout"),
+                "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA, "bart": _BART, "marian": _BART,
                 "t5": ("dropout_rate",)}
 
 
@@ -90,9 +99,18 @@ def batch_for(name: str, seed: int = 0) -> dict:
     for i, n in enumerate(lengths):
         ids[i, :n] = torch.randint(3, vocab - 2, (n,), generator=g)
         mask[i, :n] = 1
+        if "eos_token_id" in config and task == "AutoModelForSequenceClassification":
+            ids[i, n - 1] = config["eos_token_id"]  # BART classifies at the last <eos>
     inputs = dict(input_ids=ids, attention_mask=mask)
     if task == "AutoModelForSequenceClassification":
         inputs["labels"] = torch.randint(0, config["num_labels"], (3,), generator=g)
+    elif task == "AutoModelForTokenClassification":
+        inputs["labels"] = torch.where(mask.bool(), torch.randint(0, config["num_labels"], ids.shape, generator=g),
+                                       -100)
+    elif task == "AutoModelForQuestionAnswering":
+        inputs["start_positions"] = torch.tensor([1, 2, 0])
+        inputs["end_positions"] = torch.tensor([4, 2, 12])  # past the sequence: ignored, as transformers does
+
     elif task == "AutoModelForSeq2SeqLM":
         labels = torch.randint(3, vocab - 2, (3, 5), generator=g)
         labels[2, 3:] = -100
