@@ -136,3 +136,23 @@ def test_trainer_with_peft_lora(tmp_path):
         expected = theirs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     real = batch["attention_mask"].bool()
     assert rel_err(ours[real], expected[real]) <= 1e-4
+
+
+def test_trainer_checkpoints_and_resumes(tmp_path):
+    """save_strategy="steps" with evaluations in between (the inference path fuses the projections, Llama's
+    weights start in the CPU decode layout): the checkpoints are written, and resuming from one continues with
+    the losses of the uninterrupted run."""
+    def trainer(folder):
+        model, _, _ = load_pair("llama", tmp_path / folder)
+        args = arguments(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="steps",
+                         eval_steps=1, per_device_train_batch_size=4)
+        return transformers.Trainer(model=model, args=args, train_dataset=lm_data("llama"),
+                                    eval_dataset=lm_data("llama"))
+
+    uninterrupted = trainer("a")
+    uninterrupted.train()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    resumed = trainer("b")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-6)
+    assert resumed.state.global_step == 4
