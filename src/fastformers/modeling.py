@@ -129,6 +129,9 @@ class PreTrainedModel(nn.Module):
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
+        if type(old) is not nn.Embedding:
+            raise NotImplementedError(f"resize_token_embeddings: the input embedding is a {type(old).__name__}, "
+                                      f"not an nn.Embedding; resize it with set_input_embeddings")
         n = old.num_embeddings if new_num_tokens is None else new_num_tokens
         if pad_to_multiple_of is not None:
             if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:

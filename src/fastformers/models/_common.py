@@ -36,10 +36,11 @@ def activation(name: str):
 
 
 def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """x W^T + b for a linear module: a plain nn.Linear runs through ops.linear; anything else (a
-    QuantizedLinear, or an adapter such as peft's LoRA wrapping the linear) through its own forward, which
-    reading `.weight` would bypass."""
-    if type(module) is nn.Linear:
+    """x W^T + b for a linear module: a plain nn.Linear (or a class marked `plain_linear`, whose forward is just
+    that: QuantizedLinear) runs through ops.linear without the module call; anything else (an adapter such as
+    peft's LoRA wrapping the linear, a subclass) through its own forward, which reading `.weight` would bypass."""
+    cls = type(module)
+    if cls is nn.Linear or cls.__dict__.get("plain_linear", False):
         return ops.linear(x, module.weight, module.bias)
     return module(x)
 
