@@ -156,3 +156,22 @@ def test_trainer_checkpoints_and_resumes(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-6)
     assert resumed.state.global_step == 4
+
+
+@pytest.mark.parametrize("library", ["transformers", "fastformers"])
+def test_trainer_with_a_tokenizer_as_processing_class(library, tmp_path):
+    """A transformers tokenizer makes Trainer align the model config's special tokens (config.get_text_config());
+    either library's tokenizer is saved next to the weights."""
+    from fastformers.cli import default_embedding_model
+
+    tokenizer = getattr(__import__(library), "AutoTokenizer").from_pretrained(default_embedding_model())
+    model, _, _ = load_pair("bert-cls", tmp_path, num_labels=2)
+    trainer = transformers.Trainer(model=model, args=arguments(tmp_path, max_steps=2),
+                                   train_dataset=classification_data(16), processing_class=tokenizer)
+    trainer.train()
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    trainer.save_model(str(tmp_path / "saved"))
+    assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in
+                                                                              (tmp_path / "saved").iterdir()}
+    assert fastformers.AutoTokenizer.from_pretrained(tmp_path / "saved")("a b c")["input_ids"] == \
+        tokenizer("a b c")["input_ids"]
