@@ -175,3 +175,25 @@ def test_trainer_with_a_tokenizer_as_processing_class(library, tmp_path):
                                                                               (tmp_path / "saved").iterdir()}
     assert fastformers.AutoTokenizer.from_pretrained(tmp_path / "saved")("a b c")["input_ids"] == \
         tokenizer("a b c")["input_ids"]
+
+
+def test_seq2seq_trainer_predicts_with_generate_as_transformers(tmp_path):
+    """Seq2SeqTrainer with DataCollatorForSeq2Seq(model=...) and predict_with_generate: the same loss and the
+    same generated tokens as with transformers' model of the same weights."""
+    from fastformers.cli import default_embedding_model
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_embedding_model())  # pads with id 0 = T5's pad
+    rows = [{"input_ids": list(range(3, 3 + n)), "labels": list(range(10, 10 + n))} for n in (4, 6, 5, 7)]
+
+    def predict(model):
+        args = transformers.Seq2SeqTrainingArguments(
+            output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[], per_device_eval_batch_size=2,
+            predict_with_generate=True, generation_max_length=6)
+        trainer = transformers.Seq2SeqTrainer(model=model, args=args, eval_dataset=rows,
+                                              data_collator=transformers.DataCollatorForSeq2Seq(tokenizer, model=model))
+        return trainer.predict(rows)
+
+    ours, theirs, _ = load_pair("t5", tmp_path)
+    a, b = predict(ours), predict(theirs)
+    assert a.predictions.tolist() == b.predictions.tolist()
+    assert a.metrics["test_loss"] == pytest.approx(b.metrics["test_loss"], rel=1e-5)
