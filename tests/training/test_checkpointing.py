@@ -73,3 +73,24 @@ def test_checkpointing_refuses_a_cache_in_training(tmp_path):
     batch = batch_for("llama")
     with pytest.raises(ValueError, match="use_cache=True does not go with activation checkpointing"):
         model(**batch, use_cache=True)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointing_under_lora_reaches_the_adapters(use_reentrant, tmp_path):
+    """Frozen base weights and embeddings (peft LoRA): the checkpointed blocks still pass gradients to the adapters,
+    also with the reentrant variant (which needs the blocks' input to require grad: enable_input_require_grads)."""
+    peft = pytest.importorskip("peft")
+    model = load_pair("llama", tmp_path)[0]
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                             init_lora_weights=False)  # random B: every adapter weight gets a gradient
+    lora = peft.get_peft_model(model, config).train()
+    batch = batch_for("llama")
+    loss, grads = train_step(lora, batch)
+    lora.gradient_checkpointing_enable({"use_reentrant": use_reentrant})
+    calls = count_block_calls(model)
+    ckpt_loss, ckpt_grads = train_step(lora, batch)
+    assert len(calls) == 2 * len(model._layers())
+    assert rel_err(ckpt_loss, loss) == 0
+    assert grads.keys() == ckpt_grads.keys() and all("lora_" in n for n in grads) and len(grads) == 8
+    for pname, g in grads.items():
+        assert rel_err(ckpt_grads[pname], g) <= 1e-6, pname
