@@ -7,7 +7,7 @@ import importlib
 
 from .harness import environment, render_markdown, write_results
 
-SUITES = ("encoder", "decoder", "kernels", "quantized")
+SUITES = ("encoder", "decoder", "training", "kernels", "quantized")
 CUDA_ONLY = ("kernels", "quantized")
 
 

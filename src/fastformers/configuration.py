@@ -120,6 +120,11 @@ class PretrainedConfig:
     def use_return_dict(self) -> bool:
         return self.return_dict
 
+    def get_text_config(self, decoder: Optional[bool] = None, encoder: Optional[bool] = None) -> "PretrainedConfig":
+        """The config of the text model: this one (no multimodal configs here). Trainer reads special token ids
+        through it."""
+        return self
+
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         """Every attribute, as JSON-ready values."""

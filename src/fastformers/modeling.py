@@ -7,6 +7,7 @@ lacks are allocated and initialised, and they are reported by name, as transform
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -62,6 +63,10 @@ class PreTrainedModel(nn.Module):
     # Store nn.Linear weights K-major on the CPU (same values and names, transposed storage): MKL's
     # GEMV streams that layout ~25% faster, which is what single-sequence decoding spends its time on.
     _k_major_linears_on_cpu: bool = False
+    # What transformers' Trainer and peft read off a model.
+    main_input_name: str = "input_ids"
+    supports_gradient_checkpointing: bool = True
+    _keys_to_ignore_on_save: Optional[List[str]] = None
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -87,8 +92,12 @@ class PreTrainedModel(nn.Module):
     def base_model(self) -> nn.Module:
         return getattr(self, self.base_model_prefix, self)
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        seen = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once each (tied ones once); `exclude_embeddings`: without those of nn.Embedding
+        modules (what Trainer's FLOP estimate counts)."""
+        embedding = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        seen = {id(p): p for p in self.parameters() if (p.requires_grad or not only_trainable)
+                and not (exclude_embeddings and id(p) in embedding)}
         return sum(p.numel() for p in seen.values())
 
     def get_input_embeddings(self) -> nn.Module:
@@ -99,6 +108,202 @@ class PreTrainedModel(nn.Module):
 
     def get_output_embeddings(self) -> Optional[nn.Module]:
         return None
+
+    def _replace_module(self, old: nn.Module, new: nn.Module) -> None:
+        """Put `new` wherever `old` sits in the module tree, then tie again (tied copies follow the new weight)."""
+        for module in self.modules():
+            for name, child in list(module._modules.items()):
+                if child is old:
+                    module._modules[name] = new
+        self.tie_weights()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._replace_module(self.get_input_embeddings(), value)
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        old = self.get_output_embeddings()
+        if old is None:
+            raise AttributeError(f"{type(self).__name__} has no output embeddings")
+        self._replace_module(old, value)
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grow or shrink the vocabulary to `new_num_tokens` (rounded up to `pad_to_multiple_of`); kept rows keep
+        their values, new rows start at the mean of the old embeddings (`mean_resizing`; transformers samples
+        near that mean) or at the model's initialisation. Tied output embeddings stay tied; an untied output
+        layer and its bias are resized alike. Returns the input embedding."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        if type(old) is not nn.Embedding:
+            raise NotImplementedError(f"resize_token_embeddings: the input embedding is a {type(old).__name__}, "
+                                      f"not an nn.Embedding; resize it with set_input_embeddings")
+        n = old.num_embeddings if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of!r} must be a positive integer")
+            n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"new_num_tokens={new_num_tokens!r} must be a positive integer")
+        output = self.get_output_embeddings()
+        tied = output is not None and output.weight is old.weight
+        weight = old.weight
+        new = nn.Embedding(n, old.embedding_dim, padding_idx=old.padding_idx if (old.padding_idx or 0) < n else None,
+                           device=weight.device, dtype=weight.dtype)
+        new.weight.requires_grad_(weight.requires_grad)
+        self._resize_rows(new.weight, weight, mean_resizing)
+        self._replace_module(old, new)
+        if output is not None and not tied:
+            resized = nn.Linear(output.in_features, n, bias=output.bias is not None, device=output.weight.device,
+                                dtype=output.weight.dtype)
+            self._resize_rows(resized.weight, output.weight, mean_resizing)
+            if output.bias is not None:
+                with torch.no_grad():
+                    resized.bias.zero_()
+                    resized.bias[:min(n, output.bias.shape[0])] = output.bias[:n]
+            self._replace_module(output, resized)
+        self._resize_output_bias(n)
+        for module in self.modules():  # shapes the modules report follow their (possibly retied) weights
+            if isinstance(module, nn.Embedding):
+                module.num_embeddings = module.weight.shape[0]
+            elif type(module) is nn.Linear:
+                module.out_features = module.weight.shape[0]
+        self.config.vocab_size = n
+        return self.get_input_embeddings()
+
+    def _resize_rows(self, new: torch.Tensor, old: torch.Tensor, mean_resizing: bool) -> None:
+        keep = min(new.shape[0], old.shape[0])
+        with torch.no_grad():
+            if mean_resizing:
+                new.copy_(old.float().mean(0).to(new.dtype).expand_as(new))
+            else:
+                std = getattr(self.config, "initializer_range", 0.02)
+                new.normal_(0.0, std)
+            new[:keep] = old[:keep]
+
+    def _resize_output_bias(self, n: int) -> None:
+        """Vocabulary-sized biases outside the output linear: the sources it is tied to (BERT's
+        cls.predictions.bias) and BART/Marian's final_logits_bias buffer."""
+        for target, source in self._tie_pairs().items():
+            if not target.endswith(".bias"):
+                continue
+            owner, _, name = source.rpartition(".")
+            module, old = self.get_submodule(owner), self.get_parameter(source)
+            if old.dim() != 1 or old.shape[0] == n:
+                continue
+            fresh = torch.zeros(n, dtype=old.dtype, device=old.device)
+            fresh[:min(n, old.shape[0])] = old.detach()[:n]
+            module._parameters[name] = nn.Parameter(fresh, requires_grad=old.requires_grad)
+        buffer = getattr(self, "final_logits_bias", None)
+        if isinstance(buffer, torch.Tensor) and buffer.shape[-1] != n:
+            fresh = torch.zeros((1, n), dtype=buffer.dtype, device=buffer.device)
+            fresh[:, :min(n, buffer.shape[-1])] = buffer[:, :n]
+            self.final_logits_bias = fresh
+        self.tie_weights()
+
+    # -- training -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "PreTrainedModel":
+        """As nn.Module.train; entering training also gives every linear weight its own contiguous row-major
+        storage again (undoing the CPU decode layout of k_major_linears_ and the views of fused projections),
+        which is what state_dict consumers such as Trainer's checkpoint writer (safetensors) need. The
+        Parameter objects stay the same, so an optimizer built before keeps working. (Trainer calls train()
+        every step: the weights are checked on the switch from eval only.)"""
+        if mode and not self.training:
+            with torch.no_grad():
+                for module in self.modules():
+                    if type(module) is nn.Linear:
+                        for param in (module.weight, module.bias):
+                            if param is not None and (not param.is_contiguous()
+                                                      or param.untyped_storage().nbytes()
+                                                      != param.numel() * param.element_size()):
+                                param.data = param.data.clone(memory_format=torch.contiguous_format)
+        return super().train(mode)
+
+    def _layers(self) -> List[nn.Module]:
+        """The repeated blocks: items of the outermost nn.ModuleLists (a block's own lists are parts of it)."""
+        found: List[nn.Module] = []
+
+        def walk(module: nn.Module) -> None:
+            for child in module.children():
+                if isinstance(child, nn.ModuleList):
+                    found.extend(child)
+                else:
+                    walk(child)
+
+        walk(self)
+        return found
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[Dict[str, Any]] = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (less memory, one more
+        forward per block), while the model trains with autograd on. The keyword arguments go to
+        torch.utils.checkpoint.checkpoint (use_reentrant=False unless given); `every_n_layers` checkpoints
+        every n-th block only; `offload` keeps the saved block inputs in (pinned) CPU memory."""
+        if not self.supports_gradient_checkpointing:
+            raise ValueError(f"{type(self).__name__} does not support activation checkpointing")
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers={every_n_layers!r} must be a positive integer")
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        kwargs.setdefault("use_reentrant", False)
+        checkpoint = functools.partial(_checkpoint, offload=offload, **kwargs)
+        layers = self._layers()
+        if not layers:
+            raise ValueError(f"{type(self).__name__} has no repeated blocks to checkpoint")
+        for i, layer in enumerate(layers):
+            layer._gradient_checkpointing_func = checkpoint
+            layer.gradient_checkpointing = i % every_n_layers == 0
+        if self.main_input_name == "input_ids":
+            # with frozen embeddings (peft), the checkpointed blocks' inputs must require grad for the
+            # recomputation to produce gradients for the adapters
+            self.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[Dict[str, Any]] = None,
+                                      **kwargs: Any) -> None:
+        """The older name of activation_checkpointing_enable (transformers keeps both)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        for layer in self._layers():
+            layer.gradient_checkpointing = False
+        self.disable_input_require_grads()
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    is_gradient_checkpointing = is_activation_checkpointing
+
+    def enable_input_require_grads(self) -> None:
+        """Make the input embeddings' output require grad (for adapters and checkpointing over frozen embeddings)."""
+        def hook(module, inputs, output):
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
+
+    def disable_input_require_grads(self) -> None:
+        handle = self.__dict__.pop("_require_grads_hook", None)
+        if handle is not None:
+            handle.remove()
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, past_key_values: Any = None,
+                                      attention_mask: Optional[torch.Tensor] = None,
+                                      inputs_embeds: Optional[torch.Tensor] = None,
+                                      cache_position: Optional[torch.Tensor] = None, **kwargs: Any) -> Dict[str, Any]:
+        """The forward arguments for the next decoding step: the tokens the cache does not hold yet (peft's
+        generate wraps this; fastformers' own generate builds its steps itself)."""
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        inputs: Dict[str, Any] = {"past_key_values": past_key_values, "attention_mask": attention_mask}
+        if inputs_embeds is not None and past == 0:
+            inputs["inputs_embeds"] = inputs_embeds
+        else:
+            inputs["input_ids"] = input_ids[:, past:] if past else input_ids
+        if cache_position is not None:
+            inputs["cache_position"] = cache_position
+        inputs.update({k: v for k, v in kwargs.items() if v is not None})
+        return inputs
 
     # -- initialisation and tying -------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:
@@ -407,6 +612,16 @@ class PreTrainedModel(nn.Module):
                  "weight_map": weight_map}
         with open(os.path.join(save_directory, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)
+
+
+def _checkpoint(function, *args, offload: bool = False, **kwargs):
+    """torch.utils.checkpoint.checkpoint, with the saved inputs in CPU memory when `offload`."""
+    from torch.utils.checkpoint import checkpoint
+
+    if not offload:
+        return checkpoint(function, *args, **kwargs)
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return checkpoint(function, *args, **kwargs)
 
 
 def _quantization_request(config, quantization_config, load_in_8bit: bool, load_in_4bit: bool, name_or_path,

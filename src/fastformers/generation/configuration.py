@@ -95,6 +95,9 @@ class GenerationConfig:
     def global_defaults() -> Dict[str, Any]:
         return dict(_GLOBAL_DEFAULTS)
 
+    # the name Seq2SeqTrainer(predict_with_generate=True) calls
+    _get_default_generation_params = global_defaults
+
     @classmethod
     def from_dict(cls, config_dict: Dict[str, Any], **kwargs: Any) -> "GenerationConfig":
         """`kwargs` override the dict's values (every key becomes an attribute, so none is unused)."""

@@ -238,6 +238,7 @@ class GenerationMixin:
         config.update(**model_config.to_dict(), defaults_only=True, allow_custom_entries=True)
         config.update(**GenerationConfig.global_defaults(), defaults_only=True)
         model_kwargs = config.update(**kwargs)
+        model_kwargs.pop("labels", None)  # Seq2SeqTrainer(predict_with_generate=True) passes them along: unused
         known = _MODEL_INPUTS + ("inputs_embeds",) + (_SEQ2SEQ_INPUTS if self._is_encoder_decoder() else ())
         unknown = [k for k in model_kwargs if k not in known]
         if unknown:

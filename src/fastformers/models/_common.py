@@ -1,7 +1,9 @@
-"""Pieces the architectures share: input checks, activations, RMS norm, fused linears, head losses."""
+"""Pieces the architectures share: input checks, activations, RMS norm, fused linears, head losses, and the
+layer call that activation checkpointing hooks into."""
 
 from __future__ import annotations
 
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..generation.cache import DynamicCache, EncoderDecoderCache, StaticCache
 
 # hidden_act name -> (function of (x, bias)); gelu variants go through the fused op.
 _ACTIVATIONS = {
@@ -32,10 +35,35 @@ def activation(name: str):
     return _ACTIVATIONS[name]
 
 
+def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """x W^T + b for a linear module: a plain nn.Linear (or a class marked `plain_linear`, whose forward is just
+    that: QuantizedLinear) runs through ops.linear without the module call; anything else (an adapter such as
+    peft's LoRA wrapping the linear, a subclass) through its own forward, which reading `.weight` would bypass."""
+    cls = type(module)
+    if cls is nn.Linear or cls.__dict__.get("plain_linear", False):
+        return ops.linear(x, module.weight, module.bias)
+    return module(x)
+
+
 def linear_act(x: torch.Tensor, layer: torch.nn.Linear, act) -> torch.Tensor:
     """act(x W^T + b). The bias stays in the GEMM: BLAS adds it in its epilogue (addmm on CPU,
     cuBLASLt on GPU), which measured faster on CPU than a separate bias+GELU pass."""
-    return act(ops.linear(x, layer.weight, layer.bias), None)
+    return act(linear(x, layer), None)
+
+
+def call_layer(layer: nn.Module, *args):
+    """layer(*args), or, when activation checkpointing is on for this layer
+    (PreTrainedModel.activation_checkpointing_enable) and it trains with autograd on, the same call through
+    torch.utils.checkpoint: its activations are dropped after the forward and recomputed in the backward."""
+    checkpoint = layer.__dict__.get("_gradient_checkpointing_func")
+    if checkpoint is None or not layer.__dict__.get("gradient_checkpointing") or not layer.training \
+            or not torch.is_grad_enabled():
+        return layer(*args)
+    if any(isinstance(a, (DynamicCache, StaticCache, EncoderDecoderCache)) for a in args):
+        # the recomputation would write the cache a second time
+        raise ValueError("use_cache=True does not go with activation checkpointing in training: pass use_cache=False "
+                         "(or call model.eval() / torch.no_grad() to decode)")
+    return checkpoint(layer, *args)
 
 
 def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidden_states: bool,
@@ -55,7 +83,7 @@ def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidde
     hidden_states = (x,) if output_hidden_states else None
     attentions = () if output_attentions else None
     for layer in layers:
-        x, probs = layer(x, attention_mask, output_attentions)
+        x, probs = call_layer(layer, x, attention_mask, output_attentions)
         if output_hidden_states:
             hidden_states += (x,)
         if output_attentions:
@@ -157,20 +185,33 @@ class FusedLinear:
     """Several linears over the same input run as one GEMM at inference (e.g. query/key/value).
 
     On the first call without autograd, the weights (and biases) are moved into one storage and
-    each Linear's parameters become views of it, so checkpoint names, state_dict values and tying
-    are unchanged. If the parameters are later replaced (`.to(...)`, `load_state_dict`), the
-    storage is rebuilt on the next call. With autograd on, the separate linears run as usual.
+    each Linear's parameters become views of it (the same Parameter objects, their data moved), so
+    checkpoint names, state_dict values, tying and an optimizer's references are unchanged, and an
+    optimizer step updates the fused storage in place. If the parameters are later replaced (`.to(...)`,
+    `load_state_dict(assign=True)`), the storage is rebuilt on the next call. With autograd on, the
+    separate linears run as usual.
+
+    `owner`: the module holding the linears as attributes. When one of them is replaced there by another
+    module (an adapter such as peft's LoRA wrapping it), the linears run one by one through the modules now
+    in place, so the wrapper is never bypassed; when the original comes back (peft's merge_and_unload), the
+    fused path resumes.
 
     Quantized linears (a `QuantizedWeight` as `.weight`, fastformers.quantization) fuse the same way,
     their packed tensors concatenated along the output dim, when their formats agree (bits, groups,
     method, mins); linears of different formats, or quantized next to float ones, run separately.
     """
 
-    def __init__(self, *linears: torch.nn.Linear) -> None:
+    def __init__(self, *linears: torch.nn.Linear, owner: Optional[nn.Module] = None) -> None:
         self.linears = linears
         self.sizes = [lin.out_features for lin in linears]
         self.weight = self.bias = None
         self._fused = False
+        self._owner = owner
+        if owner is not None:
+            by_id = {id(m): name for name, m in owner.named_children()}
+            names = [by_id[id(lin)] for lin in linears]
+            # owner._modules -> the tuple of modules now in place
+            self._current = operator.itemgetter(*names) if len(names) > 1 else lambda d: (d[names[0]],)
 
     def replace_linears(self, replacements: dict) -> None:
         """Point at new modules ({id(old module): new module}), e.g. after quantization swapped them."""
@@ -199,14 +240,14 @@ class FusedLinear:
                 self.weight = torch.cat(ws)
             start = 0
             for lin, n in zip(self.linears, self.sizes):
-                lin.weight = torch.nn.Parameter(self.weight[start:start + n], requires_grad=lin.weight.requires_grad)
+                lin.weight.data = self.weight[start:start + n]
                 start += n
         has_bias = self.weight is not None and all(lin.bias is not None for lin in self.linears)
         self.bias = torch.cat([lin.bias.detach() for lin in self.linears]) if has_bias else None
         if has_bias:
             start = 0
             for lin, n in zip(self.linears, self.sizes):
-                lin.bias = torch.nn.Parameter(self.bias[start:start + n], requires_grad=lin.bias.requires_grad)
+                lin.bias.data = self.bias[start:start + n]
                 start += n
         self._fused = True
         self._ptrs = self._ids()
@@ -232,12 +273,16 @@ class FusedLinear:
             start += n
 
     def __call__(self, x: torch.Tensor):
+        if self._owner is not None:
+            current = self._current(self._owner._modules)  # (~0.3 us: this runs per layer per token)
+            if current != self.linears:  # (modules compare by identity)
+                return [linear(x, m) for m in current]  # wrapped or replaced: each module's own forward
         if (torch.is_grad_enabled() and getattr(self.linears[0].weight, "requires_grad", False)
                 or x.device.type == "meta"):
-            return [ops.linear(x, lin.weight, lin.bias) for lin in self.linears]
+            return [linear(x, lin) for lin in self.linears]
         # a compiled step trusts the fusion an eager call (the prefill) made: Dynamo cannot compare data pointers
         if not self._fused or (not torch.compiler.is_compiling() and self._ids() != self._ptrs):
             self._fuse()
         if self.weight is None:
-            return [ops.linear(x, lin.weight, lin.bias) for lin in self.linears]
+            return [linear(x, lin) for lin in self.linears]
         return ops.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)

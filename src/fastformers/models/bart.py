@@ -33,8 +33,10 @@ from ..outputs import (
 from ._common import (
     FusedLinear,
     activation,
+    call_layer,
     check_inputs,
     check_mask,
+    linear,
     run_encoder,
     sequence_classification_loss,
     span_loss,
@@ -103,9 +105,9 @@ class BartAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         if is_cross:
-            self.kv = FusedLinear(self.k_proj, self.v_proj)
+            self.kv = FusedLinear(self.k_proj, self.v_proj, owner=self)
         else:
-            self.qkv = FusedLinear(self.q_proj, self.k_proj, self.v_proj)
+            self.qkv = FusedLinear(self.q_proj, self.k_proj, self.v_proj, owner=self)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(*t.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
@@ -114,7 +116,7 @@ class BartAttention(nn.Module):
                 encoder_states=None):
         batch, seq, _ = x.shape
         if self.is_cross:
-            q = self._heads(ops.linear(x, self.q_proj.weight, self.q_proj.bias))
+            q = self._heads(linear(x, self.q_proj))
             kv = cache.cross(self.layer_idx) if cache is not None else None
             if kv is None:
                 kv = tuple(self._heads(t) for t in self.kv(encoder_states))
@@ -132,7 +134,7 @@ class BartAttention(nn.Module):
         else:
             out = ops.attention(q, k, v, causal=causal, attention_mask=key_mask)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
-        return ops.linear(out, self.out_proj.weight, self.out_proj.bias), probs
+        return linear(out, self.out_proj), probs
 
 
 def _add_norm(h, residual, norm: nn.LayerNorm, dropout_p: float, training: bool):
@@ -145,10 +147,10 @@ class _FeedForward(nn.Module):
     """fc2(dropout(act(fc1(x)))): the feed-forward half of a layer (fc1/fc2 keep checkpoint names)."""
 
     def _ffn(self, x):
-        h = self.act(ops.linear(x, self.fc1.weight, self.fc1.bias), None)
+        h = self.act(linear(x, self.fc1), None)
         if self.training and self.activation_dropout > 0:
             h = nn.functional.dropout(h, self.activation_dropout, training=True)
-        return ops.linear(h, self.fc2.weight, self.fc2.bias)
+        return linear(h, self.fc2)
 
 
 class BartEncoderLayer(_FeedForward):
@@ -291,8 +293,8 @@ class BartDecoder(_Stack):
         attentions = () if output_attentions else None
         cross_attentions = () if output_attentions else None
         for layer in self.layers:
-            x, probs, cross = layer(x, self_mask, encoder_hidden_states, encoder_attention_mask, cache,
-                                    cache_position, output_attentions)
+            x, probs, cross = call_layer(layer, x, self_mask, encoder_hidden_states, encoder_attention_mask, cache,
+                                               cache_position, output_attentions)
             if output_hidden_states:
                 hidden_states += (x,)
             if output_attentions:
@@ -478,10 +480,10 @@ class BartClassificationHead(nn.Module):
         drop = self.training and self.dropout_p > 0
         if drop:
             x = nn.functional.dropout(x, self.dropout_p, training=True)
-        x = torch.tanh(ops.linear(x, self.dense.weight, self.dense.bias))
+        x = torch.tanh(linear(x, self.dense))
         if drop:
             x = nn.functional.dropout(x, self.dropout_p, training=True)
-        return ops.linear(x, self.out_proj.weight, self.out_proj.bias)
+        return linear(x, self.out_proj)
 
 
 class _Seq2SeqHead(BartPreTrainedModel):
@@ -558,7 +560,7 @@ class BartForQuestionAnswering(_Seq2SeqHead):
             use_cache = False
         out = self._run(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
                         inputs_embeds, decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
-        logits = ops.linear(out.last_hidden_state, self.qa_outputs.weight, self.qa_outputs.bias)
+        logits = linear(out.last_hidden_state, self.qa_outputs)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:

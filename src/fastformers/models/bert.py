@@ -27,6 +27,7 @@ from ._common import (
     activation,
     check_inputs,
     check_mask,
+    linear,
     linear_act,
     run_encoder,
     sequence_classification_loss,
@@ -92,7 +93,7 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, inner)
         self.value = nn.Linear(config.hidden_size, inner)
         self.dropout_p = config.attention_probs_dropout_prob
-        self.qkv = FusedLinear(self.query, self.key, self.value)
+        self.qkv = FusedLinear(self.query, self.key, self.value, owner=self)
 
     def forward(self, x, attention_mask, output_attentions: bool):
         batch, seq, _ = x.shape
@@ -117,7 +118,7 @@ class BertSelfOutput(nn.Module):
         self.dropout_p = config.hidden_dropout_prob
 
     def forward(self, h, residual):
-        return ops.layer_norm(ops.linear(h, self.dense.weight, self.dense.bias), self.LayerNorm.weight,
+        return ops.layer_norm(linear(h, self.dense), self.LayerNorm.weight,
                               self.LayerNorm.bias, self.LayerNorm.eps, residual=residual,
                               dropout_p=self.dropout_p, training=self.training)
 
@@ -177,7 +178,7 @@ class BertPooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x):
-        return torch.tanh(ops.linear(x[:, 0], self.dense.weight, self.dense.bias))
+        return torch.tanh(linear(x[:, 0], self.dense))
 
 
 def _flag(value: Optional[bool], default: bool) -> bool:
@@ -277,7 +278,7 @@ class BertLMPredictionHead(nn.Module):
         self.bias = self.decoder.bias  # one parameter under both checkpoint names
 
     def forward(self, x):
-        return ops.linear(self.transform(x), self.decoder.weight, self.decoder.bias)
+        return linear(self.transform(x), self.decoder)
 
 
 class BertOnlyMLMHead(nn.Module):
@@ -324,7 +325,7 @@ class BertForSequenceClassification(_Head):
 
     def classify(self, enc):
         pooled = self._dropout(enc.pooler_output)
-        return ops.linear(pooled, self.classifier.weight, self.classifier.bias)
+        return linear(pooled, self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
@@ -350,7 +351,7 @@ class BertForTokenClassification(_Head):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_attentions, output_hidden_states)
         x = self._dropout(enc.last_hidden_state)
-        logits = ops.linear(x, self.classifier.weight, self.classifier.bias)
+        logits = linear(x, self.classifier)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(TokenClassifierOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -368,7 +369,7 @@ class BertForQuestionAnswering(_Head):
                 output_hidden_states=None, return_dict=None, **kwargs):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_attentions, output_hidden_states)
-        logits = ops.linear(enc.last_hidden_state, self.qa_outputs.weight, self.qa_outputs.bias)
+        logits = linear(enc.last_hidden_state, self.qa_outputs)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1)[:2])
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -386,7 +387,7 @@ class BertForMultipleChoice(_Head):
         self.post_init()
 
     def classify(self, enc):
-        return ops.linear(self._dropout(enc.pooler_output), self.classifier.weight, self.classifier.bias)
+        return linear(self._dropout(enc.pooler_output), self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,

@@ -30,6 +30,7 @@ from ._common import (
     activation,
     check_inputs,
     check_mask,
+    linear,
     linear_act,
     run_encoder,
     sequence_classification_loss,
@@ -111,7 +112,7 @@ class DistilBertSelfAttention(nn.Module):
         self.v_lin = nn.Linear(config.dim, config.dim)
         self.out_lin = nn.Linear(config.dim, config.dim)
         self.dropout_p = config.attention_dropout
-        self.qkv = FusedLinear(self.q_lin, self.k_lin, self.v_lin)  # one GEMM at inference
+        self.qkv = FusedLinear(self.q_lin, self.k_lin, self.v_lin, owner=self)  # one GEMM at inference
 
     def forward(self, x, attention_mask, output_attentions: bool):
         batch, seq, _ = x.shape
@@ -124,7 +125,7 @@ class DistilBertSelfAttention(nn.Module):
         else:
             out = ops.attention(q, k, v, attention_mask=attention_mask)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
-        return ops.linear(out, self.out_lin.weight, self.out_lin.bias), probs
+        return linear(out, self.out_lin), probs
 
 
 class DistilBertFFN(nn.Module):
@@ -137,7 +138,7 @@ class DistilBertFFN(nn.Module):
         self.act = activation(config.activation)
 
     def forward(self, x):
-        return ops.linear(linear_act(x, self.lin1, self.act), self.lin2.weight, self.lin2.bias)
+        return linear(linear_act(x, self.lin1, self.act), self.lin2)
 
 
 class DistilBertTransformerBlock(nn.Module):
@@ -229,9 +230,9 @@ class _DistilBertHead(DistilBertPreTrainedModel, _Head):
 
     def _first_token_classifier(self, enc):
         """hidden[:, 0] -> pre_classifier -> ReLU -> dropout(seq_classif_dropout) -> classifier."""
-        x = F.relu(ops.linear(enc.last_hidden_state[:, 0], self.pre_classifier.weight, self.pre_classifier.bias))
+        x = F.relu(linear(enc.last_hidden_state[:, 0], self.pre_classifier))
         x = self._dropout_p(x, self.config.seq_classif_dropout)
-        return ops.linear(x, self.classifier.weight, self.classifier.bias)
+        return linear(x, self.classifier)
 
 
 class DistilBertForMaskedLM(_DistilBertHead):
@@ -255,7 +256,7 @@ class DistilBertForMaskedLM(_DistilBertHead):
         x = linear_act(enc.last_hidden_state, self.vocab_transform, self.act)
         ln = self.vocab_layer_norm
         x = ops.layer_norm(x, ln.weight, ln.bias, ln.eps)
-        logits = ops.linear(x, self.vocab_projector.weight, self.vocab_projector.bias)
+        logits = linear(x, self.vocab_projector)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(MaskedLMOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -287,7 +288,7 @@ class DistilBertForTokenClassification(_DistilBertHead):
         enc = self._encode(input_ids, attention_mask, inputs_embeds, position_ids, output_attentions,
                            output_hidden_states)
         x = self._dropout_p(enc.last_hidden_state, self.config.dropout)
-        logits = ops.linear(x, self.classifier.weight, self.classifier.bias)
+        logits = linear(x, self.classifier)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(TokenClassifierOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -306,7 +307,7 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
         enc = self._encode(input_ids, attention_mask, inputs_embeds, position_ids, output_attentions,
                            output_hidden_states)
         x = self._dropout_p(enc.last_hidden_state, self.config.qa_dropout)
-        logits = ops.linear(x, self.qa_outputs.weight, self.qa_outputs.bias)
+        logits = linear(x, self.qa_outputs)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:

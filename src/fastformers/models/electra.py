@@ -14,7 +14,7 @@ from .. import ops
 from ..modeling import PreTrainedModel
 from ..outputs import MaskedLMOutput, _output
 from . import bert
-from ._common import activation, linear_act, token_loss
+from ._common import activation, linear, linear_act, token_loss
 from .bert import BertEmbeddings, BertEncoder, BertModel, _flag, _Head
 
 BaseModelOutputWithPastAndCrossAttentions = _output(
@@ -65,7 +65,7 @@ class ElectraModel(ElectraPreTrainedModel, BertModel):
     def embed(self, input_ids, token_type_ids, position_ids, inputs_embeds):
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         project = getattr(self, "embeddings_project", None)
-        return x if project is None else ops.linear(x, project.weight, project.bias)
+        return x if project is None else linear(x, project)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -96,7 +96,7 @@ class ElectraDiscriminatorPredictions(nn.Module):
 
     def forward(self, x):
         x = linear_act(x, self.dense, self.act)
-        return ops.linear(x, self.dense_prediction.weight, self.dense_prediction.bias).squeeze(-1)
+        return linear(x, self.dense_prediction).squeeze(-1)
 
 
 class ElectraGeneratorPredictions(nn.Module):
@@ -108,7 +108,7 @@ class ElectraGeneratorPredictions(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.embedding_size)
 
     def forward(self, x):
-        x = ops.gelu(ops.linear(x, self.dense.weight, self.dense.bias))
+        x = ops.gelu(linear(x, self.dense))
         return ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
 
 
@@ -155,7 +155,7 @@ class ElectraSequenceSummary(nn.Module):
             x = x[:, -1]
         if self.training and self.first_dropout > 0:
             x = F.dropout(x, self.first_dropout, training=True)
-        x = self.act(x if self.summary is None else ops.linear(x, self.summary.weight, self.summary.bias), None)
+        x = self.act(x if self.summary is None else linear(x, self.summary), None)
         if self.training and self.last_dropout > 0:
             x = F.dropout(x, self.last_dropout, training=True)
         return x
@@ -179,7 +179,7 @@ class ElectraForMaskedLM(_ElectraHead):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_attentions, output_hidden_states)
         x = self.generator_predictions(enc.last_hidden_state)
-        logits = ops.linear(x, self.generator_lm_head.weight, self.generator_lm_head.bias)
+        logits = linear(x, self.generator_lm_head)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(MaskedLMOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -221,8 +221,8 @@ class ElectraForSequenceClassification(_ElectraHead, bert.BertForSequenceClassif
     def classify(self, enc):
         head = self.classifier
         x = self._dropout(enc.last_hidden_state[:, 0])
-        x = ops.gelu(ops.linear(x, head.dense.weight, head.dense.bias))  # gelu (erf) whatever hidden_act is
-        return ops.linear(self._dropout(x), head.out_proj.weight, head.out_proj.bias)
+        x = ops.gelu(linear(x, head.dense))  # gelu (erf) whatever hidden_act is
+        return linear(self._dropout(x), head.out_proj)
 
 
 class ElectraForTokenClassification(_ElectraHead, bert.BertForTokenClassification):
@@ -244,7 +244,7 @@ class ElectraForMultipleChoice(_ElectraHead, bert.BertForMultipleChoice):
 
     def classify(self, enc):
         x = self.sequence_summary(enc.last_hidden_state)
-        return ops.linear(x, self.classifier.weight, self.classifier.bias)
+        return linear(x, self.classifier)
 
 
 MODEL_CLASSES = {

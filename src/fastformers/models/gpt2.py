@@ -15,7 +15,7 @@ from ..generation.cache import DynamicCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import SequenceClassifierOutput, _output
-from ._common import activation, check_inputs, sequence_classification_loss
+from ._common import activation, call_layer, check_inputs, linear, sequence_classification_loss
 from .llama import CausalLMOutputWithPast, causal_lm_loss
 
 BaseModelOutputWithPastAndCrossAttentions = _output(
@@ -165,7 +165,7 @@ class GPT2Model(GPT2PreTrainedModel):
         for block in self.h:
             if output_hidden_states:
                 hidden_states += (x,)
-            x, probs = block(x, cache, cache_position, key_mask, output_attentions)
+            x, probs = call_layer(block, x, cache, cache_position, key_mask, output_attentions)
             if output_attentions:
                 attentions += (probs,)
         x = _layer_norm(self.ln_f, x)
@@ -200,7 +200,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        logits = ops.linear(h, self.lm_head.weight)
+        logits = linear(h, self.lm_head)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.get("past_key_values"),
                                         hidden_states=out.get("hidden_states"), attentions=out.get("attentions"))
@@ -225,7 +225,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                                past_key_values=past_key_values, inputs_embeds=inputs_embeds,
                                token_type_ids=token_type_ids, use_cache=use_cache, output_attentions=output_attentions,
                                output_hidden_states=output_hidden_states, return_dict=True)
-        logits = ops.linear(out.last_hidden_state, self.score.weight)
+        logits = linear(out.last_hidden_state, self.score)
         batch = logits.shape[0]
         pad = self.config.pad_token_id
         if pad is None and batch != 1:

@@ -21,7 +21,7 @@ from ..generation.cache import DynamicCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
-from ._common import FusedLinear, RMSNorm, check_inputs
+from ._common import FusedLinear, RMSNorm, call_layer, check_inputs, linear
 
 BaseModelOutputWithPast = _output("BaseModelOutputWithPast", "last_hidden_state", "past_key_values",
                                   "hidden_states", "attentions")
@@ -146,8 +146,9 @@ class LlamaAttention(nn.Module):
         if config.model_type == "qwen3":
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.qkv = FusedLinear(self.q_proj, self.k_proj, self.v_proj)
+        self.qkv = FusedLinear(self.q_proj, self.k_proj, self.v_proj, owner=self)
         self.scale = self.head_dim ** -0.5
+        self.dropout_p = getattr(config, "attention_dropout", 0.0) or 0.0
 
     def forward(self, x, cos, sin, cache, cache_position, key_mask, output_attentions: bool):
         batch, seq, _ = x.shape
@@ -161,12 +162,13 @@ class LlamaAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, cache_position)
         probs = None
-        if output_attentions:
-            out, probs = ops.attention_with_probs(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale)
+        if output_attentions or (self.training and self.dropout_p > 0):
+            out, probs = ops.attention_with_probs(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale,
+                                                  dropout_p=self.dropout_p, training=self.training)
         else:
             out = ops.attention(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
-        return ops.linear(out, self.o_proj.weight, self.o_proj.bias), probs
+        return linear(out, self.o_proj), probs
 
 
 class LlamaMLP(nn.Module):
@@ -176,11 +178,11 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.gate_up = FusedLinear(self.gate_proj, self.up_proj)
+        self.gate_up = FusedLinear(self.gate_proj, self.up_proj, owner=self)
 
     def forward(self, x):
         gate, up = self.gate_up(x)
-        return ops.linear(ops.silu_mul(gate, up), self.down_proj.weight, self.down_proj.bias)
+        return linear(ops.silu_mul(gate, up), self.down_proj)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -258,7 +260,8 @@ class LlamaModel(LlamaPreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states += (x if residual is None else x + residual,)
-            x, residual, probs = layer(x, residual, cos, sin, cache, cache_position, key_mask, output_attentions)
+            x, residual, probs = call_layer(layer, x, residual, cos, sin, cache, cache_position, key_mask,
+                                            output_attentions)
             if output_attentions:
                 attentions += (probs,)
         x = self.norm(x) if residual is None else self.norm(x, residual)[0]
@@ -299,7 +302,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        logits = ops.linear(h, self.lm_head.weight)
+        logits = linear(h, self.lm_head)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.get("past_key_values"),
                                         hidden_states=out.get("hidden_states"), attentions=out.get("attentions"))

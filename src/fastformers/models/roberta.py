@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import ops
 from . import bert
+from ._common import linear
 from .bert import BertEmbeddings, BertModel, _Head
 
 
@@ -63,9 +64,9 @@ class RobertaLMHead(nn.Module):
         self.bias = self.decoder.bias
 
     def forward(self, x):
-        x = ops.gelu(ops.linear(x, self.dense.weight, self.dense.bias))  # always erf-gelu, as RoBERTa
+        x = ops.gelu(linear(x, self.dense))  # always erf-gelu, as RoBERTa
         x = ops.layer_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
-        return ops.linear(x, self.decoder.weight, self.decoder.bias)
+        return linear(x, self.decoder)
 
 
 class RobertaClassificationHead(nn.Module):
@@ -107,8 +108,8 @@ class RobertaForSequenceClassification(_RobertaHead, bert.BertForSequenceClassif
     def classify(self, enc):
         head = self.classifier
         x = self._dropout(enc.last_hidden_state[:, 0])
-        x = torch.tanh(ops.linear(x, head.dense.weight, head.dense.bias))
-        return ops.linear(self._dropout(x), head.out_proj.weight, head.out_proj.bias)
+        x = torch.tanh(linear(x, head.dense))
+        return linear(self._dropout(x), head.out_proj)
 
 
 class RobertaForTokenClassification(_RobertaHead, bert.BertForTokenClassification):

@@ -30,7 +30,7 @@ from ..generation.cache import EncoderDecoderCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput, _output
-from ._common import FusedLinear, RMSNorm, activation, check_inputs, check_mask
+from ._common import FusedLinear, RMSNorm, activation, call_layer, check_inputs, check_mask, linear
 
 BaseModelOutputWithPastAndCrossAttentions = _output(
     "BaseModelOutputWithPastAndCrossAttentions", "last_hidden_state", "past_key_values", "hidden_states",
@@ -136,16 +136,16 @@ class T5Attention(nn.Module):
         if has_relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, self.n_heads)
         if is_cross:
-            self.kv = FusedLinear(self.k, self.v)
+            self.kv = FusedLinear(self.k, self.v, owner=self)
         else:
-            self.qkv = FusedLinear(self.q, self.k, self.v)
+            self.qkv = FusedLinear(self.q, self.k, self.v, owner=self)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(*t.shape[:2], self.n_heads, self.key_value_proj_dim).transpose(1, 2)
 
     def _out(self, out: torch.Tensor) -> torch.Tensor:
         batch, _, seq, _ = out.shape
-        return ops.linear(out.transpose(1, 2).reshape(batch, seq, -1), self.o.weight)
+        return linear(out.transpose(1, 2).reshape(batch, seq, -1), self.o)
 
     def forward(self, x, bias, cache, cache_position, need_probs: bool):
         """Self-attention; `bias` is the stack's position bias with its mask (see T5Stack._self_bias)."""
@@ -157,7 +157,7 @@ class T5Attention(nn.Module):
 
     def cross(self, x, encoder_states, encoder_mask, cache, need_probs: bool):
         """Attention to the encoder output (no position bias); keys/values projected once per cache."""
-        q = self._heads(ops.linear(x, self.q.weight))
+        q = self._heads(linear(x, self.q))
         kv = cache.cross(self.layer_idx) if cache is not None else None
         if kv is None:
             kv = tuple(self._heads(t) for t in self.kv(encoder_states))
@@ -196,10 +196,10 @@ class T5DenseActDense(nn.Module):
         self.dropout_p = config.dropout_rate
 
     def forward(self, x):
-        h = self.act(ops.linear(x, self.wi.weight), None)
+        h = self.act(linear(x, self.wi), None)
         if self.training and self.dropout_p > 0:
             h = F.dropout(h, self.dropout_p, training=True)
-        return ops.linear(h, self.wo.weight)
+        return linear(h, self.wo)
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -210,7 +210,7 @@ class T5DenseGatedActDense(nn.Module):
         self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.wi = FusedLinear(self.wi_0, self.wi_1)
+        self.wi = FusedLinear(self.wi_0, self.wi_1, owner=self)
         self.silu = config.dense_act_fn in ("silu", "swish")
         self.act = activation(config.dense_act_fn)
         self.dropout_p = config.dropout_rate
@@ -220,7 +220,7 @@ class T5DenseGatedActDense(nn.Module):
         h = ops.silu_mul(gate, up) if self.silu else self.act(gate, None) * up
         if self.training and self.dropout_p > 0:
             h = F.dropout(h, self.dropout_p, training=True)
-        return ops.linear(h, self.wo.weight)
+        return linear(h, self.wo)
 
 
 class T5LayerFF(nn.Module):
@@ -344,8 +344,8 @@ class T5Stack(nn.Module):
         cross_attentions = () if need_probs and self.is_decoder else None
         delta = None
         for i, block in enumerate(self.block):
-            x, delta, probs, cross = block(x, delta, bias, encoder_hidden_states, encoder_mask, cache,
-                                           cache_position, need_probs)
+            x, delta, probs, cross = call_layer(block, x, delta, bias, encoder_hidden_states, encoder_mask, cache,
+                                                cache_position, need_probs)
             if output_hidden_states and i < len(self.block) - 1:
                 hidden_states += (x + delta,)
             if need_probs:
@@ -526,7 +526,7 @@ class T5ForConditionalGeneration(T5Model, GenerationMixin):
         h = dec.last_hidden_state
         if self.config.scale_decoder_outputs:
             h = h * self.config.d_model ** -0.5
-        logits = ops.linear(h, self.lm_head.weight)
+        logits = linear(h, self.lm_head)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),

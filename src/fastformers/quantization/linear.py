@@ -20,6 +20,9 @@ from .config import LinearFormat
 
 
 class QuantizedLinear(nn.Module):
+    # forward is exactly ops.linear(x, self.weight, self.bias): models may call that directly (models._common.linear)
+    plain_linear = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, fmt: LinearFormat,
                  dtype: Optional[torch.dtype] = None, device=None) -> None:
         super().__init__()
