@@ -273,7 +273,7 @@ class FusedLinear:
             start += n
 
     def __call__(self, x: torch.Tensor):
-        if self._owner is not None:
+        if self._owner is not None and not torch.compiler.is_compiling():  # (Dynamo cannot trace itemgetter)
             current = self._current(self._owner._modules)  # (~0.3 us: this runs per layer per token)
             if current != self.linears:  # (modules compare by identity)
                 return [linear(x, m) for m in current]  # wrapped or replaced: each module's own forward
