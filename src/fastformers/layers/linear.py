@@ -1,0 +1,168 @@
+"""Linear layers: `Linear` (an nn.Linear, so peft/LoRA, hooks and state_dict names work as usual) and
+`FusedLinear`, which runs sibling linears over the same input (q/k/v, gate/up) as one GEMM at inference.
+
+Fusing moves the siblings' weights (and biases) into one storage and makes each sibling's parameters views
+of it: checkpoint names, state_dict values (so save_pretrained writes the separate transformers names),
+tying and in-place updates (load_state_dict, optimizer steps) are unchanged. It happens once, on the first
+inference call after loading or quantizing, and again only after an event that replaces the parameters:
+`.to()` / dtype changes (`_apply`), assigning a Linear's weight or bias, or swapping a sibling module
+(quantization, peft). Swaps are seen by identity: the group looks its siblings up in its owner by name.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .. import ops
+
+# Bumped whenever a Linear's weight or bias is assigned: a fused group compares it to the value it fused at.
+_assignments = [0]
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose forward goes through `ops.linear`, bound once (a forced backend that cannot run here
+    raises BackendUnavailableError at the first call)."""
+
+    fusable = True  # FusedLinear may run it inside a fused GEMM (not inherited: see _plain)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._linear = ops.linear.binding()
+
+    def __setattr__(self, name, value) -> None:
+        if name in ("weight", "bias"):
+            _assignments[0] += 1
+        super().__setattr__(name, value)
+
+    def _apply(self, fn, recurse=True):
+        _assignments[0] += 1  # parameters replaced (.to(), .half(), ...): fused groups fuse again
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._linear(x, self.weight, self.bias)
+
+
+def _plain(module: nn.Module) -> bool:
+    """A sibling the fused GEMM may stand in for: a class that says `fusable = True` itself (Linear,
+    QuantizedLinear; not a subclass, not a wrapper such as a peft LoRA layer), with no forward hooks."""
+    return vars(type(module)).get("fusable", False) and not (module._forward_hooks or module._forward_pre_hooks)
+
+
+class FusedLinear(nn.Module):
+    """`owner.<name>` for each name, run as one GEMM: `q, k, v = self.qkv(x)`.
+
+    Registered in its owner (no parameters of its own, nothing in the state_dict). With autograd on for a
+    trainable sibling, on the meta device, or when a sibling is not a plain Linear (a peft LoRA layer, a hooked
+    module), the siblings run one by one as modules. Quantized siblings fuse when their formats agree.
+    """
+
+    def __init__(self, owner: nn.Module, *names: str) -> None:
+        super().__init__()
+        self._owner = weakref.ref(owner)  # a plain attribute: the owner is not our child
+        self.names: Tuple[str, ...] = names
+        self._float = ops.linear.binding()
+        self._quantized = ops.quantized_linear.binding()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._members: tuple = ()     # the modules fused, by identity
+        self._epoch = -1              # _assignments[0] when fused
+        self.weight = self.bias = None
+        self.sizes = None
+
+    def _apply(self, fn, recurse=True):
+        self._reset()  # siblings' parameters are being replaced: fuse again from the new ones
+        return self
+
+    def extra_repr(self) -> str:
+        return ", ".join(self.names)
+
+    def modules_now(self) -> tuple:
+        owner = self._owner()._modules
+        return tuple(owner[n] for n in self.names)
+
+    def forward(self, x: torch.Tensor):
+        members = self.modules_now()
+        if (not all(_plain(m) for m in members) or x.device.type == "meta"
+                or torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False)):
+            return [m(x) for m in members]
+        if self._epoch != _assignments[0] or any(a is not b for a, b in zip(members, self._members)) \
+                or len(members) != len(self._members):
+            self._fuse(members)
+        if self.weight is None:
+            return [m(x) for m in members]
+        run = self._quantized if isinstance(self.weight, ops.QuantizedWeight) else self._float
+        return run(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+    # -- fusing ------------------------------------------------------------------------------------
+    def _fuse(self, members: tuple) -> None:
+        with torch.no_grad():
+            if any(isinstance(m.weight, ops.QuantizedWeight) for m in members):
+                weight = _fuse_quantized(members)
+            else:
+                weight = _fuse_float(members)
+            bias = None
+            if weight is not None and all(m.bias is not None for m in members):
+                bias = torch.cat([m.bias.detach() for m in members])
+                start = 0
+                for m in members:
+                    n = m.out_features
+                    # through _parameters: our own re-assignment must not count as one (see _assignments)
+                    m._parameters["bias"] = nn.Parameter(bias[start:start + n], requires_grad=m.bias.requires_grad)
+                    start += n
+        self.weight, self.bias = weight, bias
+        self.sizes = [m.out_features for m in members]
+        self._members, self._epoch = members, _assignments[0]
+
+
+def _fuse_float(members: tuple):
+    ws = [m.weight.detach() for m in members]
+    if any(w.stride(0) == 1 and w.shape[0] > 1 for w in ws):  # keep a K-major layout K-major
+        weight = torch.cat([w.t() for w in ws], dim=1).t()
+    else:
+        weight = torch.cat(ws)
+    start = 0
+    for m in members:
+        n = m.out_features
+        m._parameters["weight"] = nn.Parameter(weight[start:start + n], requires_grad=m.weight.requires_grad)
+        start += n
+    return weight
+
+
+def _fuse_quantized(members: tuple):
+    ws = [m.weight for m in members]
+
+    def layout(w):
+        return isinstance(w, ops.QuantizedWeight) and (w.bits, w.group_size, w.method, w.in_features,
+                                                       w.mins is None, w.dtype, w.device)
+
+    if not all(layout(w) == layout(ws[0]) for w in ws):
+        return None  # formats differ (or float next to quantized): the linears run one by one
+    first = ws[0]
+    parts = [None if getattr(first, p) is None else torch.cat([getattr(w, p) for w in ws])
+             for p in ("qweight", "scales", "mins")]
+    start = 0
+    for m in members:
+        n = m.out_features
+        m.weight = ops.QuantizedWeight(*(None if t is None else t[start:start + n] for t in parts), first.bits,
+                                       first.group_size, first.in_features, first.method)
+        start += n
+    return ops.QuantizedWeight(*parts, first.bits, first.group_size, first.in_features, first.method)
+
+
+class Conv1D(nn.Module):
+    """A linear layer with its weight stored (in_features, out_features), as GPT-2's checkpoints keep it;
+    used as it is (the op takes the transposed view, no copy), so names and layouts round-trip unchanged."""
+
+    def __init__(self, out_features: int, in_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self._linear = ops.linear.binding()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._linear(x, self.weight.t(), self.bias)
