@@ -95,3 +95,31 @@ def test_forced_triton_layers_run_the_kernels(triton_backend):
                                atol=1e-5)
     torch.testing.assert_close(act(x), torch.nn.functional.gelu(x, approximate="tanh"), rtol=1e-5, atol=1e-5)
     assert triton_backend["rms_norm"] >= 1 and triton_backend["gelu"] >= 1, dict(triton_backend)
+
+
+def test_layers_compile_in_one_graph():
+    """torch.compile(fullgraph=True) traces through bound ops and a fused projection: no graph break."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = layers.RMSNorm(8, 1e-6)
+            self.q_proj, self.k_proj, self.v_proj = (layers.Linear(8, 8) for _ in range(3))
+            self.qkv = layers.FusedLinear(self, "q_proj", "k_proj", "v_proj")
+            self.rotary, self.attn, self.act = layers.Rotary(), layers.Attention(causal=True), layers.SiluMul()
+            self.o_proj = layers.Linear(8, 8)
+
+        def forward(self, x, cos, sin):
+            q, k, v = (t.view(1, 5, 2, 4).transpose(1, 2) for t in self.qkv(self.norm(x)))
+            q, k = self.rotary(q, k, cos, sin)
+            out, _ = self.attn(q, k, v)
+            out = out.transpose(1, 2).reshape(1, 5, 8)
+            return self.o_proj(self.act(out, out))
+
+    block, x = Block().eval(), torch.randn(1, 5, 8)
+    cos, sin = torch.randn(5, 4), torch.randn(5, 4)
+    with torch.no_grad():
+        eager = block(x, cos, sin)
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")(x, cos, sin)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
