@@ -23,13 +23,16 @@ def test_probabilities_path_agrees_with_the_fused_op(causal):
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, 2, 5))
 
 
-def test_dropout_only_in_training_and_then_with_probabilities():
+def test_dropout_only_in_training():
     q, k, v = qkv()
     attn = layers.Attention(dropout_p=0.5).eval()
     assert attn(q, k, v)[1] is None
+    evaluated = attn(q, k, v)[0]
     attn.train()
     out, probs = attn(q, k, v)
-    assert probs is not None and (probs == 0).any()
+    assert probs is None and not torch.allclose(out, evaluated)  # probabilities only when asked for
+    out, probs = attn(q, k, v, return_probs=True)
+    assert (probs == 0).any()
 
 
 def test_packing_runs_varlen_attention_per_sequence():
@@ -49,3 +52,21 @@ def test_packing_runs_varlen_attention_per_sequence():
     torch.testing.assert_close(back[keep], padded[keep], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="not causal"):
         layers.Attention(causal=True)(pq, pk, pv, packing)
+
+
+def test_additive_bias_goes_through_the_op_with_and_without_probabilities():
+    q, k, v = qkv()
+    bias = torch.randn(1, 2, 5, 5)
+    attn = layers.Attention(scale=1.0).eval()
+    expected = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1) @ v
+    out, none = attn(q, k, v, attn_bias=bias)
+    assert none is None
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    out, probs = attn(q, k, v, attn_bias=bias, return_probs=True)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs, torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    masked, _ = attn(q, k, v, mask, attn_bias=bias)  # bias and key mask together
+    keep_bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
+    torch.testing.assert_close(masked, torch.softmax(q @ k.transpose(-1, -2) + keep_bias, dim=-1) @ v,
+                               rtol=1e-5, atol=1e-6)

@@ -26,16 +26,19 @@ class Attention(nn.Module):
         self._attention = ops.attention.binding()
         self._varlen = ops.varlen_attention.binding()
 
-    def forward(self, q, k, v, attention_mask=None, *, return_probs: bool = False, causal: Optional[bool] = None
-                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """`causal` overrides the layer's setting for this call (a module shared by encoder and decoder)."""
+    def forward(self, q, k, v, attention_mask=None, *, attn_bias=None, return_probs: bool = False,
+                causal: Optional[bool] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """attention_mask: a (batch, kv_len) keep-mask, or an `ops.Packing` (unpadded tokens: varlen attention).
+        attn_bias: an additive float bias broadcastable to (batch, heads, q_len, kv_len). `causal` overrides
+        the layer's setting for this call (a module shared by encoder and decoder)."""
         causal = self.causal if causal is None else causal
         dropout = self.dropout_p if self.training else 0.0
-        if return_probs or dropout > 0.0:
+        if return_probs or dropout > 0.0 or attn_bias is not None:
             if isinstance(attention_mask, ops.Packing):
-                raise ValueError("attention probabilities need a padded batch, not a Packing (unpadded tokens)")
-            return ops.attention_with_probs(q, k, v, causal=causal, attention_mask=attention_mask,
-                                            scale=self.scale, dropout_p=dropout, training=self.training)
+                raise ValueError("attention probabilities, dropout and attn_bias need a padded batch, not a Packing")
+            out = ops.attention(q, k, v, attention_mask=attention_mask, attn_bias=attn_bias, causal=causal,
+                                scale=self.scale, dropout_p=dropout, return_probs=return_probs)
+            return out if return_probs else (out, None)
         if isinstance(attention_mask, ops.Packing):
             if causal:
                 raise ValueError("attention over a Packing (unpadded encoder batch) is not causal")

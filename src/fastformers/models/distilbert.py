@@ -26,7 +26,6 @@ from ..outputs import (
     TokenClassifierOutput,
 )
 from ._common import (
-    activation,
     check_inputs,
     check_mask,
     run_encoder,

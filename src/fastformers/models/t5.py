@@ -6,9 +6,8 @@ x += cross_attention(norm(x), encoder), then x += ffn(norm(x)); a final norm clo
 have no bias. Attention scores are not scaled by 1/sqrt(d_kv): the scale is folded into the weights.
 There are no position embeddings: the first block of each stack owns a bucketed relative position
 bias (bidirectional in the encoder, causal in the decoder), computed once per forward and added to the
-scores of every block's self-attention. ops.attention takes a key mask but no additive bias, so the
-self-attention runs through `biased_attention` below (torch SDPA with a float mask); cross-attention
-has no bias and goes through ops.attention.
+scores of every block's self-attention: it goes to the attention layer as `attn_bias` (with scale=1.0);
+cross-attention has no bias.
 
 Decoding keeps the decoder self-attention keys/values in the `EncoderDecoderCache` (generation/cache.py),
 projects each layer's cross-attention keys/values from the encoder output once (`set_cross`), and
@@ -103,19 +102,6 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     return buckets + torch.where(distance < max_exact, distance, far)
 
 
-def biased_attention(q, k, v, bias, need_probs: bool, dropout_p: float = 0.0, training: bool = False):
-    """softmax(q k^T + bias) v, unscaled as in T5. `bias` (batch|1, heads, q_len, kv_len) holds the relative
-    position bias with masked keys set to the dtype's minimum. Torch math: SDPA with a float mask (fused
-    CPU/CUDA kernels) when no probabilities are needed, else the explicit product that returns them."""
-    if not need_probs and not (training and dropout_p > 0):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0), None
-    scores = torch.matmul(q, k.transpose(-1, -2)) + bias
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    if training and dropout_p > 0:
-        probs = F.dropout(probs, dropout_p, training=True)
-    return torch.matmul(probs, v), probs
-
-
 # -- layers -------------------------------------------------------------------------------------
 class T5LayerNorm(RMSNorm):
     """T5's LayerNorm is an RMS norm: no mean subtraction, no bias, variance in float32."""
@@ -154,7 +140,7 @@ class T5Attention(nn.Module):
         q, k, v = (self._heads(t) for t in self.qkv(x))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, cache_position)
-        out, probs = biased_attention(q, k, v, bias, need_probs, self.dropout_p, self.training)
+        out, probs = self.attn(q, k, v, attn_bias=bias, return_probs=need_probs)
         return self._out(out), probs
 
     def cross(self, x, encoder_states, encoder_mask, cache, need_probs: bool):
