@@ -89,6 +89,20 @@ def test_training_and_wrapped_siblings_run_one_by_one():
         assert hooked == [1]
 
 
+def test_unwrapping_after_a_merge_that_assigns_data_fuses_afresh():
+    """peft's merge_and_unload writes the merged weight with `.data = ...` (no hook sees it), then puts the
+    original linear back: the group must not serve its old fused copy."""
+    block, x = Block(), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        block.qkv(x)  # fused
+        original = block.q_proj
+        block.q_proj = nn.Sequential(original)  # wrapped (not fusable): runs one by one
+        block.qkv(x)
+        original.weight.data = original.weight.data * 3  # the merge
+        block.q_proj = original  # unloaded
+        assert_same(block.qkv(x), block.separate(x))
+
+
 def test_own_fusing_does_not_invalidate_other_groups(monkeypatch):
     a, b, x = Block(), Block(), torch.randn(1, 2, 8)
     fusions = count_fusions(monkeypatch)

@@ -87,8 +87,12 @@ class FusedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor):
         members = self.modules_now()
-        if (not all(_plain(m) for m in members) or x.device.type == "meta"
-                or torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False)):
+        if not all(_plain(m) for m in members):
+            # e.g. peft LoRA wrappers: they may rewrite the wrapped weights (merging assigns `.data`, which no
+            # hook sees), so fuse afresh once the siblings are plain again
+            self._members = ()
+            return [m(x) for m in members]
+        if x.device.type == "meta" or torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False):
             return [m(x) for m in members]
         if self._epoch != _assignments[0] or any(a is not b for a, b in zip(members, self._members)) \
                 or len(members) != len(self._members):
