@@ -46,6 +46,13 @@ class Linear(nn.Linear):
         return self._linear(x, self.weight, self.bias)
 
 
+def _hooked(members: tuple) -> bool:
+    for m in members:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return True
+    return False
+
+
 def _plain(module: nn.Module) -> bool:
     """A sibling the fused GEMM may stand in for: a class that says `fusable = True` itself (Linear,
     QuantizedLinear; not a subclass, not a wrapper such as a peft LoRA layer), with no forward hooks."""
@@ -62,6 +69,8 @@ class FusedLinear(nn.Module):
 
     def __init__(self, owner: nn.Module, *names: str) -> None:
         super().__init__()
+        if len(names) < 2:
+            raise ValueError(f"FusedLinear fuses two or more sibling linears, got {names}")
         self._owner = weakref.ref(owner)  # a plain attribute: the owner is not our child
         self.names: Tuple[str, ...] = names
         self._float = ops.linear.binding()
@@ -73,6 +82,7 @@ class FusedLinear(nn.Module):
         self._epoch = -1              # _assignments[0] when fused
         self.weight = self.bias = None
         self.sizes = None
+        self._run = None
 
     def _apply(self, fn, recurse=True):
         self._reset()  # siblings' parameters are being replaced: fuse again from the new ones
@@ -82,25 +92,25 @@ class FusedLinear(nn.Module):
         return ", ".join(self.names)
 
     def modules_now(self) -> tuple:
-        owner = self._owner()._modules
-        return tuple(owner[n] for n in self.names)
+        modules = self._owner()._modules
+        return tuple([modules[name] for name in self.names])
 
     def forward(self, x: torch.Tensor):
         members = self.modules_now()
-        if not all(_plain(m) for m in members):
-            # e.g. peft LoRA wrappers: they may rewrite the wrapped weights (merging assigns `.data`, which no
-            # hook sees), so fuse afresh once the siblings are plain again
-            self._members = ()
-            return [m(x) for m in members]
-        if x.device.type == "meta" or torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False):
-            return [m(x) for m in members]
-        if self._epoch != _assignments[0] or any(a is not b for a, b in zip(members, self._members)) \
-                or len(members) != len(self._members):
+        if members != self._members or self._epoch != _assignments[0]:  # identity compare, then one int
+            if not all(_plain(m) for m in members):
+                # e.g. peft LoRA wrappers: they may rewrite the wrapped weights (merging assigns `.data`, which
+                # no hook sees), so fuse afresh once the siblings are plain again
+                self._members = ()
+                return [m(x) for m in members]
+            if x.is_meta or torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False):
+                return [m(x) for m in members]
             self._fuse(members)
+        elif torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False) or _hooked(members):
+            return [m(x) for m in members]  # training, or a hook to honour
         if self.weight is None:
             return [m(x) for m in members]
-        run = self._quantized if isinstance(self.weight, ops.QuantizedWeight) else self._float
-        return run(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        return self._run(x, self.weight, self.bias).split(self.sizes, dim=-1)
 
     # -- fusing ------------------------------------------------------------------------------------
     def _fuse(self, members: tuple) -> None:
@@ -120,6 +130,7 @@ class FusedLinear(nn.Module):
                     start += n
         self.weight, self.bias = weight, bias
         self.sizes = [m.out_features for m in members]
+        self._run = self._quantized if isinstance(weight, ops.QuantizedWeight) else self._float
         self._members, self._epoch = members, _assignments[0]
 
 
