@@ -129,3 +129,25 @@ def test_assignment_counter_only_counts_weight_and_bias():
     lin = layers.Linear(2, 2)
     lin.note = "x"
     assert linear_module._assignments[0] == before + 2  # weight and bias set by nn.Linear.__init__
+
+
+def test_a_copy_runs_its_own_siblings():
+    import copy
+
+    block, x = Block(), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        block.qkv(x)
+        for twin in (copy.deepcopy(block), torch.load(_saved(block), weights_only=False)):
+            twin.q_proj.weight.mul_(2)
+            assert_same(twin.qkv(x), twin.separate(x))
+            assert_same(block.qkv(x), block.separate(x))
+            assert not torch.equal(twin.qkv(x)[0], block.qkv(x)[0])
+
+
+def _saved(module):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return buffer

@@ -11,7 +11,6 @@ inference call after loading or quantizing, and again only after an event that r
 
 from __future__ import annotations
 
-import weakref
 from typing import Tuple
 
 import torch
@@ -71,7 +70,9 @@ class FusedLinear(nn.Module):
         super().__init__()
         if len(names) < 2:
             raise ValueError(f"FusedLinear fuses two or more sibling linears, got {names}")
-        self._owner = weakref.ref(owner)  # a plain attribute: the owner is not our child
+        # A plain attribute, not a child module (object.__setattr__ keeps nn.Module from registering it): a
+        # cycle owner -> us -> owner, which deepcopy and pickle follow (a weakref would tie a copy to the original).
+        object.__setattr__(self, "_owner", owner)
         self.names: Tuple[str, ...] = names
         self._float = ops.linear.binding()
         self._quantized = ops.quantized_linear.binding()
@@ -88,11 +89,18 @@ class FusedLinear(nn.Module):
         self._reset()  # siblings' parameters are being replaced: fuse again from the new ones
         return self
 
+    def __getstate__(self):
+        # a copy (deepcopy, pickle) fuses its own siblings afresh: copying a Parameter clones it, so the
+        # copied siblings would no longer be views of a copied fused weight
+        state = self.__dict__.copy()
+        state.update(_members=(), _epoch=-1, weight=None, bias=None, sizes=None, _run=None)
+        return state
+
     def extra_repr(self) -> str:
         return ", ".join(self.names)
 
     def modules_now(self) -> tuple:
-        modules = self._owner()._modules
+        modules = self._owner._modules
         return tuple([modules[name] for name in self.names])
 
     def forward(self, x: torch.Tensor):
