@@ -87,6 +87,9 @@ def test_training_and_wrapped_siblings_run_one_by_one():
         block.k_proj.register_forward_hook(lambda *args: hooked.append(1))
         block.qkv(x)
         assert hooked == [1]
+        calls = []
+        block.v_proj.forward = lambda x: (calls.append(1), torch.zeros(2, 3, 4))[1]  # as accelerate wraps forward
+        assert torch.equal(block.qkv(x)[2], torch.zeros(2, 3, 4)) and calls == [1]
 
 
 def test_unwrapping_after_a_merge_that_assigns_data_fuses_afresh():

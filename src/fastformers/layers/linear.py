@@ -46,16 +46,18 @@ class Linear(nn.Linear):
 
 
 def _hooked(members: tuple) -> bool:
+    """Whether a sibling must run as itself: it has forward hooks, or its forward was replaced on the instance
+    (accelerate's offloading hooks do that)."""
     for m in members:
-        if m._forward_hooks or m._forward_pre_hooks:
+        if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
             return True
     return False
 
 
 def _plain(module: nn.Module) -> bool:
     """A sibling the fused GEMM may stand in for: a class that says `fusable = True` itself (Linear,
-    QuantizedLinear; not a subclass, not a wrapper such as a peft LoRA layer), with no forward hooks."""
-    return vars(type(module)).get("fusable", False) and not (module._forward_hooks or module._forward_pre_hooks)
+    QuantizedLinear; not a subclass, not a wrapper such as a peft LoRA layer), not hooked."""
+    return vars(type(module)).get("fusable", False) and not _hooked((module,))
 
 
 class FusedLinear(nn.Module):
