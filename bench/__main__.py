@@ -7,7 +7,7 @@ import importlib
 
 from .harness import environment, render_markdown, write_results
 
-SUITES = ("encoder", "decoder", "training", "kernels", "quantized")
+SUITES = ("encoder", "decoder", "training", "kernels", "quantized", "overhead")
 CUDA_ONLY = ("kernels", "quantized")
 
 
@@ -17,6 +17,8 @@ def main() -> None:
                         help=f"any of {', '.join(SUITES)} (default: all that can run here)")
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
     parser.add_argument("--out", default="bench/out", help="where to write the JSON and markdown")
+    parser.add_argument("--baseline", metavar="COMMIT",
+                        help="overhead suite: also measure this git commit's source tree, in the same run")
     args = parser.parse_args()
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
@@ -28,7 +30,8 @@ def main() -> None:
     env = environment()
     rows = []
     for suite in args.suites:
-        rows += importlib.import_module(f".{suite}", __package__).run(quick=args.quick)
+        extra = {"baseline": args.baseline} if suite == "overhead" and args.baseline else {}
+        rows += importlib.import_module(f".{suite}", __package__).run(quick=args.quick, **extra)
     print(render_markdown(rows, env))
     print("written:", write_results(rows, env, args.out, "-".join(args.suites)))
 

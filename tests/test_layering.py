@@ -56,12 +56,7 @@ ONLY_FROM = {"kernels": {"ops", "layers"}}
 
 # Imports that break the layering today and are fixed by another piece of issue 12 (outside this test's change).
 # Each names its reason; an entry whose import is gone fails the test, so that the list only shrinks.
-UPWARD_EXCEPTIONS = {
-    ("fastformers.quantization.apply", "fastformers.models._common"):
-        "FusedLinear lives in models/_common.py until layers/ holds the fused projections (item 2)",
-    ("fastformers.quantization.imported", "fastformers.models._common"):
-        "FusedLinear lives in models/_common.py until layers/ holds the fused projections (item 2)",
-}
+UPWARD_EXCEPTIONS: dict = {}
 
 # Import cycles of today, closed by a lazy import, that another piece of issue 12 removes; same rule as above.
 CYCLE_EXCEPTIONS = {

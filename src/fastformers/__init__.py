@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-from . import ops
+from . import layers, ops
 from .auto import (
     MODEL_MODULES as _MODEL_MODULES,
     AutoConfig,

@@ -19,6 +19,7 @@ from torch import nn
 
 from .configuration import CONFIG_NAME, PretrainedConfig, read_json
 from .generation.cache import rename_cache_argument
+from .layers.linear import Linear, weights_changed
 from .loading.gguf import read_gguf
 from .loading.hub import refuse_remote_code, resolve_file
 from .loading.weights import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files, read_tensors
@@ -154,7 +155,7 @@ class PreTrainedModel(nn.Module):
         self._resize_rows(new.weight, weight, mean_resizing)
         self._replace_module(old, new)
         if output is not None and not tied:
-            resized = nn.Linear(output.in_features, n, bias=output.bias is not None, device=output.weight.device,
+            resized = Linear(output.in_features, n, bias=output.bias is not None, device=output.weight.device,
                                 dtype=output.weight.dtype)
             self._resize_rows(resized.weight, output.weight, mean_resizing)
             if output.bias is not None:
@@ -166,7 +167,7 @@ class PreTrainedModel(nn.Module):
         for module in self.modules():  # shapes the modules report follow their (possibly retied) weights
             if isinstance(module, nn.Embedding):
                 module.num_embeddings = module.weight.shape[0]
-            elif type(module) is nn.Linear:
+            elif isinstance(module, nn.Linear) and isinstance(module.weight, torch.Tensor):
                 module.out_features = module.weight.shape[0]
         self.config.vocab_size = n
         return self.get_input_embeddings()
@@ -209,14 +210,18 @@ class PreTrainedModel(nn.Module):
         Parameter objects stay the same, so an optimizer built before keeps working. (Trainer calls train()
         every step: the weights are checked on the switch from eval only.)"""
         if mode and not self.training:
+            relaid = False
             with torch.no_grad():
                 for module in self.modules():
-                    if type(module) is nn.Linear:
+                    if isinstance(module, nn.Linear):
                         for param in (module.weight, module.bias):
-                            if param is not None and (not param.is_contiguous()
-                                                      or param.untyped_storage().nbytes()
-                                                      != param.numel() * param.element_size()):
+                            if isinstance(param, torch.Tensor) and (not param.is_contiguous()
+                                                                    or param.untyped_storage().nbytes()
+                                                                    != param.numel() * param.element_size()):
                                 param.data = param.data.clone(memory_format=torch.contiguous_format)
+                                relaid = True
+            if relaid:
+                weights_changed()  # fused projections were views of the old storage: fuse again at inference
         return super().train(mode)
 
     def _layers(self) -> List[nn.Module]:

@@ -144,9 +144,9 @@ def check_against_float_model(reference, tmp_path, qconfig):
     q = fastformers.AutoModelForCausalLM.from_pretrained(qpath)
     kept = [n for n in LINEARS if n in qconfig.get("modules_to_not_convert", [])]
     assert quantized_names(q) == sorted(set(LINEARS) - set(kept))
-    assert type(q.lm_head) is nn.Linear and torch.equal(q.lm_head.weight, hf_model.lm_head.weight)
+    assert isinstance(q.lm_head, nn.Linear) and torch.equal(q.lm_head.weight, hf_model.lm_head.weight)
     for name in kept:
-        assert type(q.get_submodule(name)) is nn.Linear
+        assert isinstance(q.get_submodule(name), nn.Linear)  # float (layers.Linear), not a QuantizedLinear
     up = q.model.layers[0].mlp.up_proj
     assert up.weight.bits == qconfig["bits"] and up.weight.group_size == 32 and up.scales.dtype == torch.float32
     for name in quantized_names(q):  # the exact dequantized values, no rounding anywhere

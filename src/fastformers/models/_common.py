@@ -1,9 +1,8 @@
-"""Pieces the architectures share: input checks, activations, RMS norm, fused linears, head losses, and the
-layer call that activation checkpointing hooks into."""
+"""Pieces the architectures share: input checks, the encoder loop, head losses, and the layer call that
+activation checkpointing hooks into."""
 
 from __future__ import annotations
 
-import operator
 from typing import Optional, Tuple
 
 import torch
@@ -12,43 +11,6 @@ from torch import nn
 
 from .. import ops
 from ..generation.cache import DynamicCache, EncoderDecoderCache, StaticCache
-
-# hidden_act name -> (function of (x, bias)); gelu variants go through the fused op.
-_ACTIVATIONS = {
-    "gelu": lambda x, b: ops.gelu(x, bias=b),
-    "gelu_python": lambda x, b: ops.gelu(x, bias=b),
-    "gelu_new": lambda x, b: ops.gelu(x, bias=b, approximate="tanh"),
-    "gelu_fast": lambda x, b: ops.gelu(x, bias=b, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x, b: ops.gelu(x, bias=b, approximate="tanh"),
-    "relu": lambda x, b: F.relu(x if b is None else x + b),
-    "silu": lambda x, b: F.silu(x if b is None else x + b),
-    "swish": lambda x, b: F.silu(x if b is None else x + b),
-    "tanh": lambda x, b: torch.tanh(x if b is None else x + b),
-    "quick_gelu": lambda x, b: (lambda y: y * torch.sigmoid(1.702 * y))(x if b is None else x + b),
-}
-
-
-def activation(name: str):
-    """The function act(x, bias) for a config's hidden_act, or a clear error."""
-    if not isinstance(name, str) or name not in _ACTIVATIONS:
-        raise ValueError(f"hidden_act={name!r} is not supported; choose one of {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
-
-
-def linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """x W^T + b for a linear module: a plain nn.Linear (or a class marked `plain_linear`, whose forward is just
-    that: QuantizedLinear) runs through ops.linear without the module call; anything else (an adapter such as
-    peft's LoRA wrapping the linear, a subclass) through its own forward, which reading `.weight` would bypass."""
-    cls = type(module)
-    if cls is nn.Linear or cls.__dict__.get("plain_linear", False):
-        return ops.linear(x, module.weight, module.bias)
-    return module(x)
-
-
-def linear_act(x: torch.Tensor, layer: torch.nn.Linear, act) -> torch.Tensor:
-    """act(x W^T + b). The bias stays in the GEMM: BLAS adds it in its epilogue (addmm on CPU,
-    cuBLASLt on GPU), which measured faster on CPU than a separate bias+GELU pass."""
-    return act(linear(x, layer), None)
 
 
 def call_layer(layer: nn.Module, *args):
@@ -92,19 +54,6 @@ def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidde
         x = ops.pad(x, packing)
         hidden_states = tuple(ops.pad(h, packing) for h in hidden_states) if output_hidden_states else None
     return x, hidden_states, attentions
-
-
-class RMSNorm(nn.Module):
-    """Scale by the root mean square (no mean subtraction, no bias; statistics in float32), optionally after
-    adding a residual (then returns (normed, sum)): Llama's RMSNorm and T5's LayerNorm."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.variance_epsilon = eps
-
-    def forward(self, x, residual=None):
-        return ops.rms_norm(x, self.weight, self.variance_epsilon, residual=residual)
 
 
 def check_inputs(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], vocab_size: int,
@@ -179,110 +128,3 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     end = end_positions.view(-1).clamp(0, ignored)
     return (F.cross_entropy(start_logits, start, ignore_index=ignored)
             + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
-
-
-class FusedLinear:
-    """Several linears over the same input run as one GEMM at inference (e.g. query/key/value).
-
-    On the first call without autograd, the weights (and biases) are moved into one storage and
-    each Linear's parameters become views of it (the same Parameter objects, their data moved), so
-    checkpoint names, state_dict values, tying and an optimizer's references are unchanged, and an
-    optimizer step updates the fused storage in place. If the parameters are later replaced (`.to(...)`,
-    `load_state_dict(assign=True)`), the storage is rebuilt on the next call. With autograd on, the
-    separate linears run as usual.
-
-    `owner`: the module holding the linears as attributes. When one of them is replaced there by another
-    module (an adapter such as peft's LoRA wrapping it), the linears run one by one through the modules now
-    in place, so the wrapper is never bypassed; when the original comes back (peft's merge_and_unload), the
-    fused path resumes.
-
-    Quantized linears (a `QuantizedWeight` as `.weight`, fastformers.quantization) fuse the same way,
-    their packed tensors concatenated along the output dim, when their formats agree (bits, groups,
-    method, mins); linears of different formats, or quantized next to float ones, run separately.
-    """
-
-    def __init__(self, *linears: torch.nn.Linear, owner: Optional[nn.Module] = None) -> None:
-        self.linears = linears
-        self.sizes = [lin.out_features for lin in linears]
-        self.weight = self.bias = None
-        self._fused = False
-        self._owner = owner
-        if owner is not None:
-            by_id = {id(m): name for name, m in owner.named_children()}
-            names = [by_id[id(lin)] for lin in linears]
-            # owner._modules -> the tuple of modules now in place
-            self._current = operator.itemgetter(*names) if len(names) > 1 else lambda d: (d[names[0]],)
-
-    def replace_linears(self, replacements: dict) -> None:
-        """Point at new modules ({id(old module): new module}), e.g. after quantization swapped them."""
-        self.linears = tuple(replacements.get(id(lin), lin) for lin in self.linears)
-        self.weight = self.bias = None
-        self._fused = False
-
-    def _ids(self):
-        # .to(), .half(), load_state_dict(assign=True) replace every parameter's storage together:
-        # checking the first and last linear is enough, and cheap (this runs per layer per token).
-        first, last = self.linears[0].weight, self.linears[-1].weight
-        if isinstance(first, ops.QuantizedWeight):
-            first_ptrs = (first.qweight.data_ptr(), first.scales.data_ptr())
-        else:
-            first_ptrs = (first.data_ptr(), 0)
-        return first_ptrs + (getattr(last, "qweight", last).data_ptr(), first.dtype)
-
-    def _fuse(self) -> None:
-        if any(isinstance(lin.weight, ops.QuantizedWeight) for lin in self.linears):
-            self._fuse_quantized()
-        else:
-            ws = [lin.weight.detach() for lin in self.linears]
-            if any(w.stride(0) == 1 and w.shape[0] > 1 for w in ws):  # keep a K-major layout K-major (PreTrainedModel)
-                self.weight = torch.cat([w.t() for w in ws], dim=1).t()
-            else:
-                self.weight = torch.cat(ws)
-            start = 0
-            for lin, n in zip(self.linears, self.sizes):
-                lin.weight.data = self.weight[start:start + n]
-                start += n
-        has_bias = self.weight is not None and all(lin.bias is not None for lin in self.linears)
-        self.bias = torch.cat([lin.bias.detach() for lin in self.linears]) if has_bias else None
-        if has_bias:
-            start = 0
-            for lin, n in zip(self.linears, self.sizes):
-                lin.bias.data = self.bias[start:start + n]
-                start += n
-        self._fused = True
-        self._ptrs = self._ids()
-
-    def _fuse_quantized(self) -> None:
-        ws = [lin.weight for lin in self.linears]
-
-        def layout(w):
-            return isinstance(w, ops.QuantizedWeight) and (w.bits, w.group_size, w.method, w.in_features,
-                                                           w.mins is None, w.dtype, w.device)
-
-        if not all(layout(w) == layout(ws[0]) for w in ws):
-            self.weight = None  # formats differ (or float next to quantized): the linears run one by one
-            return
-        first = ws[0]
-        parts = [None if getattr(first, p) is None else torch.cat([getattr(w, p) for w in ws])
-                 for p in ("qweight", "scales", "mins")]
-        self.weight = ops.QuantizedWeight(*parts, first.bits, first.group_size, first.in_features, first.method)
-        start = 0
-        for lin, n in zip(self.linears, self.sizes):
-            lin.weight = ops.QuantizedWeight(*(None if t is None else t[start:start + n] for t in parts), first.bits,
-                                             first.group_size, first.in_features, first.method)
-            start += n
-
-    def __call__(self, x: torch.Tensor):
-        if self._owner is not None and not torch.compiler.is_compiling():  # (Dynamo cannot trace itemgetter)
-            current = self._current(self._owner._modules)  # (~0.3 us: this runs per layer per token)
-            if current != self.linears:  # (modules compare by identity)
-                return [linear(x, m) for m in current]  # wrapped or replaced: each module's own forward
-        if (torch.is_grad_enabled() and getattr(self.linears[0].weight, "requires_grad", False)
-                or x.device.type == "meta"):
-            return [linear(x, lin) for lin in self.linears]
-        # a compiled step trusts the fusion an eager call (the prefill) made: Dynamo cannot compare data pointers
-        if not self._fused or (not torch.compiler.is_compiling() and self._ids() != self._ptrs):
-            self._fuse()
-        if self.weight is None:
-            return [linear(x, lin) for lin in self.linears]
-        return ops.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
+from .. import layers, ops
 from ..configuration import PretrainedConfig
 from ..generation.cache import EncoderDecoderCache, cache_step
 from ..generation.utils import GenerationMixin
@@ -31,12 +31,9 @@ from ..outputs import (
     _output,
 )
 from ._common import (
-    FusedLinear,
-    activation,
-    call_layer,
     check_inputs,
+    call_layer,
     check_mask,
-    linear,
     run_encoder,
     sequence_classification_loss,
     span_loss,
@@ -100,14 +97,15 @@ class BartAttention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
         self.layer_idx, self.is_cross, self.dropout_p = layer_idx, is_cross, dropout
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = layers.Linear(embed_dim, embed_dim)
+        self.v_proj = layers.Linear(embed_dim, embed_dim)
+        self.q_proj = layers.Linear(embed_dim, embed_dim)
+        self.out_proj = layers.Linear(embed_dim, embed_dim)
         if is_cross:
-            self.kv = FusedLinear(self.k_proj, self.v_proj, owner=self)
+            self.kv = layers.FusedLinear(self, "k_proj", "v_proj")
         else:
-            self.qkv = FusedLinear(self.q_proj, self.k_proj, self.v_proj, owner=self)
+            self.qkv = layers.FusedLinear(self, "q_proj", "k_proj", "v_proj")
+        self.attn = layers.Attention(dropout_p=dropout)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(*t.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
@@ -116,7 +114,7 @@ class BartAttention(nn.Module):
                 encoder_states=None):
         batch, seq, _ = x.shape
         if self.is_cross:
-            q = self._heads(linear(x, self.q_proj))
+            q = self._heads(self.q_proj(x))
             kv = cache.cross(self.layer_idx) if cache is not None else None
             if kv is None:
                 kv = tuple(self._heads(t) for t in self.kv(encoder_states))
@@ -127,30 +125,19 @@ class BartAttention(nn.Module):
             q, k, v = (self._heads(t) for t in self.qkv(x))
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v, cache_position)
-        probs = None
-        if output_attentions or (self.training and self.dropout_p > 0):
-            out, probs = ops.attention_with_probs(q, k, v, causal=causal, attention_mask=key_mask,
-                                                  dropout_p=self.dropout_p, training=self.training)
-        else:
-            out = ops.attention(q, k, v, causal=causal, attention_mask=key_mask)
+        out, probs = self.attn(q, k, v, key_mask, return_probs=output_attentions, causal=causal)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
-        return linear(out, self.out_proj), probs
-
-
-def _add_norm(h, residual, norm: nn.LayerNorm, dropout_p: float, training: bool):
-    """LayerNorm(residual + dropout(h)) in one op: BART's post-norm residual step."""
-    return ops.layer_norm(h, norm.weight, norm.bias, norm.eps, residual=residual, dropout_p=dropout_p,
-                          training=training)
+        return self.out_proj(out), probs
 
 
 class _FeedForward(nn.Module):
     """fc2(dropout(act(fc1(x)))): the feed-forward half of a layer (fc1/fc2 keep checkpoint names)."""
 
     def _ffn(self, x):
-        h = self.act(linear(x, self.fc1), None)
+        h = self.act(self.fc1(x))
         if self.training and self.activation_dropout > 0:
             h = nn.functional.dropout(h, self.activation_dropout, training=True)
-        return linear(h, self.fc2)
+        return self.fc2(h)
 
 
 class BartEncoderLayer(_FeedForward):
@@ -158,17 +145,17 @@ class BartEncoderLayer(_FeedForward):
         super().__init__()
         d = config.d_model
         self.self_attn = BartAttention(d, config.encoder_attention_heads, config.attention_dropout, layer_idx)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.act = activation(config.activation_function)
+        self.self_attn_layer_norm = layers.LayerNorm(d)
+        self.fc1 = layers.Linear(d, config.encoder_ffn_dim)
+        self.fc2 = layers.Linear(config.encoder_ffn_dim, d)
+        self.final_layer_norm = layers.LayerNorm(d)
+        self.act = layers.Activation(config.activation_function)
         self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, x, attention_mask, output_attentions: bool):
         h, probs = self.self_attn(x, attention_mask, output_attentions)
-        x = _add_norm(h, x, self.self_attn_layer_norm, self.dropout, self.training)
-        x = _add_norm(self._ffn(x), x, self.final_layer_norm, self.dropout, self.training)
+        x = self.self_attn_layer_norm(h, x, self.dropout)
+        x = self.final_layer_norm(self._ffn(x), x, self.dropout)
         return x, probs
 
 
@@ -177,21 +164,21 @@ class BartDecoderLayer(_FeedForward):
         super().__init__()
         d, heads = config.d_model, config.decoder_attention_heads
         self.self_attn = BartAttention(d, heads, config.attention_dropout, layer_idx)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_layer_norm = layers.LayerNorm(d)
         self.encoder_attn = BartAttention(d, heads, config.attention_dropout, layer_idx, is_cross=True)
-        self.encoder_attn_layer_norm = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
-        self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.act = activation(config.activation_function)
+        self.encoder_attn_layer_norm = layers.LayerNorm(d)
+        self.fc1 = layers.Linear(d, config.decoder_ffn_dim)
+        self.fc2 = layers.Linear(config.decoder_ffn_dim, d)
+        self.final_layer_norm = layers.LayerNorm(d)
+        self.act = layers.Activation(config.activation_function)
         self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, x, self_mask, encoder_states, encoder_mask, cache, cache_position, output_attentions: bool):
         h, self_probs = self.self_attn(x, self_mask, output_attentions, cache, cache_position, causal=True)
-        x = _add_norm(h, x, self.self_attn_layer_norm, self.dropout, self.training)
+        x = self.self_attn_layer_norm(h, x, self.dropout)
         h, cross_probs = self.encoder_attn(x, encoder_mask, output_attentions, cache, encoder_states=encoder_states)
-        x = _add_norm(h, x, self.encoder_attn_layer_norm, self.dropout, self.training)
-        x = _add_norm(self._ffn(x), x, self.final_layer_norm, self.dropout, self.training)
+        x = self.encoder_attn_layer_norm(h, x, self.dropout)
+        x = self.final_layer_norm(self._ffn(x), x, self.dropout)
         return x, self_probs, cross_probs
 
 
@@ -220,7 +207,7 @@ class _Stack(nn.Module):
         self.embed_tokens = nn.Embedding(vocab_size, config.d_model, config.pad_token_id)
         self.embed_positions = self.make_positions(config)
         if self.layernorm_embedding_enabled:
-            self.layernorm_embedding = nn.LayerNorm(config.d_model)
+            self.layernorm_embedding = layers.LayerNorm(config.d_model)
         self.dropout = config.dropout
 
     @staticmethod
@@ -239,8 +226,7 @@ class _Stack(nn.Module):
             positions = torch.arange(input_ids.shape[1], device=x.device)
         positions = self.embed_positions(positions)
         if self.layernorm_embedding_enabled:
-            ln = self.layernorm_embedding
-            x = ops.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=positions.to(x.dtype))
+            x = self.layernorm_embedding(x, positions.to(x.dtype))
         else:
             x = x + positions.to(x.dtype)
         if self.training and self.dropout > 0:
@@ -426,7 +412,7 @@ class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
         self.model = self.base_model_class(config)
         vocab = self.model.decoder.embed_tokens.num_embeddings
         self.register_buffer("final_logits_bias", torch.zeros((1, vocab)))
-        self.lm_head = nn.Linear(config.d_model, vocab, bias=False)
+        self.lm_head = layers.Linear(config.d_model, vocab, bias=False)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -472,18 +458,18 @@ class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
 class BartClassificationHead(nn.Module):
     def __init__(self, input_dim: int, inner_dim: int, num_classes: int, pooler_dropout: float) -> None:
         super().__init__()
-        self.dense = nn.Linear(input_dim, inner_dim)
-        self.out_proj = nn.Linear(inner_dim, num_classes)
+        self.dense = layers.Linear(input_dim, inner_dim)
+        self.out_proj = layers.Linear(inner_dim, num_classes)
         self.dropout_p = pooler_dropout or 0.0
 
     def forward(self, x):
         drop = self.training and self.dropout_p > 0
         if drop:
             x = nn.functional.dropout(x, self.dropout_p, training=True)
-        x = torch.tanh(linear(x, self.dense))
+        x = torch.tanh(self.dense(x))
         if drop:
             x = nn.functional.dropout(x, self.dropout_p, training=True)
-        return linear(x, self.out_proj)
+        return self.out_proj(x)
 
 
 class _Seq2SeqHead(BartPreTrainedModel):
@@ -549,7 +535,7 @@ class BartForQuestionAnswering(_Seq2SeqHead):
     def __init__(self, config) -> None:
         config.num_labels = 2
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.d_model, 2)
+        self.qa_outputs = layers.Linear(config.d_model, 2)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
@@ -560,7 +546,7 @@ class BartForQuestionAnswering(_Seq2SeqHead):
             use_cache = False
         out = self._run(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
                         inputs_embeds, decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
-        logits = linear(out.last_hidden_state, self.qa_outputs)
+        logits = self.qa_outputs(out.last_hidden_state)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
+from .. import layers
 from ..configuration import PretrainedConfig
 from ..modeling import PreTrainedModel
 from ..outputs import (
@@ -23,12 +23,8 @@ from ..outputs import (
     TokenClassifierOutput,
 )
 from ._common import (
-    FusedLinear,
-    activation,
     check_inputs,
     check_mask,
-    linear,
-    linear_act,
     run_encoder,
     sequence_classification_loss,
     span_loss,
@@ -54,7 +50,7 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, size)
-        self.LayerNorm = nn.LayerNorm(size, eps=config.layer_norm_eps)
+        self.LayerNorm = layers.LayerNorm(size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
     @property
@@ -75,8 +71,7 @@ class BertEmbeddings(nn.Module):
             extra = extra + self.token_type_embeddings.weight[0]
         else:
             extra = extra + self.token_type_embeddings(token_type_ids)
-        ln = self.LayerNorm
-        x = ops.layer_norm(inputs_embeds, ln.weight, ln.bias, ln.eps, residual=extra)
+        x = self.LayerNorm(inputs_embeds, extra)
         return nn.functional.dropout(x, self.dropout_p, training=True) if self.training else x
 
 
@@ -89,22 +84,18 @@ class BertSelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         inner = self.num_heads * self.head_dim
-        self.query = nn.Linear(config.hidden_size, inner)
-        self.key = nn.Linear(config.hidden_size, inner)
-        self.value = nn.Linear(config.hidden_size, inner)
+        self.query = layers.Linear(config.hidden_size, inner)
+        self.key = layers.Linear(config.hidden_size, inner)
+        self.value = layers.Linear(config.hidden_size, inner)
         self.dropout_p = config.attention_probs_dropout_prob
-        self.qkv = FusedLinear(self.query, self.key, self.value, owner=self)
+        self.qkv = layers.FusedLinear(self, "query", "key", "value")
+        self.attn = layers.Attention(dropout_p=self.dropout_p)
 
     def forward(self, x, attention_mask, output_attentions: bool):
         batch, seq, _ = x.shape
         shape = (batch, seq, self.num_heads, self.head_dim)
         q, k, v = (t.view(shape).transpose(1, 2) for t in self.qkv(x))
-        probs = None
-        if output_attentions or (self.training and self.dropout_p > 0):
-            out, probs = ops.attention_with_probs(q, k, v, attention_mask=attention_mask,
-                                                  dropout_p=self.dropout_p, training=self.training)
-        else:
-            out = ops.attention(q, k, v, attention_mask=attention_mask)
+        out, probs = self.attn(q, k, v, attention_mask, return_probs=output_attentions)
         return out.transpose(1, 2).reshape(batch, seq, -1), probs
 
 
@@ -113,14 +104,12 @@ class BertSelfOutput(nn.Module):
 
     def __init__(self, config, in_features: Optional[int] = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = layers.Linear(in_features or config.hidden_size, config.hidden_size)
+        self.LayerNorm = layers.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
     def forward(self, h, residual):
-        return ops.layer_norm(linear(h, self.dense), self.LayerNorm.weight,
-                              self.LayerNorm.bias, self.LayerNorm.eps, residual=residual,
-                              dropout_p=self.dropout_p, training=self.training)
+        return self.LayerNorm(self.dense(h), residual, self.dropout_p)
 
 
 class BertAttention(nn.Module):
@@ -137,11 +126,11 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = activation(config.hidden_act)
+        self.dense = layers.Linear(config.hidden_size, config.intermediate_size)
+        self.act = layers.Activation(config.hidden_act)
 
     def forward(self, x):
-        return linear_act(x, self.dense, self.act)
+        return self.act(self.dense(x))
 
 
 class BertOutput(BertSelfOutput):
@@ -175,10 +164,10 @@ class BertEncoder(nn.Module):
 class BertPooler(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = layers.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x):
-        return torch.tanh(linear(x[:, 0], self.dense))
+        return torch.tanh(self.dense(x[:, 0]))
 
 
 def _flag(value: Optional[bool], default: bool) -> bool:
@@ -261,24 +250,23 @@ class _Head(BertPreTrainedModel):
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = activation(config.hidden_act)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = layers.Linear(config.hidden_size, config.hidden_size)
+        self.act = layers.Activation(config.hidden_act)
+        self.LayerNorm = layers.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x):
-        x = linear_act(x, self.dense, self.act)
-        return ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        return self.LayerNorm(self.act(self.dense(x)))
 
 
 class BertLMPredictionHead(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = layers.Linear(config.hidden_size, config.vocab_size)
         self.bias = self.decoder.bias  # one parameter under both checkpoint names
 
     def forward(self, x):
-        return linear(self.transform(x), self.decoder)
+        return self.decoder(self.transform(x))
 
 
 class BertOnlyMLMHead(nn.Module):
@@ -320,12 +308,12 @@ class BertForSequenceClassification(_Head):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = layers.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def classify(self, enc):
         pooled = self._dropout(enc.pooler_output)
-        return linear(pooled, self.classifier)
+        return self.classifier(pooled)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
@@ -342,7 +330,7 @@ class BertForTokenClassification(_Head):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = layers.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -351,7 +339,7 @@ class BertForTokenClassification(_Head):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_attentions, output_hidden_states)
         x = self._dropout(enc.last_hidden_state)
-        logits = linear(x, self.classifier)
+        logits = self.classifier(x)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(TokenClassifierOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -361,7 +349,7 @@ class BertForQuestionAnswering(_Head):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.qa_outputs = layers.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -369,7 +357,7 @@ class BertForQuestionAnswering(_Head):
                 output_hidden_states=None, return_dict=None, **kwargs):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_attentions, output_hidden_states)
-        logits = linear(enc.last_hidden_state, self.qa_outputs)
+        logits = self.qa_outputs(enc.last_hidden_state)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1)[:2])
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -383,11 +371,11 @@ class BertForMultipleChoice(_Head):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = layers.Linear(config.hidden_size, 1)
         self.post_init()
 
     def classify(self, enc):
-        return linear(self._dropout(enc.pooler_output), self.classifier)
+        return self.classifier(self._dropout(enc.pooler_output))
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import layers
 from ..configuration import PretrainedConfig
 from ..modeling import PreTrainedModel
 from ..outputs import (
@@ -26,12 +26,8 @@ from ..outputs import (
     TokenClassifierOutput,
 )
 from ._common import (
-    FusedLinear,
-    activation,
     check_inputs,
     check_mask,
-    linear,
-    linear_act,
     run_encoder,
     sequence_classification_loss,
     span_loss,
@@ -81,7 +77,7 @@ class DistilBertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
         self.position_embeddings = DistilBertPositionEmbeddings(
             config.max_position_embeddings, config.dim, config.sinusoidal_pos_embds)
-        self.LayerNorm = nn.LayerNorm(config.dim, eps=_LN_EPS)
+        self.LayerNorm = layers.LayerNorm(config.dim, eps=_LN_EPS)
         self.dropout_p = config.dropout
 
     @property
@@ -95,8 +91,7 @@ class DistilBertEmbeddings(nn.Module):
             positions = self.position_embeddings.weight[: inputs_embeds.shape[1]]  # rows 0..seq-1
         else:
             positions = self.position_embeddings(position_ids)
-        ln = self.LayerNorm
-        x = ops.layer_norm(inputs_embeds, ln.weight, ln.bias, ln.eps, residual=positions)
+        x = self.LayerNorm(inputs_embeds, positions)
         return F.dropout(x, self.dropout_p, training=True) if self.training and self.dropout_p > 0 else x
 
 
@@ -107,25 +102,21 @@ class DistilBertSelfAttention(nn.Module):
             raise ValueError(f"n_heads={config.n_heads} must divide dim={config.dim} evenly")
         self.n_heads = config.n_heads
         self.head_dim = config.dim // config.n_heads
-        self.q_lin = nn.Linear(config.dim, config.dim)
-        self.k_lin = nn.Linear(config.dim, config.dim)
-        self.v_lin = nn.Linear(config.dim, config.dim)
-        self.out_lin = nn.Linear(config.dim, config.dim)
+        self.q_lin = layers.Linear(config.dim, config.dim)
+        self.k_lin = layers.Linear(config.dim, config.dim)
+        self.v_lin = layers.Linear(config.dim, config.dim)
+        self.out_lin = layers.Linear(config.dim, config.dim)
         self.dropout_p = config.attention_dropout
-        self.qkv = FusedLinear(self.q_lin, self.k_lin, self.v_lin, owner=self)  # one GEMM at inference
+        self.qkv = layers.FusedLinear(self, "q_lin", "k_lin", "v_lin")  # one GEMM at inference
+        self.attn = layers.Attention(dropout_p=self.dropout_p)
 
     def forward(self, x, attention_mask, output_attentions: bool):
         batch, seq, _ = x.shape
         shape = (batch, seq, self.n_heads, self.head_dim)
         q, k, v = (t.view(shape).transpose(1, 2) for t in self.qkv(x))
-        probs = None
-        if output_attentions or (self.training and self.dropout_p > 0):
-            out, probs = ops.attention_with_probs(q, k, v, attention_mask=attention_mask,
-                                                  dropout_p=self.dropout_p, training=self.training)
-        else:
-            out = ops.attention(q, k, v, attention_mask=attention_mask)
+        out, probs = self.attn(q, k, v, attention_mask, return_probs=output_attentions)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
-        return linear(out, self.out_lin), probs
+        return self.out_lin(out), probs
 
 
 class DistilBertFFN(nn.Module):
@@ -133,29 +124,27 @@ class DistilBertFFN(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        self.lin1 = nn.Linear(config.dim, config.hidden_dim)
-        self.lin2 = nn.Linear(config.hidden_dim, config.dim)
-        self.act = activation(config.activation)
+        self.lin1 = layers.Linear(config.dim, config.hidden_dim)
+        self.lin2 = layers.Linear(config.hidden_dim, config.dim)
+        self.act = layers.Activation(config.activation)
 
     def forward(self, x):
-        return linear(linear_act(x, self.lin1, self.act), self.lin2)
+        return self.lin2(self.act(self.lin1(x)))
 
 
 class DistilBertTransformerBlock(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.attention = DistilBertSelfAttention(config)
-        self.sa_layer_norm = nn.LayerNorm(config.dim, eps=_LN_EPS)
+        self.sa_layer_norm = layers.LayerNorm(config.dim, eps=_LN_EPS)
         self.ffn = DistilBertFFN(config)
-        self.output_layer_norm = nn.LayerNorm(config.dim, eps=_LN_EPS)
+        self.output_layer_norm = layers.LayerNorm(config.dim, eps=_LN_EPS)
         self.dropout_p = config.dropout
 
     def forward(self, x, attention_mask, output_attentions: bool):
         h, probs = self.attention(x, attention_mask, output_attentions)
-        sa, out = self.sa_layer_norm, self.output_layer_norm
-        h = ops.layer_norm(h, sa.weight, sa.bias, sa.eps, residual=x)  # no dropout here, as transformers
-        y = ops.layer_norm(self.ffn(h), out.weight, out.bias, out.eps, residual=h,
-                           dropout_p=self.dropout_p, training=self.training)
+        h = self.sa_layer_norm(h, x)  # no dropout here, as transformers
+        y = self.output_layer_norm(self.ffn(h), h, self.dropout_p)
         return y, probs
 
 
@@ -230,9 +219,9 @@ class _DistilBertHead(DistilBertPreTrainedModel, _Head):
 
     def _first_token_classifier(self, enc):
         """hidden[:, 0] -> pre_classifier -> ReLU -> dropout(seq_classif_dropout) -> classifier."""
-        x = F.relu(linear(enc.last_hidden_state[:, 0], self.pre_classifier))
+        x = F.relu(self.pre_classifier(enc.last_hidden_state[:, 0]))
         x = self._dropout_p(x, self.config.seq_classif_dropout)
-        return linear(x, self.classifier)
+        return self.classifier(x)
 
 
 class DistilBertForMaskedLM(_DistilBertHead):
@@ -240,10 +229,10 @@ class DistilBertForMaskedLM(_DistilBertHead):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.vocab_transform = nn.Linear(config.dim, config.dim)
-        self.vocab_layer_norm = nn.LayerNorm(config.dim, eps=_LN_EPS)
-        self.vocab_projector = nn.Linear(config.dim, config.vocab_size)
-        self.act = activation(config.activation)
+        self.vocab_transform = layers.Linear(config.dim, config.dim)
+        self.vocab_layer_norm = layers.LayerNorm(config.dim, eps=_LN_EPS)
+        self.vocab_projector = layers.Linear(config.dim, config.vocab_size)
+        self.act = layers.Activation(config.activation)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -253,10 +242,9 @@ class DistilBertForMaskedLM(_DistilBertHead):
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
         enc = self._encode(input_ids, attention_mask, inputs_embeds, position_ids, output_attentions,
                            output_hidden_states)
-        x = linear_act(enc.last_hidden_state, self.vocab_transform, self.act)
-        ln = self.vocab_layer_norm
-        x = ops.layer_norm(x, ln.weight, ln.bias, ln.eps)
-        logits = linear(x, self.vocab_projector)
+        x = self.act(self.vocab_transform(enc.last_hidden_state))
+        x = self.vocab_layer_norm(x)
+        logits = self.vocab_projector(x)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(MaskedLMOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -264,8 +252,8 @@ class DistilBertForMaskedLM(_DistilBertHead):
 class DistilBertForSequenceClassification(_DistilBertHead):
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.pre_classifier = nn.Linear(config.dim, config.dim)
-        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.pre_classifier = layers.Linear(config.dim, config.dim)
+        self.classifier = layers.Linear(config.dim, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, position_ids=None,
@@ -280,7 +268,7 @@ class DistilBertForSequenceClassification(_DistilBertHead):
 class DistilBertForTokenClassification(_DistilBertHead):
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.classifier = layers.Linear(config.dim, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, position_ids=None,
@@ -288,7 +276,7 @@ class DistilBertForTokenClassification(_DistilBertHead):
         enc = self._encode(input_ids, attention_mask, inputs_embeds, position_ids, output_attentions,
                            output_hidden_states)
         x = self._dropout_p(enc.last_hidden_state, self.config.dropout)
-        logits = linear(x, self.classifier)
+        logits = self.classifier(x)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(TokenClassifierOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -298,7 +286,7 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
         if config.num_labels != 2:
             raise ValueError(f"config.num_labels should be 2, but it is {config.num_labels}")
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.dim, config.num_labels)
+        self.qa_outputs = layers.Linear(config.dim, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, start_positions=None,
@@ -307,7 +295,7 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
         enc = self._encode(input_ids, attention_mask, inputs_embeds, position_ids, output_attentions,
                            output_hidden_states)
         x = self._dropout_p(enc.last_hidden_state, self.config.qa_dropout)
-        logits = linear(x, self.qa_outputs)
+        logits = self.qa_outputs(x)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -319,8 +307,8 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
 class DistilBertForMultipleChoice(_DistilBertHead):
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.pre_classifier = nn.Linear(config.dim, config.dim)
-        self.classifier = nn.Linear(config.dim, 1)
+        self.pre_classifier = layers.Linear(config.dim, config.dim)
+        self.classifier = layers.Linear(config.dim, 1)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, position_ids=None,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import layers
 from ..modeling import PreTrainedModel
 from ..outputs import MaskedLMOutput, _output
 from . import bert
-from ._common import activation, linear, linear_act, token_loss
+from ._common import token_loss
 from .bert import BertEmbeddings, BertEncoder, BertModel, _flag, _Head
 
 BaseModelOutputWithPastAndCrossAttentions = _output(
@@ -57,7 +57,7 @@ class ElectraModel(ElectraPreTrainedModel, BertModel):
         PreTrainedModel.__init__(self, config)
         self.embeddings = self.embeddings_class(config)
         if config.embedding_size != config.hidden_size:
-            self.embeddings_project = nn.Linear(config.embedding_size, config.hidden_size)
+            self.embeddings_project = layers.Linear(config.embedding_size, config.hidden_size)
         self.encoder = BertEncoder(config)
         self.pooler = None
         self.post_init()
@@ -65,7 +65,7 @@ class ElectraModel(ElectraPreTrainedModel, BertModel):
     def embed(self, input_ids, token_type_ids, position_ids, inputs_embeds):
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         project = getattr(self, "embeddings_project", None)
-        return x if project is None else linear(x, project)
+        return x if project is None else project(x)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -90,13 +90,13 @@ class ElectraDiscriminatorPredictions(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dense_prediction = nn.Linear(config.hidden_size, 1)
-        self.act = activation(config.hidden_act)
+        self.dense = layers.Linear(config.hidden_size, config.hidden_size)
+        self.dense_prediction = layers.Linear(config.hidden_size, 1)
+        self.act = layers.Activation(config.hidden_act)
 
     def forward(self, x):
-        x = linear_act(x, self.dense, self.act)
-        return linear(x, self.dense_prediction).squeeze(-1)
+        x = self.act(self.dense(x))
+        return self.dense_prediction(x).squeeze(-1)
 
 
 class ElectraGeneratorPredictions(nn.Module):
@@ -104,12 +104,12 @@ class ElectraGeneratorPredictions(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
-        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.LayerNorm = layers.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dense = layers.Linear(config.hidden_size, config.embedding_size)
+        self.act = layers.Activation("gelu")
 
     def forward(self, x):
-        x = ops.gelu(linear(x, self.dense))
-        return ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        return self.LayerNorm(self.act(self.dense(x)))
 
 
 class ElectraClassificationHead(nn.Module):
@@ -117,14 +117,15 @@ class ElectraClassificationHead(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.dense = layers.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = layers.Linear(config.hidden_size, config.num_labels)
+        self.act = layers.Activation("gelu")  # gelu (erf) whatever hidden_act is
 
 
 def _summary_activation(name):
     if not name or name == "linear":  # transformers: no string -> identity; "linear" is the identity too
         return lambda x, b: x if b is None else x + b
-    return activation(name)
+    return layers.Activation(name)
 
 
 class ElectraSequenceSummary(nn.Module):
@@ -141,7 +142,7 @@ class ElectraSequenceSummary(nn.Module):
         self.summary = None
         if getattr(config, "summary_use_proj", False):
             to_labels = getattr(config, "summary_proj_to_labels", False) and config.num_labels > 0
-            self.summary = nn.Linear(config.hidden_size, config.num_labels if to_labels else config.hidden_size)
+            self.summary = layers.Linear(config.hidden_size, config.num_labels if to_labels else config.hidden_size)
         self.act = _summary_activation(getattr(config, "summary_activation", None))
         self.first_dropout = getattr(config, "summary_first_dropout", 0) or 0
         self.last_dropout = getattr(config, "summary_last_dropout", 0) or 0
@@ -155,7 +156,7 @@ class ElectraSequenceSummary(nn.Module):
             x = x[:, -1]
         if self.training and self.first_dropout > 0:
             x = F.dropout(x, self.first_dropout, training=True)
-        x = self.act(x if self.summary is None else linear(x, self.summary), None)
+        x = self.act(x if self.summary is None else self.summary(x), None)
         if self.training and self.last_dropout > 0:
             x = F.dropout(x, self.last_dropout, training=True)
         return x
@@ -167,7 +168,7 @@ class ElectraForMaskedLM(_ElectraHead):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.generator_predictions = ElectraGeneratorPredictions(config)
-        self.generator_lm_head = nn.Linear(config.embedding_size, config.vocab_size)
+        self.generator_lm_head = layers.Linear(config.embedding_size, config.vocab_size)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -179,7 +180,7 @@ class ElectraForMaskedLM(_ElectraHead):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_attentions, output_hidden_states)
         x = self.generator_predictions(enc.last_hidden_state)
-        logits = linear(x, self.generator_lm_head)
+        logits = self.generator_lm_head(x)
         loss = token_loss(logits, labels) if labels is not None else None
         return self._finish(MaskedLMOutput, return_dict, enc, loss=loss, logits=logits)
 
@@ -221,8 +222,8 @@ class ElectraForSequenceClassification(_ElectraHead, bert.BertForSequenceClassif
     def classify(self, enc):
         head = self.classifier
         x = self._dropout(enc.last_hidden_state[:, 0])
-        x = ops.gelu(linear(x, head.dense))  # gelu (erf) whatever hidden_act is
-        return linear(self._dropout(x), head.out_proj)
+        x = head.act(head.dense(x))
+        return head.out_proj(self._dropout(x))
 
 
 class ElectraForTokenClassification(_ElectraHead, bert.BertForTokenClassification):
@@ -239,12 +240,12 @@ class ElectraForMultipleChoice(_ElectraHead, bert.BertForMultipleChoice):
     def __init__(self, config) -> None:
         _Head.__init__(self, config)
         self.sequence_summary = ElectraSequenceSummary(config)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = layers.Linear(config.hidden_size, 1)
         self.post_init()
 
     def classify(self, enc):
         x = self.sequence_summary(enc.last_hidden_state)
-        return linear(x, self.classifier)
+        return self.classifier(x)
 
 
 MODEL_CLASSES = {

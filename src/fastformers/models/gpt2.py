@@ -1,7 +1,7 @@
 """GPT-2: learned positions, pre-LayerNorm blocks, fused c_attn projection, tied LM head.
 
 Checkpoint weights of GPT-2's Conv1D layers are stored (in_features, out_features); they are used as
-they are (ops.linear takes the transposed view, no copy), so names and layouts round-trip unchanged.
+they are (layers.Conv1D: the op takes the transposed view, no copy), so names and layouts round-trip unchanged.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
+from .. import layers
 from ..configuration import PretrainedConfig
 from ..generation.cache import DynamicCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import SequenceClassifierOutput, _output
-from ._common import activation, call_layer, check_inputs, linear, sequence_classification_loss
+from ..layers import Conv1D
+from ._common import call_layer, check_inputs, sequence_classification_loss
 from .llama import CausalLMOutputWithPast, causal_lm_loss
 
 BaseModelOutputWithPastAndCrossAttentions = _output(
@@ -37,22 +38,6 @@ class GPT2Config(PretrainedConfig):
     )
 
 
-class Conv1D(nn.Module):
-    """GPT-2's linear layer with its weight stored (in_features, out_features)."""
-
-    def __init__(self, out_features: int, in_features: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-
-    def forward(self, x):
-        return ops.linear(x, self.weight.t(), self.bias)
-
-
-def _layer_norm(ln: nn.LayerNorm, x, residual=None):
-    return ops.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=residual)
-
-
 class GPT2Attention(nn.Module):
     def __init__(self, config, layer_idx: int) -> None:
         super().__init__()
@@ -67,6 +52,7 @@ class GPT2Attention(nn.Module):
         self.c_attn = Conv1D(3 * config.n_embd, config.n_embd)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
         self.dropout_p = config.attn_pdrop
+        self.attn = layers.Attention(causal=True, scale=self.scale, dropout_p=self.dropout_p)
 
     def forward(self, x, cache, cache_position, key_mask, output_attentions: bool):
         batch, seq, width = x.shape
@@ -74,12 +60,7 @@ class GPT2Attention(nn.Module):
                    for t in self.c_attn(x).split(width, dim=2))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, cache_position)
-        probs = None
-        if output_attentions or (self.training and self.dropout_p > 0):
-            out, probs = ops.attention_with_probs(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale,
-                                                  dropout_p=self.dropout_p, training=self.training)
-        else:
-            out = ops.attention(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale)
+        out, probs = self.attn(q, k, v, key_mask, return_probs=output_attentions)
         return self.c_proj(out.transpose(1, 2).reshape(batch, seq, width)), probs
 
 
@@ -89,7 +70,7 @@ class GPT2MLP(nn.Module):
         inner = config.n_inner or 4 * config.n_embd
         self.c_fc = Conv1D(inner, config.n_embd)
         self.c_proj = Conv1D(config.n_embd, inner)
-        self.act = activation(config.activation_function)
+        self.act = layers.Activation(config.activation_function)
 
     def forward(self, x):
         return self.c_proj(self.act(self.c_fc(x), None))
@@ -98,9 +79,9 @@ class GPT2MLP(nn.Module):
 class GPT2Block(nn.Module):
     def __init__(self, config, layer_idx: int) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_1 = layers.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = GPT2Attention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_2 = layers.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = GPT2MLP(config)
         self.dropout_p = config.resid_pdrop
 
@@ -108,9 +89,9 @@ class GPT2Block(nn.Module):
         return nn.functional.dropout(x, self.dropout_p, training=True) if self.training and self.dropout_p else x
 
     def forward(self, x, cache, cache_position, key_mask, output_attentions: bool):
-        h, probs = self.attn(_layer_norm(self.ln_1, x), cache, cache_position, key_mask, output_attentions)
+        h, probs = self.attn(self.ln_1(x), cache, cache_position, key_mask, output_attentions)
         x = self._drop(h) + x
-        return self._drop(self.mlp(_layer_norm(self.ln_2, x))) + x, probs
+        return self._drop(self.mlp(self.ln_2(x))) + x, probs
 
 
 class GPT2PreTrainedModel(PreTrainedModel):
@@ -131,7 +112,7 @@ class GPT2Model(GPT2PreTrainedModel):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_f = layers.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -168,7 +149,7 @@ class GPT2Model(GPT2PreTrainedModel):
             x, probs = call_layer(block, x, cache, cache_position, key_mask, output_attentions)
             if output_attentions:
                 attentions += (probs,)
-        x = _layer_norm(self.ln_f, x)
+        x = self.ln_f(x)
         if output_hidden_states:
             hidden_states += (x,)
         out = BaseModelOutputWithPastAndCrossAttentions(
@@ -183,7 +164,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = layers.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -200,7 +181,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        logits = linear(h, self.lm_head)
+        logits = self.lm_head(h)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.get("past_key_values"),
                                         hidden_states=out.get("hidden_states"), attentions=out.get("attentions"))
@@ -215,7 +196,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.score = layers.Linear(config.n_embd, config.num_labels, bias=False)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -225,7 +206,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                                past_key_values=past_key_values, inputs_embeds=inputs_embeds,
                                token_type_ids=token_type_ids, use_cache=use_cache, output_attentions=output_attentions,
                                output_hidden_states=output_hidden_states, return_dict=True)
-        logits = linear(out.last_hidden_state, self.score)
+        logits = self.score(out.last_hidden_state)
         batch = logits.shape[0]
         pad = self.config.pad_token_id
         if pad is None and batch != 1:

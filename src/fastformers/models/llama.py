@@ -3,7 +3,7 @@
 Pre-norm decoder layers: RMSNorm (fused with the residual add) -> grouped-query attention with rotary
 embeddings -> RMSNorm -> SwiGLU. Qwen2 adds biases to q/k/v; Qwen3 normalises q and k per head.
 Weight names are those of Hugging Face checkpoints (model.layers.N.self_attn.q_proj.weight ...).
-At inference q/k/v and gate/up run as one GEMM each (FusedLinear), the decode step reads a static
+At inference q/k/v and gate/up run as one GEMM each (layers.FusedLinear), the decode step reads a static
 KV cache with fixed shapes (generation/cache.py).
 """
 
@@ -15,13 +15,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
+from .. import layers
 from ..configuration import PretrainedConfig
 from ..generation.cache import DynamicCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
-from ._common import FusedLinear, RMSNorm, call_layer, check_inputs, linear
+from ..layers import RMSNorm
+from ._common import call_layer, check_inputs
 
 BaseModelOutputWithPast = _output("BaseModelOutputWithPast", "last_hidden_state", "past_key_values",
                                   "hidden_states", "attentions")
@@ -138,17 +139,18 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.attention_head_dim
         qkv_bias = getattr(config, "attention_bias", config.model_type == "qwen2")
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.q_proj = layers.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = layers.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = layers.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
         o_bias = getattr(config, "attention_bias", False) and config.model_type != "qwen2"
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=o_bias)
+        self.o_proj = layers.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=o_bias)
         if config.model_type == "qwen3":
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.qkv = FusedLinear(self.q_proj, self.k_proj, self.v_proj, owner=self)
-        self.scale = self.head_dim ** -0.5
-        self.dropout_p = getattr(config, "attention_dropout", 0.0) or 0.0
+        self.qkv = layers.FusedLinear(self, "q_proj", "k_proj", "v_proj")
+        self.rotary = layers.Rotary()
+        self.attn = layers.Attention(causal=True, scale=self.head_dim ** -0.5,
+                                     dropout_p=getattr(config, "attention_dropout", 0.0) or 0.0)
 
     def forward(self, x, cos, sin, cache, cache_position, key_mask, output_attentions: bool):
         batch, seq, _ = x.shape
@@ -158,31 +160,27 @@ class LlamaAttention(nn.Module):
         v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = ops.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, cache_position)
-        probs = None
-        if output_attentions or (self.training and self.dropout_p > 0):
-            out, probs = ops.attention_with_probs(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale,
-                                                  dropout_p=self.dropout_p, training=self.training)
-        else:
-            out = ops.attention(q, k, v, causal=True, attention_mask=key_mask, scale=self.scale)
+        out, probs = self.attn(q, k, v, key_mask, return_probs=output_attentions)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
-        return linear(out, self.o_proj), probs
+        return self.o_proj(out), probs
 
 
 class LlamaMLP(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.gate_up = FusedLinear(self.gate_proj, self.up_proj, owner=self)
+        self.gate_proj = layers.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = layers.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = layers.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up = layers.FusedLinear(self, "gate_proj", "up_proj")
+        self.act_fn = layers.SiluMul()
 
     def forward(self, x):
         gate, up = self.gate_up(x)
-        return linear(ops.silu_mul(gate, up), self.down_proj)
+        return self.down_proj(self.act_fn(gate, up))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -286,7 +284,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.model = self.base_model_class(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = layers.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -302,7 +300,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        logits = linear(h, self.lm_head)
+        logits = self.lm_head(h)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.get("past_key_values"),
                                         hidden_states=out.get("hidden_states"), attentions=out.get("attentions"))

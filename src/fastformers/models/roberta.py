@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
+from .. import layers
 from . import bert
-from ._common import linear
 from .bert import BertEmbeddings, BertModel, _Head
 
 
@@ -58,15 +57,16 @@ class _RobertaHead(RobertaPreTrainedModel, _Head):
 class RobertaLMHead(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.dense = layers.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = layers.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = layers.Linear(config.hidden_size, config.vocab_size)
         self.bias = self.decoder.bias
+        self.act = layers.Activation("gelu")  # always erf-gelu, as RoBERTa
 
     def forward(self, x):
-        x = ops.gelu(linear(x, self.dense))  # always erf-gelu, as RoBERTa
-        x = ops.layer_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
-        return linear(x, self.decoder)
+        x = self.act(self.dense(x))
+        x = self.layer_norm(x)
+        return self.decoder(x)
 
 
 class RobertaClassificationHead(nn.Module):
@@ -74,8 +74,8 @@ class RobertaClassificationHead(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.dense = layers.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = layers.Linear(config.hidden_size, config.num_labels)
 
 
 class RobertaForMaskedLM(_RobertaHead, bert.BertForMaskedLM):
@@ -108,8 +108,8 @@ class RobertaForSequenceClassification(_RobertaHead, bert.BertForSequenceClassif
     def classify(self, enc):
         head = self.classifier
         x = self._dropout(enc.last_hidden_state[:, 0])
-        x = torch.tanh(linear(x, head.dense))
-        return linear(self._dropout(x), head.out_proj)
+        x = torch.tanh(head.dense(x))
+        return head.out_proj(self._dropout(x))
 
 
 class RobertaForTokenClassification(_RobertaHead, bert.BertForTokenClassification):

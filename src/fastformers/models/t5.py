@@ -6,9 +6,8 @@ x += cross_attention(norm(x), encoder), then x += ffn(norm(x)); a final norm clo
 have no bias. Attention scores are not scaled by 1/sqrt(d_kv): the scale is folded into the weights.
 There are no position embeddings: the first block of each stack owns a bucketed relative position
 bias (bidirectional in the encoder, causal in the decoder), computed once per forward and added to the
-scores of every block's self-attention. ops.attention takes a key mask but no additive bias, so the
-self-attention runs through `biased_attention` below (torch SDPA with a float mask); cross-attention
-has no bias and goes through ops.attention.
+scores of every block's self-attention: it goes to the attention layer as `attn_bias` (with scale=1.0);
+cross-attention has no bias.
 
 Decoding keeps the decoder self-attention keys/values in the `EncoderDecoderCache` (generation/cache.py),
 projects each layer's cross-attention keys/values from the encoder output once (`set_cross`), and
@@ -24,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import layers
 from ..configuration import PretrainedConfig
 from ..generation.cache import EncoderDecoderCache, cache_step
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput, _output
-from ._common import FusedLinear, RMSNorm, activation, call_layer, check_inputs, check_mask, linear
+from ..layers import RMSNorm
+from ._common import call_layer, check_inputs, check_mask
 
 BaseModelOutputWithPastAndCrossAttentions = _output(
     "BaseModelOutputWithPastAndCrossAttentions", "last_hidden_state", "past_key_values", "hidden_states",
@@ -70,7 +70,7 @@ class T5Config(PretrainedConfig):
         self.is_gated_act = len(parts) == 2
         self.dense_act_fn = "gelu_new" if proj == "gated-gelu" else parts[-1]
         try:
-            activation(self.dense_act_fn)
+            layers.Activation(self.dense_act_fn)
         except ValueError as e:
             raise ValueError(f"feed_forward_proj={proj!r}: {e}") from None
         if "scale_decoder_outputs" not in kwargs:
@@ -102,19 +102,6 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     return buckets + torch.where(distance < max_exact, distance, far)
 
 
-def biased_attention(q, k, v, bias, need_probs: bool, dropout_p: float = 0.0, training: bool = False):
-    """softmax(q k^T + bias) v, unscaled as in T5. `bias` (batch|1, heads, q_len, kv_len) holds the relative
-    position bias with masked keys set to the dtype's minimum. Torch math: SDPA with a float mask (fused
-    CPU/CUDA kernels) when no probabilities are needed, else the explicit product that returns them."""
-    if not need_probs and not (training and dropout_p > 0):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0), None
-    scores = torch.matmul(q, k.transpose(-1, -2)) + bias
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    if training and dropout_p > 0:
-        probs = F.dropout(probs, dropout_p, training=True)
-    return torch.matmul(probs, v), probs
-
-
 # -- layers -------------------------------------------------------------------------------------
 class T5LayerNorm(RMSNorm):
     """T5's LayerNorm is an RMS norm: no mean subtraction, no bias, variance in float32."""
@@ -128,48 +115,44 @@ class T5Attention(nn.Module):
         self.n_heads, self.key_value_proj_dim = config.num_heads, config.d_kv
         self.dropout_p = config.dropout_rate
         inner = self.n_heads * self.key_value_proj_dim
-        self.q = nn.Linear(config.d_model, inner, bias=False)
-        self.k = nn.Linear(config.d_model, inner, bias=False)
-        self.v = nn.Linear(config.d_model, inner, bias=False)
-        self.o = nn.Linear(inner, config.d_model, bias=False)
+        self.q = layers.Linear(config.d_model, inner, bias=False)
+        self.k = layers.Linear(config.d_model, inner, bias=False)
+        self.v = layers.Linear(config.d_model, inner, bias=False)
+        self.o = layers.Linear(inner, config.d_model, bias=False)
         self.q.t5_init_fan_in = config.d_model * config.d_kv  # T5's query init folds in the missing 1/sqrt(d_kv)
         if has_relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, self.n_heads)
         if is_cross:
-            self.kv = FusedLinear(self.k, self.v, owner=self)
+            self.kv = layers.FusedLinear(self, "k", "v")
         else:
-            self.qkv = FusedLinear(self.q, self.k, self.v, owner=self)
+            self.qkv = layers.FusedLinear(self, "q", "k", "v")
+        self.attn = layers.Attention(scale=1.0, dropout_p=self.dropout_p)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(*t.shape[:2], self.n_heads, self.key_value_proj_dim).transpose(1, 2)
 
     def _out(self, out: torch.Tensor) -> torch.Tensor:
         batch, _, seq, _ = out.shape
-        return linear(out.transpose(1, 2).reshape(batch, seq, -1), self.o)
+        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
 
     def forward(self, x, bias, cache, cache_position, need_probs: bool):
         """Self-attention; `bias` is the stack's position bias with its mask (see T5Stack._self_bias)."""
         q, k, v = (self._heads(t) for t in self.qkv(x))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, cache_position)
-        out, probs = biased_attention(q, k, v, bias, need_probs, self.dropout_p, self.training)
+        out, probs = self.attn(q, k, v, attn_bias=bias, return_probs=need_probs)
         return self._out(out), probs
 
     def cross(self, x, encoder_states, encoder_mask, cache, need_probs: bool):
         """Attention to the encoder output (no position bias); keys/values projected once per cache."""
-        q = self._heads(linear(x, self.q))
+        q = self._heads(self.q(x))
         kv = cache.cross(self.layer_idx) if cache is not None else None
         if kv is None:
             kv = tuple(self._heads(t) for t in self.kv(encoder_states))
             if cache is not None:
                 cache.set_cross(self.layer_idx, *kv)
         k, v = kv
-        probs = None
-        if need_probs or (self.training and self.dropout_p > 0):
-            out, probs = ops.attention_with_probs(q, k, v, attention_mask=encoder_mask, scale=1.0,
-                                                  dropout_p=self.dropout_p, training=self.training)
-        else:
-            out = ops.attention(q, k, v, attention_mask=encoder_mask, scale=1.0)
+        out, probs = self.attn(q, k, v, encoder_mask, return_probs=need_probs)
         return self._out(out), probs
 
 
@@ -190,16 +173,16 @@ class T5LayerCrossAttention(nn.Module):
 class T5DenseActDense(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
-        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.act = activation(config.dense_act_fn)
+        self.wi = layers.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = layers.Linear(config.d_ff, config.d_model, bias=False)
+        self.act = layers.Activation(config.dense_act_fn)
         self.dropout_p = config.dropout_rate
 
     def forward(self, x):
-        h = self.act(linear(x, self.wi), None)
+        h = self.act(self.wi(x))
         if self.training and self.dropout_p > 0:
             h = F.dropout(h, self.dropout_p, training=True)
-        return linear(h, self.wo)
+        return self.wo(h)
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -207,20 +190,21 @@ class T5DenseGatedActDense(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.wi = FusedLinear(self.wi_0, self.wi_1, owner=self)
+        self.wi_0 = layers.Linear(config.d_model, config.d_ff, bias=False)
+        self.wi_1 = layers.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = layers.Linear(config.d_ff, config.d_model, bias=False)
+        self.wi = layers.FusedLinear(self, "wi_0", "wi_1")
         self.silu = config.dense_act_fn in ("silu", "swish")
-        self.act = activation(config.dense_act_fn)
+        self.silu_mul = layers.SiluMul()
+        self.act = layers.Activation(config.dense_act_fn)
         self.dropout_p = config.dropout_rate
 
     def forward(self, x):
         gate, up = self.wi(x)
-        h = ops.silu_mul(gate, up) if self.silu else self.act(gate, None) * up
+        h = self.silu_mul(gate, up) if self.silu else self.act(gate) * up
         if self.training and self.dropout_p > 0:
             h = F.dropout(h, self.dropout_p, training=True)
-        return linear(h, self.wo)
+        return self.wo(h)
 
 
 class T5LayerFF(nn.Module):
@@ -505,7 +489,7 @@ class T5ForConditionalGeneration(T5Model, GenerationMixin):
     def __init__(self, config) -> None:
         T5PreTrainedModel.__init__(self, config)
         self._build(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = layers.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -526,7 +510,7 @@ class T5ForConditionalGeneration(T5Model, GenerationMixin):
         h = dec.last_hidden_state
         if self.config.scale_decoder_outputs:
             h = h * self.config.d_model ** -0.5
-        logits = linear(h, self.lm_head)
+        logits = self.lm_head(h)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),

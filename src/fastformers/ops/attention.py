@@ -8,6 +8,13 @@ bottom right, so with q_len < kv_len (decoding against a cache) query i sees key
 
 `varlen_attention` takes packed q (total_q, heads, head_dim), k, v (total_k, kv_heads, head_dim) and
 cumulative sequence offsets cu_seqlens_q / cu_seqlens_k of length batch + 1 (int32 or int64).
+
+The signature: `attention(q, k, v, *, attention_mask=None, attn_bias=None, causal=False, scale=None,
+dropout_p=0.0, return_probs=False)`. `attn_bias` is an additive float bias broadcastable to (batch, heads,
+q_len, kv_len) (T5's relative positions, with its masked keys at the dtype's minimum). With
+`return_probs=True` it returns (out, probabilities), computed by the explicit softmax(q k^T) v; so does any
+call with dropout_p > 0 (pass it in training only). Probabilities, dropout and an additive bias are torch
+math on every backend (no kernel of ours takes them); everything else dispatches to the kernels.
 """
 
 from __future__ import annotations
@@ -47,14 +54,35 @@ def attention_reference(q, k, v, *, causal: bool = False, attention_mask=None, s
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
-class _AttentionOp(Op):
-    """`ops.attention`: a `Packing` (from `ops.unpad`) as attention_mask makes it varlen attention."""
+def biased_attention_reference(q, k, v, attn_bias, *, causal: bool = False, attention_mask=None, scale=None):
+    """softmax(q k^T * scale + attn_bias) v: SDPA with the bias as its float mask when nothing else masks
+    (T5's case: its bias carries its mask), else the explicit product (rows with no key give zeros)."""
+    if attention_mask is None and not (causal and q.shape[-2] > 1):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=scale,
+                                              enable_gqa=k.shape[1] != q.shape[1])
+    return attention_with_probs(q, k, v, causal=causal, attention_mask=attention_mask, scale=scale,
+                                attn_bias=attn_bias)[0]
 
-    def __call__(self, q, k, v, *, causal: bool = False, attention_mask=None, scale=None):
+
+class _AttentionOp(Op):
+    """`ops.attention` (see the module docstring for the signature). A `Packing` (from `ops.unpad`) as
+    attention_mask is still taken and sent to varlen attention; new code calls `ops.varlen_attention` (the
+    attention layer does)."""
+
+    def __call__(self, q, k, v, *, attention_mask=None, attn_bias=None, causal: bool = False, scale=None,
+                 dropout_p: float = 0.0, return_probs: bool = False):
         if isinstance(attention_mask, Packing):
-            if causal:
-                raise ValueError("attention over a Packing (unpadded encoder batch) is not causal")
+            if causal or attn_bias is not None or return_probs or dropout_p > 0.0:
+                raise ValueError("attention over a Packing (unpadded encoder batch) is not causal and takes no "
+                                 "attn_bias, dropout or return_probs: pass the padded batch")
             return packed_attention(q, k, v, attention_mask, scale=scale)
+        if return_probs or dropout_p > 0.0:
+            out, probs = attention_with_probs(q, k, v, causal=causal, attention_mask=attention_mask, scale=scale,
+                                              dropout_p=dropout_p, training=dropout_p > 0.0, attn_bias=attn_bias)
+            return (out, probs) if return_probs else out
+        if attn_bias is not None:
+            return biased_attention_reference(q, k, v, attn_bias, causal=causal, attention_mask=attention_mask,
+                                              scale=scale)
         return super().__call__(q, k, v, causal=causal, attention_mask=attention_mask, scale=scale)
 
 
@@ -63,8 +91,9 @@ attention.register_lazy("triton", "fastformers.kernels.attention")
 
 
 def attention_with_probs(q, k, v, *, causal: bool = False, attention_mask=None, scale=None,
-                         dropout_p: float = 0.0, training: bool = False):
-    """Explicit softmax(q k^T) v that also returns the probabilities (batch, heads, q_len, kv_len).
+                         dropout_p: float = 0.0, training: bool = False, attn_bias=None):
+    """Explicit softmax(q k^T * scale + attn_bias) v that also returns the probabilities (batch, heads, q_len,
+    kv_len).
 
     For `output_attentions=True` and for attention dropout in training: it materialises the score
     matrix, so it stays a torch-only path. The returned probabilities are those after dropout.
@@ -75,6 +104,8 @@ def attention_with_probs(q, k, v, *, causal: bool = False, attention_mask=None, 
         v = v.repeat_interleave(groups, dim=1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if attn_bias is not None:
+        scores = scores + attn_bias
     mask = _keep_mask(q.shape[-2], k.shape[-2], causal, attention_mask, q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

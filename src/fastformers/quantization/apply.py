@@ -17,7 +17,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..models._common import FusedLinear
 from ..ops.quant import QuantizedWeight
 from .config import DEFAULT_SKIP, LinearFormat, QuantizationConfig, resolve_format
 from .gguf import kept_format
@@ -71,8 +70,7 @@ def plan_modules(model: nn.Module, config: QuantizationConfig,
 # -- swapping modules -------------------------------------------------------------------------------
 def replace_linears(model: nn.Module, plan: Dict[str, LinearFormat], quantize: bool) -> None:
     """Put a QuantizedLinear in place of each planned module (quantize=True: from its current weight; else
-    empty, e.g. on the meta device before loading), and point fused groups at the new modules."""
-    swapped = {}
+    empty, e.g. on the meta device before loading); fused groups (layers.FusedLinear) see the swap themselves."""
     for name, fmt in plan.items():
         old = model.get_submodule(name)
         if isinstance(old, QuantizedLinear):
@@ -82,12 +80,6 @@ def replace_linears(model: nn.Module, plan: Dict[str, LinearFormat], quantize: b
         new = QuantizedLinear.from_linear(old, fmt) if quantize else QuantizedLinear.like(old, fmt)
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, new)
-        swapped[id(old)] = new
-    if swapped:
-        for module in model.modules():
-            for value in vars(module).values():
-                if isinstance(value, FusedLinear):
-                    value.replace_linears(swapped)
 
 
 def quantize_model(model: nn.Module, config: QuantizationConfig | dict | None = None, *, calibration_ids=None,

@@ -15,13 +15,12 @@ permutation): act-order with static groups (columns rounded in order of decreasi
 grid fixed from the weights beforehand) and a clipping search for each group's range.
 
 Linears are quantized in the order the model uses them, each on the inputs the already-quantized model feeds
-it: one forward of the calibration batch through the base model (model.model), during which a torch-function
-mode watches `F.linear`. The first call on a pending linear's weight (found by memory: models call
-`ops.linear(x, module.weight)` and run q/k/v or gate/up fused as one matmul, so module hooks would not see it)
-quantizes that linear, or the linears fused in the call, on the call's input, and writes the dequantized
-weights over the float ones in place, so the call and everything after it computes with the quantized model
-(q/k/v, then o_proj on the quantized attention, gate/up, down_proj, then the next layer). The QuantizedLinear
-modules are swapped in afterwards (apply.replace_linears, as quantize_model does).
+it: one forward of the calibration batch through the base model (model.model), with forward pre-hooks on the
+layers. The first call of a pending linear (or of a layers.FusedLinear, whose siblings q/k/v or gate/up run as
+one matmul on one input) quantizes it, or the linears fused in it, on the call's input, and writes the
+dequantized weights over the float ones in place, so the call and everything after it computes with the
+quantized model (q/k/v, then o_proj on the quantized attention, gate/up, down_proj, then the next layer). The
+QuantizedLinear modules are swapped in afterwards (apply.replace_linears, as quantize_model does).
 """
 
 from __future__ import annotations
@@ -33,10 +32,9 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from ..layers import FusedLinear
 from ..ops.quant import QuantizedWeight, dequantize_weight, pack_int4
 from .apply import describe, plan_modules, replace_linears
 from .config import LinearFormat, QuantizationConfig
@@ -184,39 +182,49 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 # -- the model -------------------------------------------------------------------------------------
-def _byte_range(t: torch.Tensor):
-    extent = sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1 if t.numel() else 0
-    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
+class _Calibrator:
+    """Forward pre-hooks, for one forward of the calibration batch, on every pending linear and on every
+    layers.FusedLinear whose siblings are pending (they run as one GEMM on one input, so they are calibrated
+    together). The first call of a hooked module GPTQ-quantizes its pending linears on that call's input
+    (`quantize(modules, X^T X)`), and the dequantized weights are written over the float ones in place: the
+    call, and all that follows in the forward, computes with the quantized linears. Calls on the same input
+    reuse its X^T X. `token_mask` drops padding when an input is (batch, seq, ...). Use as a context manager."""
 
-
-class _Calibrator(TorchFunctionMode):
-    """Active during one forward of the calibration batch. The first F.linear call whose weight holds pending
-    linears' weights (one linear's, or several fused into one matmul, found by memory) GPTQ-quantizes them on
-    that call's input (`quantize(modules, X^T X)`), and the dequantized weights are written over the float ones
-    in place: the call, and all that follows in the forward, computes with the quantized linears. Calls on the
-    same input reuse its X^T X (unfused q/k/v). `token_mask` drops padding when an input is (batch, seq, ...)."""
-
-    def __init__(self, pending: Dict[str, nn.Module], quantize: Callable, token_mask: Optional[torch.Tensor]):
-        super().__init__()
+    def __init__(self, model: nn.Module, pending: Dict[str, nn.Module], quantize: Callable,
+                 token_mask: Optional[torch.Tensor]):
         self.pending, self.quantize, self.token_mask = pending, quantize, token_mask
         self.done: Dict[str, QuantizedWeight] = {}
         self._last = None  # (key, input, X^T X); holding the input keeps its memory from passing for another's
+        self._handles = []
+        names = {id(m): name for name, m in pending.items()}
+        grouped = set()
+        for module in model.modules():
+            if isinstance(module, FusedLinear):
+                group = [names[id(m)] for m in module.modules_now() if id(m) in names]
+                if group:
+                    self._handles.append(module.register_forward_pre_hook(self._hook(group)))
+                    grouped.update(group)
+        for name, module in pending.items():
+            if name not in grouped:
+                self._handles.append(module.register_forward_pre_hook(self._hook([name])))
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear and self.pending:
-            x = args[0] if args else kwargs.get("input")
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor):
-                lo, hi = _byte_range(weight)
-                owners = [name for name, m in self.pending.items()
-                          if lo <= _byte_range(m.weight)[0] and _byte_range(m.weight)[1] <= hi]
-                if owners:
-                    modules = {name: self.pending.pop(name) for name in owners}
-                    for name, qw in self.quantize(modules, self._hessian(x)).items():
-                        modules[name].weight.copy_(dequantize_weight(qw, modules[name].weight.dtype))
-                        self.done[name] = qw
-        return func(*args, **kwargs)
+    def _hook(self, names):
+        def calibrate(module, args):
+            todo = [name for name in names if name in self.pending]
+            if todo and args and isinstance(args[0], torch.Tensor):
+                modules = {name: self.pending.pop(name) for name in todo}
+                for name, qw in self.quantize(modules, self._hessian(args[0])).items():
+                    modules[name].weight.copy_(dequantize_weight(qw, modules[name].weight.dtype))
+                    self.done[name] = qw
+        return calibrate
+
+    def __enter__(self) -> "_Calibrator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     def _hessian(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
@@ -288,7 +296,7 @@ def gptq_quantize_(model: nn.Module, calibration_ids: Union[torch.Tensor, Sequen
         return out
 
     start = time.perf_counter()
-    calibrator = _Calibrator({name: model.get_submodule(name) for name in plan}, quantize,
+    calibrator = _Calibrator(model, {name: model.get_submodule(name) for name in plan}, quantize,
                              None if mask is None else mask.bool())
     base = getattr(model, "base_model", model)
     extra = {"use_cache": False} if "use_cache" in inspect.signature(base.forward).parameters else {}

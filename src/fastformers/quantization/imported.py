@@ -23,7 +23,6 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..models._common import FusedLinear
 from .apply import tied_modules
 from .awq import AWQ_REQUIRED_TENSORS, AWQ_TENSORS, check_awq_config, import_awq
 from .config import matches
@@ -80,12 +79,6 @@ class ImportedLoader:
         self.kept_float = {n: ("its weight is tied to another parameter" if n in tied else
                                "quantization_config's modules_to_not_convert keeps it float")
                            for n in self.linears if n in tied or any(matches(p, n) for p in not_convert)}
-        self.fused: Dict[int, List[FusedLinear]] = {}
-        for module in model.modules():
-            for value in vars(module).values():
-                if isinstance(value, FusedLinear):
-                    for linear in value.linears:
-                        self.fused.setdefault(id(linear), []).append(value)
         self.pending: Dict[str, Dict[str, torch.Tensor]] = {}  # module -> its quantized tensors seen so far
         self.imported: Dict[str, QuantizedLinear] = {}
         self.float_weights: set = set()
@@ -142,8 +135,6 @@ class ImportedLoader:
         new.weight = qw
         parent, _, attr = module_name.rpartition(".")
         setattr(self.model.get_submodule(parent), attr, new)
-        for fused in self.fused.pop(id(old), []):
-            fused.replace_linears({id(old): new})
         self.imported[module_name] = new
         return {f"{module_name}.{p}": t for p, t in (("qweight", qw.qweight), ("scales", qw.scales), ("mins", qw.mins))
                 if t is not None}

@@ -22,6 +22,7 @@ from .config import LinearFormat
 class QuantizedLinear(nn.Module):
     # forward is exactly ops.linear(x, self.weight, self.bias): models may call that directly (models._common.linear)
     plain_linear = True
+    fusable = True  # layers.FusedLinear may run it with its siblings in one quantized GEMM
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, fmt: LinearFormat,
                  dtype: Optional[torch.dtype] = None, device=None) -> None:
@@ -36,6 +37,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("mins", torch.zeros((out_features, groups), dtype=dtype, device=device)
                              if fmt.has_mins else None)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        self._quantized_linear = ops.quantized_linear.binding()
 
     @classmethod
     def like(cls, linear: nn.Linear, fmt: LinearFormat) -> "QuantizedLinear":
@@ -76,7 +78,7 @@ class QuantizedLinear(nn.Module):
             self.mins = qw.mins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.bias)
+        return self._quantized_linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
