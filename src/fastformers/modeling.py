@@ -338,6 +338,22 @@ class PreTrainedModel(nn.Module):
             return {k: v for k, v in self._tied_weights_keys.items() if "embed" not in v}  # word embeddings
         return dict(self._tied_weights_keys)
 
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False):
+        """As nn.Module.state_dict (tied weights under each of their names, as in transformers), except that a tensor
+        met again under a later name (a tied embedding) is a copy there. transformers' Trainer writes the bare state
+        dict of models that are not its own classes with safetensors (checkpoints, save_model), and safetensors
+        refuses tensors that share memory. With keep_vars=True the Parameters themselves, shared."""
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if not keep_vars:
+            seen = set()
+            for key, tensor in state.items():
+                if key.startswith(prefix) and isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                    ident = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+                    if ident in seen:
+                        state[key] = tensor.clone()
+                    seen.add(ident)
+        return state
+
     def tie_weights(self) -> None:
         for target, source in self._tie_pairs().items():
             owner, _, name = target.rpartition(".")
@@ -577,7 +593,8 @@ class PreTrainedModel(nn.Module):
         self.config.dtype = str(self.dtype).removeprefix("torch.")
         self.config.save_pretrained(save_directory)
 
-        state = self.state_dict() if state_dict is None else state_dict
+        # keep_vars: tied weights still share storage here, so each is written once (below)
+        state = self.state_dict(keep_vars=True) if state_dict is None else state_dict
         tied_targets = set(self._tie_pairs())
         tensors: Dict[str, torch.Tensor] = {}
         seen = set()
