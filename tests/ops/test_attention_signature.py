@@ -65,8 +65,8 @@ def test_bias_and_probabilities_are_torch_math_on_a_forced_backend(triton_backen
     assert sum(triton_backend.values()) >= 1, dict(triton_backend)  # the plain call runs the kernel
 
 
-def test_a_packing_takes_no_bias_probabilities_or_dropout():
+def test_a_packing_is_varlen_attention_not_attention():
     q, k, v = qkv(4, batch=1, q_len=6)
     _, packing = ops.unpad(torch.zeros(1, 6, 1), torch.ones(1, 6))
-    with pytest.raises(ValueError, match="Packing"):
+    with pytest.raises(TypeError, match="packed_attention"):
         ops.attention(q, k, v, attention_mask=packing, return_probs=True)

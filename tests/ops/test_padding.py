@@ -1,4 +1,4 @@
-"""Unpadding: ops.unpad / ops.pad round trips and attention over a Packing equals padded attention."""
+"""Unpadding: ops.unpad / ops.pad round trips and ops.packed_attention over a Packing equals padded attention."""
 
 import random
 
@@ -45,13 +45,12 @@ def test_attention_over_a_packing_equals_padded_attention_on_real_rows():
     pq, packing = ops.unpad(q.transpose(1, 2), mask)
     pk, _ = ops.unpad(k.transpose(1, 2), mask)
     pv, _ = ops.unpad(v.transpose(1, 2), mask)
-    out = ops.attention(pq.transpose(1, 2), pk.transpose(1, 2), pv.transpose(1, 2), attention_mask=packing)
+    out = ops.packed_attention(pq.transpose(1, 2), pk.transpose(1, 2), pv.transpose(1, 2), packing)
     back = ops.pad(out.transpose(1, 2), packing)
     keep = mask.bool()
     assert rel_err(back[keep], padded.transpose(1, 2)[keep]) <= 1e-6, f"seed {seed}"
-    with pytest.raises(ValueError, match="not causal"):
-        ops.attention(pq.transpose(1, 2), pk.transpose(1, 2), pv.transpose(1, 2), causal=True,
-                      attention_mask=packing)
+    with pytest.raises(TypeError, match="packed_attention"):  # varlen attention is its own call
+        ops.attention(pq.transpose(1, 2), pk.transpose(1, 2), pv.transpose(1, 2), attention_mask=packing)
 
 
 def test_unpadding_pays_only_when_varlen_attention_runs_on_a_kernel():

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import Op, op
-from .padding import Packing, packed_attention
+from .padding import Packing
 
 
 def _keep_mask(q_len: int, kv_len: int, causal: bool, attention_mask: Optional[torch.Tensor], device):
@@ -65,17 +65,13 @@ def biased_attention_reference(q, k, v, attn_bias, *, causal: bool = False, atte
 
 
 class _AttentionOp(Op):
-    """`ops.attention` (see the module docstring for the signature). A `Packing` (from `ops.unpad`) as
-    attention_mask is still taken and sent to varlen attention; new code calls `ops.varlen_attention` (the
-    attention layer does)."""
+    """`ops.attention` (see the module docstring for the signature); packed sequences are varlen attention's
+    (`varlen_attention`, or `packed_attention` over a `Packing`)."""
 
     def __call__(self, q, k, v, *, attention_mask=None, attn_bias=None, causal: bool = False, scale=None,
                  dropout_p: float = 0.0, return_probs: bool = False):
         if isinstance(attention_mask, Packing):
-            if causal or attn_bias is not None or return_probs or dropout_p > 0.0:
-                raise ValueError("attention over a Packing (unpadded encoder batch) is not causal and takes no "
-                                 "attn_bias, dropout or return_probs: pass the padded batch")
-            return packed_attention(q, k, v, attention_mask, scale=scale)
+            raise TypeError("ops.attention takes a padded batch; attend over a Packing with ops.packed_attention")
         if return_probs or dropout_p > 0.0:
             out, probs = attention_with_probs(q, k, v, causal=causal, attention_mask=attention_mask, scale=scale,
                                               dropout_p=dropout_p, training=dropout_p > 0.0, attn_bias=attn_bias)
@@ -134,3 +130,20 @@ def varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q
 
 varlen_attention = op(varlen_attention_reference)
 varlen_attention.register_lazy("triton", "fastformers.kernels.attention")
+
+
+def packed_attention(q, k, v, packing: Packing, *, scale=None):
+    """Attention for q, k, v of shape (1, heads, total, head_dim) over the sequences of `packing` (ops.unpad)."""
+    cu, n = packing.cu_seqlens, packing.max_seqlen
+    out = varlen_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu, n, n,
+                           scale=scale)
+    return out.transpose(0, 1)[None]
+
+
+def unpadding_pays(x: torch.Tensor, attention_mask) -> bool:
+    """True when a padded batch should be packed (ops.unpad): there is padding and varlen attention would run on
+    a fused kernel for this tensor (CUDA with Triton, or a forced triton/cuda backend); on the torch backend the
+    padded batch goes through as it is."""
+    if attention_mask is None or x.dim() != 3:
+        return False
+    return varlen_attention.choose(x.device.type, (x,)) != "torch"

@@ -1,14 +1,10 @@
 """Unpadding: run an encoder on the real tokens of a padded batch only.
 
 `unpad(x, attention_mask)` gathers the real tokens of a (batch, seq, hidden) batch into
-(1, total, hidden) and returns a `Packing` describing them; passed as `attention_mask` to
-`ops.attention`, the packing turns the call into `varlen_attention` over the packed tokens (each
-sequence attends only to its own tokens), and `pad(x, packing)` scatters the result back (zeros at
-padded positions). Linear layers, norms and activations then cost what the real tokens cost.
-
-Encoders unpad when `unpadding_pays(...)`: when varlen attention runs on a fused kernel for this
-tensor (CUDA with Triton, or a forced triton/cuda backend); on the torch backend the padded batch
-goes through as it is.
+(1, total, hidden) and returns a `Packing` describing them; `ops.packed_attention(q, k, v, packing)` runs
+varlen attention over the packed tokens (each sequence attends only to its own tokens), and
+`pad(x, packing)` scatters the result back (zeros at padded positions). Linear layers, norms and activations
+then cost what the real tokens cost. Whether that pays is `ops.unpadding_pays` (ops/attention.py).
 """
 
 from __future__ import annotations
@@ -46,23 +42,3 @@ def pad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     out = x.new_zeros(packing.batch * packing.seq, *x.shape[2:])
     out[packing.indices] = x[0]
     return out.view(packing.batch, packing.seq, *x.shape[2:])
-
-
-def packed_attention(q, k, v, packing: Packing, *, scale=None):
-    """Attention for q, k, v of shape (1, heads, total, head_dim) over packed sequences."""
-    from .attention import varlen_attention
-
-    cu, n = packing.cu_seqlens, packing.max_seqlen
-    out = varlen_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu, n, n,
-                           scale=scale)
-    return out.transpose(0, 1)[None]
-
-
-def unpadding_pays(x: torch.Tensor, attention_mask) -> bool:
-    """True when a padded batch should be packed: there is padding and varlen attention would run
-    on a fused kernel for this tensor."""
-    from .attention import varlen_attention
-
-    if attention_mask is None or x.dim() != 3:
-        return False
-    return varlen_attention.choose(x.device.type, (x,)) != "torch"
