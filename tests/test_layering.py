@@ -63,9 +63,6 @@ CYCLE_EXCEPTIONS = {
     frozenset({"fastformers.ops.attention", "fastformers.ops.padding"}):
         "ops.attention's mask argument carries a padding.Packing, and padding calls varlen_attention; the "
         "attention signature of item 5 (varlen attention its own call) separates them",
-    frozenset({"fastformers.quantization.apply", "fastformers.quantization.calibrate"}):
-        "apply.quantize_model runs calibrate.gptq_quantize_, which reuses apply's planning; the one quantization "
-        "protocol of item 4 (calibration through forward hooks on layers) separates them",
 }
 
 # Modules allowed over MAX_LINES, each with the reason (none today).
