@@ -422,8 +422,9 @@ class PreTrainedModel(nn.Module):
 
         with torch.device("meta"):
             model = cls(config)
+        # the quantization scheme's loader: its layers swapped in now, its tensors converted as they stream in
         quantizer = None if quantization is None else quantization.loader(
-            model, gguf.hf_tensor_types() if gguf else None, model._key_mapper(), f"{name_or_path}/{CONFIG_NAME}")
+            model, gguf.hf_tensor_types() if gguf else None, model._key_mapper())
         if gguf is not None:
             target_dtype = target_dtype or torch.float32  # transformers dequantizes GGUF to float32
             stream = gguf.iter_state_dict(target_dtype, keep_quantized=quantizer.keep_gguf if quantizer else None)

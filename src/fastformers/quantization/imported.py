@@ -144,8 +144,7 @@ class ImportedLoader(QuantizedLoader):
         self.float_weights: set = set()
 
     @classmethod
-    def from_config(cls, model, config, method=None, *, packed=True, gguf_types=None, key_map=None,
-                    where="config.json"):
+    def from_config(cls, model, config, method, *, packed, gguf_types=None, key_map=None):
         if not packed:
             raise ValueError(f"quantization_config quant_method={config.quant_method!r} describes a {config.label} "
                              f"checkpoint; fastformers does not quantize into it (pass a QuantizationConfig, or load "

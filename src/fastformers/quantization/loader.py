@@ -37,7 +37,7 @@ class QuantizedLoader:
 
     @classmethod
     def from_config(cls, model: nn.Module, config, method, *, packed: bool, gguf_types: Optional[Dict[str, str]] = None,
-                    key_map: Optional[Callable[[str], str]] = None, where: str = "config.json") -> "QuantizedLoader":
+                    key_map: Optional[Callable[[str], str]] = None) -> "QuantizedLoader":
         """fastformers' formats (and GGUF kept packed): the linears `config` (a QuantizationConfig) plans are
         swapped for QuantizedLinear modules run by `method(format, packed)` before any tensor is read.
         `gguf_types` (checkpoint name -> ggml type name): the GGUF file's, when one loads."""

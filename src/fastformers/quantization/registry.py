@@ -68,11 +68,13 @@ class QuantizationRequest(NamedTuple):
     packed: bool
 
     def loader(self, model: nn.Module, gguf_types: Optional[Dict[str, str]] = None,
-               key_map: Optional[Callable[[str], str]] = None, where: str = "config.json") -> QuantizedLoader:
-        """The loader of this scheme for the meta-device `model` (its quantized layers swapped in)."""
+               key_map: Optional[Callable[[str], str]] = None) -> QuantizedLoader:
+        """The loader of this scheme for the meta-device `model` (the layers it plans swapped in already).
+        gguf_types: checkpoint name -> ggml type name, when a GGUF file loads; key_map: checkpoint name ->
+        model name."""
         scheme = QUANT_METHODS[self.config.quant_method]
         return scheme.loader.from_config(model, self.config, scheme.method, packed=self.packed,
-                                         gguf_types=gguf_types, key_map=key_map, where=where)
+                                         gguf_types=gguf_types, key_map=key_map)
 
 
 def resolve_request(quantization_config: Any = None, load_in_8bit: bool = False, load_in_4bit: bool = False, *,
