@@ -50,7 +50,7 @@ class QuantizedLoader:
         key_map = key_map or (lambda key: key)
         if gguf_types is not None:
             gguf_types = {key_map(k): v for k, v in gguf_types.items()}
-        plan = plan_modules(model, config, gguf_types)
+        plan = plan_modules(model, config, lambda name: method.plan_format(config, name, gguf_types))
         replace_linears(model, plan, quantize=False, make_method=lambda fmt: method(fmt, packed))
         return cls(model, {name: model.get_submodule(name) for name in plan}, config, key_map)
 
@@ -63,7 +63,7 @@ class QuantizedLoader:
     def keep_gguf(self) -> Optional[Callable[[str], bool]]:
         """For GGUFCheckpoint.iter_state_dict(keep_quantized=...): which GGUF tensors come packed (None: every
         tensor is dequantized, and weights of quantized layers are quantized as any float weight)."""
-        kept = {name for name, layer in self.layers.items() if layer.method.quant_method == "gguf"}
+        kept = {name for name, layer in self.layers.items() if layer.method.gguf_packed}
         if not kept:
             return None
 

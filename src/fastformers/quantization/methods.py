@@ -23,6 +23,7 @@ from torch import nn
 
 from ..ops.quant import QuantizedWeight
 from .config import LinearFormat
+from .gguf import kept_format
 from .linear import format_of, quantize_linear_weight
 
 #: The packed buffers every QuantizedLinear has, whatever its method.
@@ -41,6 +42,15 @@ class QuantizationMethod:
     quant_method = "?"
     checkpoint_parts: Tuple[str, ...] = ()
     format: Optional[LinearFormat] = None
+
+    #: whether loading/gguf.py hands this method's weights over packed (GGUFCheckpoint's keep_quantized)
+    gguf_packed = False
+
+    @classmethod
+    def plan_format(cls, config, module_name: str, gguf_types: Optional[Dict[str, str]]) -> Optional[LinearFormat]:
+        """The format a planned linear gets (None: it stays float); `gguf_types`: model parameter name -> ggml
+        type name, when a GGUF file loads."""
+        return config.format_for(module_name)
 
     def create_weights(self, layer: nn.Module, dtype: torch.dtype, device) -> None:
         """Register the packed buffers of `self.format` on `layer` (placeholders while it is unknown)."""
@@ -155,6 +165,12 @@ class GGUFMethod(PackedMethod):
     weight over as a QuantizedWeight of this format, taken as it is."""
 
     quant_method = "gguf"
+    gguf_packed = True
+
+    @classmethod
+    def plan_format(cls, config, module_name, gguf_types):
+        """Q8_0 / Q4_0 / Q4_1 weights are kept in their own format; other types are dequantized (float)."""
+        return kept_format((gguf_types or {}).get(f"{module_name}.weight", ""))
 
     def __init__(self, fmt: LinearFormat, packed: bool = False) -> None:
         super().__init__(fmt, packed=False)  # a GGUF file is never a fastformers packed checkpoint

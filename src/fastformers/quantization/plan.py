@@ -12,7 +12,6 @@ from typing import Callable, Dict, List, Optional
 from torch import nn
 
 from .config import DEFAULT_SKIP, LinearFormat, QuantizationConfig
-from .gguf import kept_format
 from .linear import QuantizedLinear, quantize_linear_weight
 from .methods import PackedMethod, QuantizationMethod
 
@@ -39,21 +38,19 @@ def tied_modules(model: nn.Module) -> set:
 
 
 def plan_modules(model: nn.Module, config: QuantizationConfig,
-                 gguf_types: Optional[Dict[str, str]] = None) -> Dict[str, LinearFormat]:
-    """Module name -> format, for every linear the config quantizes. With config.source == "gguf",
-    `gguf_types` (model parameter name -> ggml type name) decides: Q8_0 / Q4_0 / Q4_1 weights are kept."""
+                 format_for: Optional[Callable[[str], Optional[LinearFormat]]] = None) -> Dict[str, LinearFormat]:
+    """Module name -> format, for every linear the config quantizes (not skipped, not tied). format_for(name):
+    the format of a module, or None to keep it float (default: config.format_for; a scheme's method class
+    may decide instead, as GGUF's does from the file's tensor types)."""
     default, tied = default_skip(model), tied_modules(model)
+    format_for = format_for or config.format_for
     plan = {}
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, QuantizedLinear)) or name in tied or config.skips(name, default):
             continue
-        if config.source == "gguf":
-            fmt = kept_format((gguf_types or {}).get(f"{name}.weight", ""))
-            if fmt is None:
-                continue
-        else:
-            fmt = config.format_for(name)
-        plan[name] = fmt
+        fmt = format_for(name)
+        if fmt is not None:
+            plan[name] = fmt
     return plan
 
 
