@@ -544,12 +544,9 @@ class PreTrainedModel(nn.Module):
     # -- saving -----------------------------------------------------------------------------
     def _record_quantization(self) -> None:
         """config.quantization_config describes the quantized linears this model has (quant_method "fastformers")."""
-        from .quantization.config import QUANT_METHOD, QuantizationConfig
-        from .quantization.plan import describe
+        from .quantization.plan import describe_for_saving
 
-        current = getattr(self.config, "quantization_config", None)
-        ours = isinstance(current, dict) and current.get("quant_method") == QUANT_METHOD
-        described = describe(self, QuantizationConfig.from_dict(current) if ours else None)
+        described = describe_for_saving(self, getattr(self.config, "quantization_config", None))
         if described is not None:
             self.config.quantization_config = described
 

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional
 
 from torch import nn
 
-from .config import DEFAULT_SKIP, LinearFormat, QuantizationConfig
+from .config import DEFAULT_SKIP, QUANT_METHOD, LinearFormat, QuantizationConfig
 from .linear import QuantizedLinear, quantize_linear_weight
 from .methods import PackedMethod, QuantizationMethod
 
@@ -99,4 +99,12 @@ def describe(model: nn.Module, base: Optional[QuantizationConfig] = None) -> Opt
                               algorithm="rtn" if base is None else base.algorithm).to_dict()
 
 
-__all__ = ["default_skip", "describe", "plan_modules", "replace_linears", "tied_modules"]
+def describe_for_saving(model: nn.Module, current=None) -> Optional[dict]:
+    """What save_pretrained records: `describe(model)`, keeping the skip patterns and algorithm of `current`
+    (the model config's quantization_config) when it is fastformers' own (a GPTQ / AWQ import is saved in
+    fastformers' format, described with the default skip)."""
+    ours = isinstance(current, dict) and current.get("quant_method") == QUANT_METHOD
+    return describe(model, QuantizationConfig.from_dict(current) if ours else None)
+
+
+__all__ = ["default_skip", "describe", "describe_for_saving", "plan_modules", "replace_linears", "tied_modules"]
