@@ -395,7 +395,8 @@ class PreTrainedModel(nn.Module):
 
         `quantization_config` (a `fastformers.QuantizationConfig` or its dict) quantizes the linears while
         they load, each weight as it is read; `load_in_8bit=True` / `load_in_4bit=True` are shortcuts (groups
-        of 128). A checkpoint saved quantized (config.json `quantization_config` with quant_method
+        of 128). The request and the checkpoint's own quantization_config are resolved once into one
+        quantization scheme (fastformers.quantization.registry), whose loader does the work. A checkpoint saved quantized (config.json `quantization_config` with quant_method
         "fastformers") loads packed as saved, and so do GPTQ and AutoAWQ checkpoints (quant_method "gptq" /
         "awq": repacked into fastformers' format as they load; save_pretrained then writes that format). With
         a GGUF file, `QuantizationConfig.from_gguf()` keeps its Q8_0 / Q4_0 / Q4_1 linear weights packed
