@@ -50,7 +50,7 @@ def get_quantization_config(value: Any, source: Optional[str] = None):
     """The config object of a quantization_config: a config object as it is, or a dict looked up by its
     quant_method (none: "fastformers"). source: the file it comes from (errors name it), None for an argument."""
     where = "quantization_config" if source is None else f"{source}: quantization_config"
-    if hasattr(value, "quant_method") and not isinstance(value, Mapping):
+    if isinstance(value, (QuantizationConfig, ImportedConfig)):
         return value
     if not isinstance(value, Mapping):
         raise TypeError(f"{where} must be a QuantizationConfig or a dict, got {type(value).__name__}")
