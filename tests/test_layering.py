@@ -54,16 +54,10 @@ RANKS = {
 # fastformers.ops), so the Triton kernels are reached through ops (and the layers that bind ops) alone.
 ONLY_FROM = {"kernels": {"ops", "layers"}}
 
-# Imports that break the layering today and are fixed by another piece of issue 12 (outside this test's change).
-# Each names its reason; an entry whose import is gone fails the test, so that the list only shrinks.
+# Imports allowed against the layering, and import cycles allowed, each with its reason (none today). An entry whose
+# import or cycle is gone fails the test, so that the lists only shrink.
 UPWARD_EXCEPTIONS: dict = {}
-
-# Import cycles of today, closed by a lazy import, that another piece of issue 12 removes; same rule as above.
-CYCLE_EXCEPTIONS = {
-    frozenset({"fastformers.quantization.apply", "fastformers.quantization.calibrate"}):
-        "apply.quantize_model runs calibrate.gptq_quantize_, which reuses apply's planning; the one quantization "
-        "protocol of item 4 (calibration through forward hooks on layers) separates them",
-}
+CYCLE_EXCEPTIONS: dict = {}
 
 # Modules allowed over MAX_LINES, each with the reason (none today).
 LONG_MODULE_EXCEPTIONS: dict[str, str] = {}

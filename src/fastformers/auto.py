@@ -109,7 +109,10 @@ class _AutoModel:
         return cls.model_class(config).from_pretrained(name_or_path, config=config, **hub, **kwargs)
 
 
-_LOAD_ARGS = {"torch_dtype", "dtype", "device", "device_map", "use_safetensors", "attn_implementation"}
+# from_pretrained arguments of the model, not config attributes (the quantization request included: it goes to
+# the loading as it is, never through the config)
+_LOAD_ARGS = {"torch_dtype", "dtype", "device", "device_map", "use_safetensors", "attn_implementation",
+              "quantization_config", "load_in_8bit", "load_in_4bit"}
 
 
 def _auto(task: str) -> type:

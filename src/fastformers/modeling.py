@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .configuration import CONFIG_NAME, PretrainedConfig, read_json
+from .configuration import CONFIG_NAME, PretrainedConfig
 from .generation.cache import rename_cache_argument
 from .layers.linear import Linear, weights_changed
 from .loading.gguf import read_gguf
@@ -411,7 +411,8 @@ class PreTrainedModel(nn.Module):
 
         `quantization_config` (a `fastformers.QuantizationConfig` or its dict) quantizes the linears while
         they load, each weight as it is read; `load_in_8bit=True` / `load_in_4bit=True` are shortcuts (groups
-        of 128). A checkpoint saved quantized (config.json `quantization_config` with quant_method
+        of 128). The request and the checkpoint's own quantization_config are resolved once into one
+        quantization scheme (fastformers.quantization.registry), whose loader does the work. A checkpoint saved quantized (config.json `quantization_config` with quant_method
         "fastformers") loads packed as saved, and so do GPTQ and AutoAWQ checkpoints (quant_method "gptq" /
         "awq": repacked into fastformers' format as they load; save_pretrained then writes that format). With
         a GGUF file, `QuantizationConfig.from_gguf()` keeps its Q8_0 / Q4_0 / Q4_1 linear weights packed
@@ -438,18 +439,9 @@ class PreTrainedModel(nn.Module):
 
         with torch.device("meta"):
             model = cls(config)
-        quantizer = None
-        if quantization is not None:
-            from .quantization.apply import QuantizedLoader
-
-            qconfig, packed = quantization
-            if isinstance(qconfig, dict):  # a GPTQ / AWQ checkpoint: its tensors are repacked as they stream in
-                from .quantization.imported import ImportedLoader
-
-                quantizer = ImportedLoader(model, qconfig, f"{name_or_path}/{CONFIG_NAME}")
-            else:
-                quantizer = QuantizedLoader(model, qconfig, packed, gguf.hf_tensor_types() if gguf else None,
-                                            key_map=model._key_mapper())
+        # the quantization scheme's loader: its layers swapped in now, its tensors converted as they stream in
+        quantizer = None if quantization is None else quantization.loader(
+            model, gguf.hf_tensor_types() if gguf else None, model._key_mapper())
         if gguf is not None:
             target_dtype = target_dtype or torch.float32  # transformers dequantizes GGUF to float32
             stream = gguf.iter_state_dict(target_dtype, keep_quantized=quantizer.keep_gguf if quantizer else None)
@@ -464,9 +456,7 @@ class PreTrainedModel(nn.Module):
             model.k_major_linears_()
         config.dtype = str(target_dtype).removeprefix("torch.")
         if quantizer is not None:
-            from .quantization.apply import describe
-
-            config.quantization_config = describe(model, quantizer.config)
+            config.quantization_config = quantizer.describe()
         config._name_or_path = os.fspath(name_or_path)
         if hasattr(model, "generate"):
             model.generation_config = _generation_config(name_or_path, config, gguf_file is not None, hub)
@@ -500,7 +490,7 @@ class PreTrainedModel(nn.Module):
     def _load_checkpoint(self, shards: Iterable[Tuple[str, Any]], source: str, dtype: torch.dtype,
                          device: torch.device, quantizer: Any = None) -> None:
         """Fill the meta-device model from (file name, {checkpoint name: tensor} or an iterator of (name,
-        tensor)) pieces, one at a time. `quantizer` (quantization.apply.QuantizedLoader) turns the tensors of
+        tensor)) pieces, one at a time. `quantizer` (a quantization.loader.QuantizedLoader) turns the tensors of
         quantized linears into their packed buffers as they stream in."""
         own = self.state_dict(keep_vars=True)
         tied_targets = set(self._tie_pairs())
@@ -571,12 +561,9 @@ class PreTrainedModel(nn.Module):
     # -- saving -----------------------------------------------------------------------------
     def _record_quantization(self) -> None:
         """config.quantization_config describes the quantized linears this model has (quant_method "fastformers")."""
-        from .quantization.apply import describe
-        from .quantization.config import QUANT_METHOD, QuantizationConfig
+        from .quantization.plan import describe_for_saving
 
-        current = getattr(self.config, "quantization_config", None)
-        ours = isinstance(current, dict) and current.get("quant_method") == QUANT_METHOD
-        described = describe(self, QuantizationConfig.from_dict(current) if ours else None)
+        described = describe_for_saving(self, getattr(self.config, "quantization_config", None))
         if described is not None:
             self.config.quantization_config = described
 
@@ -648,26 +635,15 @@ def _checkpoint(function, *args, offload: bool = False, **kwargs):
 
 def _quantization_request(config, quantization_config, load_in_8bit: bool, load_in_4bit: bool, name_or_path,
                           hub: Dict[str, Any], gguf, device: torch.device):
-    """(QuantizationConfig, packed) when the model loads quantized, else None (see from_pretrained)."""
-    from .quantization.apply import requested_config
-    from .quantization.config import QuantizationConfig
+    """The quantization.registry.QuantizationRequest (config object, packed) when the model loads quantized,
+    else None: the caller's arguments and the checkpoint's own quantization_config (its config.json, which
+    `config` was read from), resolved once (see from_pretrained)."""
+    from .quantization.registry import resolve_request
 
-    # the checkpoint's own quantization_config (AutoModel passes the caller's on as config attributes)
-    saved = path = None
-    if gguf is None and getattr(config, "quantization_config", None) is not None:
-        path = resolve_file(name_or_path, CONFIG_NAME, required=False, **hub)
-        saved = read_json(path).get("quantization_config") if path else None
-    asked = quantization_config is not None or load_in_8bit or load_in_4bit or any(
-        key in vars(config) for key in ("quantization_config", "load_in_8bit", "load_in_4bit"))
-    if gguf is not None and device.type == "cuda" and not asked:
-        quantization_config = QuantizationConfig.from_gguf()  # GGUF on a GPU: Q8_0 / Q4_0 / Q4_1 stay packed
-    qconfig, packed = requested_config(config, quantization_config, load_in_8bit, load_in_4bit, saved, str(path))
-    if qconfig is None:
-        from .quantization.imported import imported_method
-
-        # GPTQ / AWQ (transformers' quantization_config): the dict itself, read by quantization.imported
-        return (dict(saved), True) if imported_method(saved) else None
-    return qconfig, packed
+    saved = None if gguf is not None else getattr(config, "quantization_config", None)
+    return resolve_request(quantization_config, load_in_8bit, load_in_4bit, saved=saved,
+                           saved_where=f"{os.fspath(name_or_path)}/{CONFIG_NAME}",
+                           gguf_on_gpu=gguf is not None and device.type == "cuda")
 
 
 def _generation_config(name_or_path, config, from_gguf: bool, hub: Dict[str, Any]):

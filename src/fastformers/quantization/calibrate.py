@@ -20,7 +20,7 @@ layers. The first call of a pending linear (or of a layers.FusedLinear, whose si
 one matmul on one input) quantizes it, or the linears fused in it, on the call's input, and writes the
 dequantized weights over the float ones in place, so the call and everything after it computes with the
 quantized model (q/k/v, then o_proj on the quantized attention, gate/up, down_proj, then the next layer). The
-QuantizedLinear modules are swapped in afterwards (apply.replace_linears, as quantize_model does).
+QuantizedLinear modules are swapped in afterwards (plan.replace_linears, as quantize_model does).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from torch import nn
 
 from ..layers import FusedLinear
 from ..ops.quant import QuantizedWeight, dequantize_weight, pack_int4
-from .apply import describe, plan_modules, replace_linears
 from .config import LinearFormat, QuantizationConfig
 from .linear import QuantizedLinear, quantize_linear_weight
+from .plan import describe, plan_modules, replace_linears
 
 logger = logging.getLogger("fastformers")
 

@@ -32,6 +32,8 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 from ..ops.quant import METHODS
 
 QUANT_METHOD = "fastformers"
+#: quant_method of a config that keeps a GGUF file's quantized tensors packed (QuantizationConfig.from_gguf())
+GGUF_METHOD = "gguf"
 #: What `skip=None` means (plus the model's output embeddings and tied linears, found per model).
 DEFAULT_SKIP = ("lm_head",)
 _GROUP_SIZE_DEFAULT = 128
@@ -106,9 +108,11 @@ class QuantizationConfig:
             raise TypeError(f"{where} must be a QuantizationConfig or a dict, got {type(config).__name__}")
         data = dict(config)
         method = data.pop("quant_method", QUANT_METHOD)
-        if str(method).lower() != QUANT_METHOD:
+        if str(method).lower() == GGUF_METHOD:
+            data.setdefault("source", "gguf")
+        elif str(method).lower() != QUANT_METHOD:
             raise ValueError(f"{where}: quant_method={method!r} is not a fastformers quantization config "
-                             f"(expected {QUANT_METHOD!r})")
+                             f"(expected {QUANT_METHOD!r} or {GGUF_METHOD!r})")
         known = {"bits", "group_size", "symmetric", "method", "skip", "modules", "source", "algorithm"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -174,6 +178,11 @@ class QuantizationConfig:
         return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "method": self.method}
 
     # -- use --------------------------------------------------------------------------------------
+    @property
+    def quant_method(self) -> str:
+        """The registry key of this config's scheme (registry.py): "fastformers", or "gguf" for from_gguf()."""
+        return GGUF_METHOD if self.source == "gguf" else QUANT_METHOD
+
     def format_for(self, module_name: str) -> LinearFormat:
         """The format of one quantized module (the config's, or its override in `modules`)."""
         fmt = {**self._own_format(), **self.modules.get(module_name, {})}
@@ -186,7 +195,7 @@ class QuantizationConfig:
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"quant_method": QUANT_METHOD, **self._own_format(), "skip": self.skip}
+        out: Dict[str, Any] = {"quant_method": self.quant_method, **self._own_format(), "skip": self.skip}
         if self.modules:
             out["modules"] = {k: dict(v) for k, v in self.modules.items()}
         if self.source is not None:

@@ -1,14 +1,15 @@
 """QuantizedLinear: the module that takes an `nn.Linear`'s place in a quantized model.
 
-Its packed tensors are buffers, `qweight`, `scales` and (when the format has them) `mins`, so the state_dict
-holds `<module>.qweight` / `.scales` / `.mins` next to the unchanged `<module>.bias`; its `.weight` is the
-`QuantizedWeight` (ops/quant.py) built from them, so models keep calling `ops.linear(x, m.weight, m.bias)`
-and the op sends the call to `quantized_linear`.
+It holds its quantization method (methods.py: fastformers' own format, GGUF kept packed, GPTQ / AWQ
+imported), which creates its packed tensors, takes them from a checkpoint, and runs its forward. Whatever the
+method, the packed tensors are the buffers `qweight`, `scales` and (when the format has them) `mins`, so the
+state_dict holds `<module>.qweight` / `.scales` / `.mins` next to the unchanged `<module>.bias`; its `.weight`
+is the `QuantizedWeight` (ops/quant.py) built from them, which layers.FusedLinear concatenates with its
+siblings' and `ops.linear` sends to `quantized_linear`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -20,41 +21,32 @@ from .config import LinearFormat
 
 
 class QuantizedLinear(nn.Module):
-    # forward is exactly ops.linear(x, self.weight, self.bias): models may call that directly (models._common.linear)
-    plain_linear = True
     fusable = True  # layers.FusedLinear may run it with its siblings in one quantized GEMM
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, fmt: LinearFormat,
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, method,
                  dtype: Optional[torch.dtype] = None, device=None) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.format = in_features, out_features, fmt
+        self.in_features, self.out_features, self.method = in_features, out_features, method
         dtype = dtype or torch.get_default_dtype()
-        groups = math.ceil(in_features / (fmt.group_size or in_features))
-        packed = (out_features, in_features) if fmt.bits == 8 else (out_features, (in_features + 1) // 2)
-        self.register_buffer("qweight", torch.zeros(packed, dtype=torch.int8 if fmt.bits == 8 else torch.uint8,
-                                                    device=device))
-        self.register_buffer("scales", torch.ones((out_features, groups), dtype=dtype, device=device))
-        self.register_buffer("mins", torch.zeros((out_features, groups), dtype=dtype, device=device)
-                             if fmt.has_mins else None)
+        method.create_weights(self, dtype, device)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
         self._quantized_linear = ops.quantized_linear.binding()
 
     @classmethod
-    def like(cls, linear: nn.Linear, fmt: LinearFormat) -> "QuantizedLinear":
-        """An empty QuantizedLinear of `linear`'s shape, device and dtype (the weights are not quantized)."""
+    def like(cls, linear: nn.Linear, method) -> "QuantizedLinear":
+        """An empty QuantizedLinear of `linear`'s shape, device and dtype run by `method` (a
+        methods.QuantizationMethod; the weights are not quantized), keeping `linear`'s bias."""
         weight = linear.weight
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, fmt=fmt, dtype=weight.dtype,
-                     device=weight.device)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, method=method,
+                     dtype=weight.dtype, device=weight.device)
         if linear.bias is not None:
             module.bias = linear.bias
         return module
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, fmt: LinearFormat) -> "QuantizedLinear":
-        """`linear` quantized round-to-nearest to `fmt` (its bias kept as it is)."""
-        module = cls.like(linear, fmt)
-        module.weight = quantize_linear_weight(linear.weight.detach(), fmt)
-        return module
+    @property
+    def format(self) -> Optional[LinearFormat]:
+        """The packed format (None only while an imported layer waits for its checkpoint tensors)."""
+        return self.method.format
 
     @property
     def weight(self) -> QuantizedWeight:
@@ -78,11 +70,12 @@ class QuantizedLinear(nn.Module):
             self.mins = qw.mins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._quantized_linear(x, self.weight, self.bias)
+        return self.method.apply(self, x)
 
     def extra_repr(self) -> str:
+        fmt = "pending" if self.format is None else self.format.describe()
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"format={self.format.describe()}")
+                f"method={self.method.quant_method}, format={fmt}")
 
 
 def quantize_linear_weight(weight: torch.Tensor, fmt: LinearFormat) -> QuantizedWeight:
