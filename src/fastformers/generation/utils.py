@@ -265,8 +265,7 @@ class GenerationMixin:
                 raise ValueError("`bos_token_id` has to be defined when no `input_ids` are provided.")
             batch = attention_mask.shape[0] if attention_mask is not None else 1
             input_ids = torch.full((batch, 1), config.bos_token_id, dtype=torch.long, device=device)
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, sequence length), got {tuple(input_ids.shape)}")
+        self._check_ids("input_ids", input_ids)
         input_ids = input_ids.to(device)
 
         def as_ids(value):
@@ -290,6 +289,26 @@ class GenerationMixin:
                            "generation results, please set `padding_side='left'` when initializing the tokenizer.")
         return input_ids, attention_mask, eos, pad
 
+    def _check_ids(self, name: str, ids) -> None:
+        """A (batch, length) integer tensor with at least one row and one token, every id in the vocabulary.
+        (transformers 5.25 fails later with a reshape or index error naming no argument.)"""
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"`{name}` must be a tensor of shape (batch, sequence length), got {shape}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"`{name}` must hold integer token ids, got dtype {ids.dtype}")
+        if ids.shape[0] == 0:
+            raise ValueError(f"`{name}` is an empty batch (shape {tuple(ids.shape)}): pass at least one sequence")
+        if ids.shape[1] == 0:
+            raise ValueError(f"`{name}` is an empty prompt (shape {tuple(ids.shape)}): pass at least one token "
+                             "(e.g. the bos token), or no input_ids to start from bos_token_id")
+        vocab = getattr(self.config, "vocab_size", None)
+        if vocab is not None:
+            lo, hi = (int(v) for v in torch.aminmax(ids))  # one host sync, once per generate()
+            if lo < 0 or hi >= vocab:
+                raise ValueError(f"`{name}` holds token id {lo if lo < 0 else hi}, outside the model's vocabulary "
+                                 f"[0, {vocab})")
+
     def _is_encoder_decoder(self) -> bool:
         return bool(getattr(self.config, "is_encoder_decoder", False))
 
@@ -308,8 +327,7 @@ class GenerationMixin:
                                       "fastformers: decoder inputs are not padded")
         device = self.device
         if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must have shape (batch, sequence length), got {tuple(input_ids.shape)}")
+            self._check_ids("input_ids", input_ids)
             input_ids = input_ids.to(device)
         if attention_mask is not None:
             if input_ids is not None and attention_mask.shape != input_ids.shape:
@@ -361,6 +379,7 @@ class GenerationMixin:
             if decoder_input_ids.dim() != 2 or decoder_input_ids.shape[0] != batch:
                 raise ValueError(f"`decoder_input_ids` must have shape ({batch}, length), got "
                                  f"{tuple(decoder_input_ids.shape)}")
+            self._check_ids("decoder_input_ids", decoder_input_ids)
             decoder_input_ids = decoder_input_ids.to(device)
             if bool((decoder_input_ids[:, 0] != start[:, 0]).all()):  # transformers prepends the start token
                 decoder_input_ids = torch.cat([start, decoder_input_ids], dim=-1)
@@ -390,6 +409,17 @@ class GenerationMixin:
             raise ValueError(f"Input length of {input_name} is {prompt_len}, but `max_length` is set to "
                              f"{config.max_length}. This can lead to unexpected behavior. You should consider "
                              "increasing `max_length` or, better yet, setting `max_new_tokens`.")
+        # Checked here, before the token buffer and the static cache (both sized from max_length) exist.
+        # transformers 5.25 only warns and runs on (RoPE models) or fails with an IndexError once the
+        # positions run out (learned positions); fastformers refuses up front.
+        max_positions = getattr(self.config, "max_position_embeddings", None)
+        if max_positions is not None and config.max_length > max_positions:
+            asked = (f"max_new_tokens={config.max_new_tokens}" if config.max_new_tokens is not None
+                     else f"max_length={config.max_length}")
+            raise ValueError(f"{asked} with a prompt of {prompt_len} tokens ({input_name}) needs "
+                             f"{config.max_length} positions, but the model has max_position_embeddings="
+                             f"{max_positions}: " + (f"lower max_new_tokens to at most {max_positions - prompt_len}"
+                                                     if prompt_len < max_positions else "shorten the prompt"))
 
     def _logits_processors(self, config, prompt_len, eos, padding_mask, prefix_allowed_tokens_fn, custom, device
                            ) -> LogitsProcessorList:
@@ -514,14 +544,22 @@ class GenerationMixin:
         if pad_finished and pad is None:
             raise ValueError("`pad_token_id` must be set to pad finished sequences (set it, or eos_token_id)")
 
+        # Non-finite logits from the model: flagged on the device (no host sync of its own) and raised at the
+        # next sync the loop makes anyway (eos / criteria, streamer, sampling, the end): no token computed
+        # from them is ever returned or streamed. remove_invalid_values=True asks to clean them instead.
+        nonfinite = torch.zeros((), dtype=torch.bool, device=seq.device)
+        watch = config.remove_invalid_values is not True
         out = self._prefill(state, seq[:, :cur])
         while True:
             logits = out.logits[:, -1]
             if logits.dtype != torch.float32:
                 logits = logits.float()
+            if watch:
+                nonfinite |= ~torch.isfinite(logits).all()
             scores = processors(seq[:, :cur], logits) if processors else logits
             want.record(out, logits, scores)
             if config.do_sample:
+                _raise_if_nonfinite(nonfinite, cur)  # before multinomial, which rejects NaN its own way
                 probs = F.softmax(scores, dim=-1)
                 torch.multinomial(probs, 1, generator=generator, out=next_tokens.view(batch, 1))
             else:
@@ -532,20 +570,22 @@ class GenerationMixin:
             cur += 1
             del out
             if streamer is not None:
+                _raise_if_nonfinite(nonfinite, cur - 1)
                 streamer.put(new.cpu())
             if fast:
                 if eos is not None:
                     unfinished &= ~torch.isin(new, eos) if eos.numel() > 1 else new != eos
-                    if not bool(unfinished.any()):
+                    if not bool((unfinished.any() & ~nonfinite)):
                         break
                 if cur >= max_length:
                     break
             else:
                 unfinished &= ~criteria(seq[:, :cur], want.scores)
-                if cur >= max_length or not bool(unfinished.any()):
+                if cur >= max_length or not bool(unfinished.any() & ~nonfinite):
                     break
             out = self._step(state, seq[:, cur - 1:cur] if state.cache is not None else seq[:, :cur], cur - 1, cur)
 
+        _raise_if_nonfinite(nonfinite, cur - 1)
         if streamer is not None:
             streamer.end()
         sequences = seq[:, :cur] if cur == max_length else seq[:, :cur].contiguous()
@@ -591,9 +631,15 @@ class GenerationMixin:
         running_idx = torch.full((batch, num_beams, max_length - cur), -1, dtype=torch.int32, device=device)
         finished_idx = running_idx.clone()
 
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # as in _decode
+        watch = config.remove_invalid_values is not True
         out = self._prefill(state, input_ids)
         while True:
             logits = out.logits[:, -1].float()
+            if watch:
+                nonfinite |= ~torch.isfinite(logits).all()
+            if config.do_sample:
+                _raise_if_nonfinite(nonfinite, cur)
             log_probs = F.log_softmax(logits, dim=-1)
             flat_running = running[:, :, :cur].reshape(rows, cur)
             log_probs = processors(flat_running, log_probs) if processors else log_probs
@@ -650,13 +696,14 @@ class GenerationMixin:
             worst_finished = torch.where(is_finished, torch.min(finished_scores, dim=1, keepdim=True)[0], -1.0e9)
             can_improve = can_improve & torch.any(best_possible > worst_finished, dim=-1, keepdim=True)
             go_on = (torch.any(can_improve) & ~(torch.all(is_finished) & (early_stopping is True))
-                     & ~torch.all(stopped))
+                     & ~torch.all(stopped) & ~nonfinite)
             if not bool(go_on):
                 break
             tokens = running[:, :, cur - 1].reshape(rows, 1) if state.cache is not None else \
                 running[:, :, :cur].reshape(rows, cur)
             out = self._step(state, tokens, cur - 1, cur)
 
+        _raise_if_nonfinite(nonfinite, cur - 1)
         n = config.num_return_sequences
         sequences = finished[:, :n].reshape(batch * n, -1)
         scores = finished_scores[:, :n].reshape(-1)
@@ -731,6 +778,15 @@ class _Recorder:
     def decoder_fields(self) -> Dict[str, Any]:
         return {"decoder_attentions": self.attentions, "cross_attentions": self.cross_attentions,
                 "decoder_hidden_states": self.hidden_states}
+
+
+def _raise_if_nonfinite(flag: torch.Tensor, length: int) -> None:
+    """Stop generation when the model produced NaN / Inf logits (a host sync). transformers 5.25 emits
+    argmax(NaN) tokens in greedy and beam search and fails inside torch.multinomial when sampling."""
+    if bool(flag):
+        raise FloatingPointError(f"the model's logits contain NaN or Inf (at or before the step that extends the "
+                                 f"sequence past {length} tokens); generation stopped without returning tokens "
+                                 "computed from them. Check the weights and the dtype (float16 overflow?).")
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
