@@ -59,13 +59,17 @@ def test_empty_prompt_and_batch_name_the_argument(shape, what):
         ours.generate(torch.zeros(shape, dtype=torch.long), max_new_tokens=2)
 
 
-@pytest.mark.parametrize("bad, match", [(torch.tensor([[5, 99]]), "token id 99"), (torch.tensor([[-1, 5]]), "token id -1"),
-                                        (torch.tensor([[5.0, 6.0]]), "integer token ids"),
-                                        (torch.tensor([5, 6]), "shape")])
-def test_bad_ids_name_the_argument(bad, match):
-    # transformers 5.25: IndexError from the embedding for out-of-range ids (a device assert on CUDA)
+@pytest.mark.parametrize("bad, error, match", [
+    (torch.tensor([[5, 99]]), IndexError, "`input_ids` holds token id 99, outside the model's vocabulary"),
+    (torch.tensor([[-1, 5]]), IndexError, "token id -1"),
+    (torch.tensor([[5.0, 6.0]]), ValueError, "`input_ids` must hold integer token ids"),
+    (torch.tensor([5, 6]), ValueError, "`input_ids` must be a tensor of shape"),
+])
+def test_bad_ids_name_the_argument(bad, error, match):
+    # transformers 5.25: IndexError from the embedding for out-of-range ids (a device assert on CUDA), naming
+    # no argument; fastformers checks before the first forward, with the type the model's forward raises
     ours, _ = model_pair("llama")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         ours.generate(bad, max_new_tokens=2)
 
 

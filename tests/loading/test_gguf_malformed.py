@@ -7,8 +7,8 @@ What gguf-py's `GGUFReader` (gguf 0.x, what transformers 5.25 reads GGUF with) d
 product overflows or an offset past the end -> `ValueError: cannot reshape array of size 0 ...`; array
 length 2**61 or tensor count 2**63 -> a numpy dtype ValueError; 5000-deep nested arrays -> RecursionError;
 `block_count` as a string -> read fine, then a TypeError in transformers' config code. fastformers refuses
-all of them with GGUFError, and also checks what gguf-py does not: key types, tokenizer array lengths,
-special token ids, and metadata sizes the tensors contradict.
+all of them with GGUFError, and also checks what gguf-py does not: key types, tokenizer array lengths
+and metadata sizes the tensors contradict.
 """
 
 from __future__ import annotations
@@ -146,8 +146,19 @@ def test_tokenizer_arrays_that_disagree_refused(tmp_path):
     scores = kv("tokenizer.ggml.scores", ARRAY, struct.pack("<IQ", F32, 3) + struct.pack("<3f", 0, 0, 0))
     refused(tmp_path, gguf_bytes([*SIZES, tokens, scores]), "'tokenizer.ggml.scores' has 3 entries",
             "tokenizer.ggml.tokens has 2")
-    eos = u32("tokenizer.ggml.eos_token_id", 5)
-    refused(tmp_path, gguf_bytes([*SIZES, tokens, eos]), "'tokenizer.ggml.eos_token_id' is 5, outside the 2 tokens")
+
+
+def test_special_token_id_outside_the_vocabulary_refused_by_the_tokenizer(tmp_path):
+    from fastformers.tokenization.gguf import tokenizer_from_gguf
+
+    tokens = kv("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 2) + s("a") + s("b"))
+    path = tmp_path / "eos.gguf"
+    path.write_bytes(gguf_bytes([*SIZES, string("tokenizer.ggml.model", "gpt2"), tokens,
+                                 kv("tokenizer.ggml.merges", ARRAY, struct.pack("<IQ", STRING, 0)),
+                                 u32("tokenizer.ggml.eos_token_id", 5)]))
+    ckpt = read_gguf(path)  # the weights do not need it
+    with pytest.raises(GGUFError, match=r"eos\.gguf: tokenizer\.ggml\.eos_token_id = 5 is outside the vocabulary"):
+        tokenizer_from_gguf(ckpt)
 
 
 def test_metadata_sizes_the_tensors_contradict_refused(tmp_path):

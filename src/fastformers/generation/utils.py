@@ -305,8 +305,8 @@ class GenerationMixin:
         vocab = getattr(self.config, "vocab_size", None)
         if vocab is not None:
             lo, hi = (int(v) for v in torch.aminmax(ids))  # one host sync, once per generate()
-            if lo < 0 or hi >= vocab:
-                raise ValueError(f"`{name}` holds token id {lo if lo < 0 else hi}, outside the model's vocabulary "
+            if lo < 0 or hi >= vocab:  # IndexError, as the model's forward (and torch's embedding) raise
+                raise IndexError(f"`{name}` holds token id {lo if lo < 0 else hi}, outside the model's vocabulary "
                                  f"[0, {vocab})")
 
     def _is_encoder_decoder(self) -> bool:

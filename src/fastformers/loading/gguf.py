@@ -488,7 +488,8 @@ def _has_type(value: Any, kind: str) -> bool:
 
 def _check_metadata_types(path: str, metadata: Dict[str, Any]) -> None:
     """Refuse a known key of the wrong type (naming the key and the value), and tokenizer arrays that disagree
-    in length or special token ids outside the vocabulary."""
+    in length. (Special token ids outside the vocabulary are refused when a tokenizer is built from them:
+    fastformers.tokenization.gguf.)"""
     arch = metadata.get("general.architecture")
     expected = dict(_KEY_TYPES)
     if isinstance(arch, str):
@@ -509,11 +510,6 @@ def _check_metadata_types(path: str, metadata: Dict[str, Any]) -> None:
             if key in metadata and len(metadata[key]) != len(tokens):
                 raise GGUFError(f"{path}: metadata key {key!r} has {len(metadata[key])} entries, but "
                                 f"tokenizer.ggml.tokens has {len(tokens)}")
-        for key, value in metadata.items():
-            if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and not 0 <= value < len(tokens):
-                # llama.cpp writes -1 / 4294967295-style "unset" ids in some files: refused as out of range too
-                raise GGUFError(f"{path}: metadata key {key!r} is {value}, outside the {len(tokens)} tokens of "
-                                "tokenizer.ggml.tokens")
 
 
 class GGUFCheckpoint:
