@@ -4,7 +4,9 @@ twice too (`RuntimeError: INTERNAL: a is already defined.`); transformers' json 
 duplicate keys.
 """
 
+import random
 import struct
+import time
 
 import pytest
 
@@ -68,3 +70,31 @@ def test_json_key_twice_refused(tmp_path):
     path.write_text('{"model_max_length": 512, "model_max_length": 1000000000000}')
     with pytest.raises(ValueError, match=r"tokenizer_config\.json: the key 'model_max_length' appears twice"):
         read_json(str(path), "tokenizer config")
+
+
+def test_fuzz_sentencepiece(record_property):
+    """Seeded random mutations of a valid model (byte flips, truncations, varints set to extremes) for two
+    seconds: each parses or raises ValueError, nothing else."""
+    rng = random.Random(0)
+    base = model(BASE, pad_id=-1)
+    deadline, tried = time.monotonic() + 2.0, 0
+    while time.monotonic() < deadline:
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data)) if data else 0
+            kind = rng.randrange(4)
+            if kind == 0 and data:
+                data[at] = rng.randrange(256)
+            elif kind == 1:
+                data[at:at + 1] = varint(rng.choice([0, 2**31, 2**63, 2**64 - 1, 2**69]))
+            elif kind == 2:
+                del data[rng.randrange(len(data) + 1):]
+            else:
+                data[at:at] = data[at:at + rng.randint(1, 16)]
+        try:
+            ff_spm.parse_model(bytes(data), "fuzz.model")
+        except ValueError:
+            pass
+        tried += 1
+    record_property("malformed_inputs_tried", tried)
+    assert tried > 100

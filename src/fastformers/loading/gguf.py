@@ -271,7 +271,7 @@ def dequantize(data, ggml_type: int, shape, dtype: torch.dtype = torch.float32) 
     if raw.data_ptr() % 8:  # a file with an unusual general.alignment: realign before reinterpreting the bytes
         raw = raw.clone()
     shape = tuple(int(s) for s in shape)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if ggml_type in _FLOAT_TYPES:
         stored = _FLOAT_TYPES[ggml_type]
         values = raw.view(stored)
@@ -603,6 +603,8 @@ class GGUFCheckpoint:
             if n_dims > _MAX_DIMS:
                 raise GGUFError(f"{self.path}: tensor {name!r} claims {n_dims} dimensions (at most {_MAX_DIMS})")
             dims = struct.unpack_from(f"<{n_dims}Q", self._mmap, p.take(8 * n_dims))
+            if 0 in dims:  # an empty weight is no weight: refused rather than carried into the model
+                raise GGUFError(f"{self.path}: tensor {name!r} has a dimension of 0 (dims {list(dims)})")
             type_id = p.unpack("<I", 4)
             offset = p.unpack("<Q", 8)
             infos.append((name, tuple(reversed(dims)), type_id, offset))
