@@ -52,6 +52,23 @@ def test_max_new_tokens_up_to_the_limit_still_generates():
         ours.generate(torch.full((1, 300), 5), max_new_tokens=1)
 
 
+def test_a_length_from_the_generation_config_is_capped_not_refused(caplog):
+    # the call did not ask for it: the model's own generation_config (a checkpoint's generation_config.json)
+    ours, _ = model_pair("llama")
+    saved = ours.generation_config
+    ours.generation_config = type(saved).from_dict({**saved.to_dict(), "max_new_tokens": 10**8})
+    try:
+        before = _peak_rss_mb()
+        with caplog.at_level("WARNING", logger="fastformers"):
+            out = ours.generate(PROMPT, eos_token_id=None)
+        assert out.shape == (1, 256) and _peak_rss_mb() - before < 200
+        assert "past its max_position_embeddings 256" in caplog.text
+        with pytest.raises(ValueError, match="max_new_tokens=100000000"):  # asked for in the call: refused
+            ours.generate(PROMPT, max_new_tokens=10**8)
+    finally:
+        ours.generation_config = saved
+
+
 @pytest.mark.parametrize("shape, what", [((1, 0), "empty prompt"), ((0, 3), "empty batch"), ((0, 0), "empty batch")])
 def test_empty_prompt_and_batch_name_the_argument(shape, what):
     ours, _ = model_pair("llama")

@@ -142,6 +142,11 @@ class GenerationMixin:
             raise NotImplementedError("assisted generation (assistant_model) is not supported by fastformers")
         tokenizer = kwargs.pop("tokenizer", None)
         rename_cache_argument(kwargs)
+        # lengths the caller asked for in this call (past the model's positions: an error); lengths from the
+        # model's generation_config are only capped to the positions
+        asked_length = any(kwargs.get(k) is not None for k in ("max_new_tokens", "max_length")) or (
+            generation_config is not None and (generation_config.max_new_tokens is not None
+                                               or generation_config.max_length is not None))
         config, model_kwargs, default_max_length = self._prepare_config(generation_config, kwargs)
         mode = config.get_generation_mode()
         if streamer is not None and mode.startswith("beam"):
@@ -167,7 +172,7 @@ class GenerationMixin:
 
         prompt_len = input_ids.shape[1]
         self._set_lengths(config, prompt_len, default_max_length,
-                          "decoder_input_ids" if seq2seq is not None else "input_ids")
+                          "decoder_input_ids" if seq2seq is not None else "input_ids", asked_length)
         has_padding = not bool(attention_mask.all())
         processors = self._logits_processors(config, prompt_len, eos, attention_mask if has_padding else None,
                                              prefix_allowed_tokens_fn, logits_processor, input_ids.device)
@@ -394,8 +399,9 @@ class GenerationMixin:
         return decoder_input_ids, eos, pad, _Seq2Seq(encoder_outputs, expanded, attention_mask)
 
     def _set_lengths(self, config: GenerationConfig, prompt_len: int, default_max_length: bool,
-                     input_name: str = "input_ids") -> None:
-        """Resolve max_new_tokens / min_new_tokens into absolute max_length / min_length."""
+                     input_name: str = "input_ids", asked_length: bool = True) -> None:
+        """Resolve max_new_tokens / min_new_tokens into absolute max_length / min_length, within the model's
+        positions (`asked_length`: the call set the length, so going past them is an error, not a cap)."""
         if config.max_new_tokens is not None:
             config.max_length = prompt_len + config.max_new_tokens
         elif default_max_length:  # transformers' default: 20 new tokens, within the model's positions
@@ -413,6 +419,12 @@ class GenerationMixin:
         # transformers 5.25 only warns and runs on (RoPE models) or fails with an IndexError once the
         # positions run out (learned positions); fastformers refuses up front.
         max_positions = getattr(self.config, "max_position_embeddings", None)
+        if max_positions is not None and config.max_length > max_positions and not asked_length \
+                and prompt_len < max_positions:
+            logger.warning("The model's generation_config asks for max_length %d (with the prompt), past its "
+                           "max_position_embeddings %d: generating up to %d tokens.", config.max_length,
+                           max_positions, max_positions)
+            config.max_length = max_positions
         if max_positions is not None and config.max_length > max_positions:
             asked = (f"max_new_tokens={config.max_new_tokens}" if config.max_new_tokens is not None
                      else f"max_length={config.max_length}")
