@@ -78,8 +78,8 @@ SIZES = [u32("llama.embedding_length", 4), u32("llama.block_count", 1), u32("lla
 
 def test_a_valid_file_still_reads(tmp_path):
     path = tmp_path / "ok.gguf"
-    path.write_bytes(gguf_bytes(SIZES, [tensor_info("blk.0.attn_norm.weight", (4,)),
-                                        tensor_info("token_embd.weight", (4, 1), offset=32)], F32_4 + b"\0" * 16 + F32_4))
+    infos = [tensor_info("blk.0.attn_norm.weight", (4,)), tensor_info("token_embd.weight", (4, 1), offset=32)]
+    path.write_bytes(gguf_bytes(SIZES, infos, F32_4 + b"\0" * 16 + F32_4))
     ckpt = read_gguf(path)
     assert ckpt.config_dict()["num_hidden_layers"] == 1
     assert ckpt.tensor("blk.0.attn_norm.weight").tolist() == [1, 2, 3, 4]
@@ -91,7 +91,8 @@ def test_duplicate_tensor_names_refused(tmp_path):
 
 
 def test_duplicate_metadata_keys_refused(tmp_path):
-    refused(tmp_path, gguf_bytes([*SIZES, u32("llama.block_count", 7)]), "metadata key 'llama.block_count' appears twice")
+    refused(tmp_path, gguf_bytes([*SIZES, u32("llama.block_count", 7)]),
+            "metadata key 'llama.block_count' appears twice")
 
 
 @pytest.mark.parametrize("dims, pattern", [

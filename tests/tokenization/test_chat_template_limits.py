@@ -60,6 +60,10 @@ def test_time_bound_is_a_setting(monkeypatch):
     ("{{ '{:>{w}}'.format(1, w=999999999) }}", "argument to a call 999999999"),
     ("{{ 7 ** 1000000 }}", "integer power"),
     ("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}", "an output of"),
+    ("{% set big = 'x' * 10000000 %}{% set s %}{% for i in range(100) %}{{ big }}{% endfor %}{% endset %}",
+     "a block of"),
+    ("{% set big = 'x' * 10000000 %}{% macro m() %}{% for i in range(100) %}{{ big }}{% endfor %}{% endmacro %}"
+     "{{ m()|length }}", "a block of"),
 ])
 def test_size_bound(template, match):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

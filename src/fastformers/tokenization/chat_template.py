@@ -305,7 +305,7 @@ _BUDGET: ContextVar[Optional[_Budget]] = ContextVar("fastformers_chat_template_b
 
 def _budget() -> _Budget:
     budget = _BUDGET.get()
-    if budget is None:  # a compiled template rendered outside _render_chat: the default bounds
+    if budget is None:  # a compiled template rendered outside _render_chat: the size bound (time is per check)
         budget = _Budget(time.monotonic() + CHAT_TEMPLATE_MAX_SECONDS, CHAT_TEMPLATE_MAX_CHARS,
                          CHAT_TEMPLATE_MAX_SECONDS)
     return budget
@@ -366,6 +366,16 @@ def _bounded_concat(values) -> str:
     parts = [str(v) for v in values]
     if sum(map(len, parts)) > budget.max_chars:
         budget.too_big(f"a concatenation of length {sum(map(len, parts))}")
+    return "".join(parts)
+
+
+def _bounded_join(parts) -> str:
+    """The environment's `concat` (block sets, macro bodies): the size bound checked before joining."""
+    budget = _budget()
+    parts = list(parts)
+    size = sum(len(p) for p in parts)
+    if size > budget.max_chars:
+        budget.too_big(f"a block of {size} characters")
     return "".join(parts)
 
 
@@ -473,6 +483,8 @@ def _compile_chat_template(template: str):
         operators listed are also kept from compile-time constant folding)."""
 
         intercepted_binops = frozenset(["*", "**", "+", "%"])
+        # joins the buffers of {% set %} blocks, macros and {% filter %} blocks
+        concat = staticmethod(_bounded_join)
 
         def call_binop(self, context, operator, left, right):
             budget = _budget()
