@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-from .loading.hub import refuse_remote_code, resolve_file
+from .loading.hub import no_duplicate_keys, refuse_remote_code, resolve_file
 
 CONFIG_NAME = "config.json"
 
@@ -37,9 +37,11 @@ def read_json(path: str) -> Dict[str, Any]:
     """Read a JSON object from a file, with an error that names the file when it is not one."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=no_duplicate_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except ValueError as e:  # a key twice
+        raise ValueError(f"{path}: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data

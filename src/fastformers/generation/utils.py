@@ -142,6 +142,11 @@ class GenerationMixin:
             raise NotImplementedError("assisted generation (assistant_model) is not supported by fastformers")
         tokenizer = kwargs.pop("tokenizer", None)
         rename_cache_argument(kwargs)
+        # lengths the caller asked for in this call (past the model's positions: an error); lengths from the
+        # model's generation_config are only capped to the positions
+        asked_length = any(kwargs.get(k) is not None for k in ("max_new_tokens", "max_length")) or (
+            generation_config is not None and (generation_config.max_new_tokens is not None
+                                               or generation_config.max_length is not None))
         config, model_kwargs, default_max_length = self._prepare_config(generation_config, kwargs)
         mode = config.get_generation_mode()
         if streamer is not None and mode.startswith("beam"):
@@ -167,7 +172,7 @@ class GenerationMixin:
 
         prompt_len = input_ids.shape[1]
         self._set_lengths(config, prompt_len, default_max_length,
-                          "decoder_input_ids" if seq2seq is not None else "input_ids")
+                          "decoder_input_ids" if seq2seq is not None else "input_ids", asked_length)
         has_padding = not bool(attention_mask.all())
         processors = self._logits_processors(config, prompt_len, eos, attention_mask if has_padding else None,
                                              prefix_allowed_tokens_fn, logits_processor, input_ids.device)
@@ -265,8 +270,7 @@ class GenerationMixin:
                 raise ValueError("`bos_token_id` has to be defined when no `input_ids` are provided.")
             batch = attention_mask.shape[0] if attention_mask is not None else 1
             input_ids = torch.full((batch, 1), config.bos_token_id, dtype=torch.long, device=device)
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, sequence length), got {tuple(input_ids.shape)}")
+        self._check_ids("input_ids", input_ids)
         input_ids = input_ids.to(device)
 
         def as_ids(value):
@@ -290,6 +294,26 @@ class GenerationMixin:
                            "generation results, please set `padding_side='left'` when initializing the tokenizer.")
         return input_ids, attention_mask, eos, pad
 
+    def _check_ids(self, name: str, ids) -> None:
+        """A (batch, length) integer tensor with at least one row and one token, every id in the vocabulary.
+        (transformers 5.25 fails later with a reshape or index error naming no argument.)"""
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"`{name}` must be a tensor of shape (batch, sequence length), got {shape}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"`{name}` must hold integer token ids, got dtype {ids.dtype}")
+        if ids.shape[0] == 0:
+            raise ValueError(f"`{name}` is an empty batch (shape {tuple(ids.shape)}): pass at least one sequence")
+        if ids.shape[1] == 0:
+            raise ValueError(f"`{name}` is an empty prompt (shape {tuple(ids.shape)}): pass at least one token "
+                             "(e.g. the bos token), or no input_ids to start from bos_token_id")
+        vocab = getattr(self.config, "vocab_size", None)
+        if vocab is not None:
+            lo, hi = (int(v) for v in torch.aminmax(ids))  # one host sync, once per generate()
+            if lo < 0 or hi >= vocab:  # IndexError, as the model's forward (and torch's embedding) raise
+                raise IndexError(f"`{name}` holds token id {lo if lo < 0 else hi}, outside the model's vocabulary "
+                                 f"[0, {vocab})")
+
     def _is_encoder_decoder(self) -> bool:
         return bool(getattr(self.config, "is_encoder_decoder", False))
 
@@ -308,8 +332,7 @@ class GenerationMixin:
                                       "fastformers: decoder inputs are not padded")
         device = self.device
         if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must have shape (batch, sequence length), got {tuple(input_ids.shape)}")
+            self._check_ids("input_ids", input_ids)
             input_ids = input_ids.to(device)
         if attention_mask is not None:
             if input_ids is not None and attention_mask.shape != input_ids.shape:
@@ -361,6 +384,7 @@ class GenerationMixin:
             if decoder_input_ids.dim() != 2 or decoder_input_ids.shape[0] != batch:
                 raise ValueError(f"`decoder_input_ids` must have shape ({batch}, length), got "
                                  f"{tuple(decoder_input_ids.shape)}")
+            self._check_ids("decoder_input_ids", decoder_input_ids)
             decoder_input_ids = decoder_input_ids.to(device)
             if bool((decoder_input_ids[:, 0] != start[:, 0]).all()):  # transformers prepends the start token
                 decoder_input_ids = torch.cat([start, decoder_input_ids], dim=-1)
@@ -375,8 +399,9 @@ class GenerationMixin:
         return decoder_input_ids, eos, pad, _Seq2Seq(encoder_outputs, expanded, attention_mask)
 
     def _set_lengths(self, config: GenerationConfig, prompt_len: int, default_max_length: bool,
-                     input_name: str = "input_ids") -> None:
-        """Resolve max_new_tokens / min_new_tokens into absolute max_length / min_length."""
+                     input_name: str = "input_ids", asked_length: bool = True) -> None:
+        """Resolve max_new_tokens / min_new_tokens into absolute max_length / min_length, within the model's
+        positions (`asked_length`: the call set the length, so going past them is an error, not a cap)."""
         if config.max_new_tokens is not None:
             config.max_length = prompt_len + config.max_new_tokens
         elif default_max_length:  # transformers' default: 20 new tokens, within the model's positions
@@ -390,6 +415,23 @@ class GenerationMixin:
             raise ValueError(f"Input length of {input_name} is {prompt_len}, but `max_length` is set to "
                              f"{config.max_length}. This can lead to unexpected behavior. You should consider "
                              "increasing `max_length` or, better yet, setting `max_new_tokens`.")
+        # Checked here, before the token buffer and the static cache (both sized from max_length) exist.
+        # transformers 5.25 only warns and runs on (RoPE models) or fails with an IndexError once the
+        # positions run out (learned positions); fastformers refuses up front.
+        max_positions = getattr(self.config, "max_position_embeddings", None)
+        if max_positions is not None and config.max_length > max_positions and not asked_length \
+                and prompt_len < max_positions:
+            logger.warning("The model's generation_config asks for max_length %d (with the prompt), past its "
+                           "max_position_embeddings %d: generating up to %d tokens.", config.max_length,
+                           max_positions, max_positions)
+            config.max_length = max_positions
+        if max_positions is not None and config.max_length > max_positions:
+            asked = (f"max_new_tokens={config.max_new_tokens}" if config.max_new_tokens is not None
+                     else f"max_length={config.max_length}")
+            raise ValueError(f"{asked} with a prompt of {prompt_len} tokens ({input_name}) needs "
+                             f"{config.max_length} positions, but the model has max_position_embeddings="
+                             f"{max_positions}: " + (f"lower max_new_tokens to at most {max_positions - prompt_len}"
+                                                     if prompt_len < max_positions else "shorten the prompt"))
 
     def _logits_processors(self, config, prompt_len, eos, padding_mask, prefix_allowed_tokens_fn, custom, device
                            ) -> LogitsProcessorList:
@@ -514,14 +556,20 @@ class GenerationMixin:
         if pad_finished and pad is None:
             raise ValueError("`pad_token_id` must be set to pad finished sequences (set it, or eos_token_id)")
 
+        # Non-finite logits from the model: flagged on the device (no host sync of its own) and raised at the
+        # next sync the loop makes anyway (eos / criteria, streamer, sampling, the end): no token computed
+        # from them is ever returned or streamed. remove_invalid_values=True asks to clean them instead.
+        watch = _NonFiniteWatch(seq.device, config.remove_invalid_values is not True)
         out = self._prefill(state, seq[:, :cur])
         while True:
             logits = out.logits[:, -1]
             if logits.dtype != torch.float32:
                 logits = logits.float()
+            watch.update(logits)
             scores = processors(seq[:, :cur], logits) if processors else logits
             want.record(out, logits, scores)
             if config.do_sample:
+                watch.check(cur)  # before multinomial, which rejects NaN its own way
                 probs = F.softmax(scores, dim=-1)
                 torch.multinomial(probs, 1, generator=generator, out=next_tokens.view(batch, 1))
             else:
@@ -532,20 +580,22 @@ class GenerationMixin:
             cur += 1
             del out
             if streamer is not None:
+                watch.check(cur - 1)
                 streamer.put(new.cpu())
             if fast:
                 if eos is not None:
                     unfinished &= ~torch.isin(new, eos) if eos.numel() > 1 else new != eos
-                    if not bool(unfinished.any()):
+                    if not bool(unfinished.any() & watch.finite()):
                         break
                 if cur >= max_length:
                     break
             else:
                 unfinished &= ~criteria(seq[:, :cur], want.scores)
-                if cur >= max_length or not bool(unfinished.any()):
+                if cur >= max_length or not bool(unfinished.any() & watch.finite()):
                     break
             out = self._step(state, seq[:, cur - 1:cur] if state.cache is not None else seq[:, :cur], cur - 1, cur)
 
+        watch.check(cur - 1)
         if streamer is not None:
             streamer.end()
         sequences = seq[:, :cur] if cur == max_length else seq[:, :cur].contiguous()
@@ -591,9 +641,13 @@ class GenerationMixin:
         running_idx = torch.full((batch, num_beams, max_length - cur), -1, dtype=torch.int32, device=device)
         finished_idx = running_idx.clone()
 
+        watch = _NonFiniteWatch(device, config.remove_invalid_values is not True)  # as in _decode
         out = self._prefill(state, input_ids)
         while True:
             logits = out.logits[:, -1].float()
+            watch.update(logits)
+            if config.do_sample:
+                watch.check(cur)
             log_probs = F.log_softmax(logits, dim=-1)
             flat_running = running[:, :, :cur].reshape(rows, cur)
             log_probs = processors(flat_running, log_probs) if processors else log_probs
@@ -650,13 +704,14 @@ class GenerationMixin:
             worst_finished = torch.where(is_finished, torch.min(finished_scores, dim=1, keepdim=True)[0], -1.0e9)
             can_improve = can_improve & torch.any(best_possible > worst_finished, dim=-1, keepdim=True)
             go_on = (torch.any(can_improve) & ~(torch.all(is_finished) & (early_stopping is True))
-                     & ~torch.all(stopped))
+                     & ~torch.all(stopped) & watch.finite())
             if not bool(go_on):
                 break
             tokens = running[:, :, cur - 1].reshape(rows, 1) if state.cache is not None else \
                 running[:, :, :cur].reshape(rows, cur)
             out = self._step(state, tokens, cur - 1, cur)
 
+        watch.check(cur - 1)
         n = config.num_return_sequences
         sequences = finished[:, :n].reshape(batch * n, -1)
         scores = finished_scores[:, :n].reshape(-1)
@@ -731,6 +786,33 @@ class _Recorder:
     def decoder_fields(self) -> Dict[str, Any]:
         return {"decoder_attentions": self.attentions, "cross_attentions": self.cross_attentions,
                 "decoder_hidden_states": self.hidden_states}
+
+
+class _NonFiniteWatch:
+    """NaN / Inf in the model's logits, flagged on the device with no host sync: a NaN or Inf logit makes the
+    vocabulary sum NaN / Inf, and 0 * that sum is NaN (0 * a finite sum is 0), so `acc` stays 0 until one
+    appears. A sum (two small kernels) rather than isfinite().all(): 25x cheaper on a 50k vocabulary on CPU.
+    (A float32 sum that overflows, logits near 1e34, also counts: such logits are garbage too.)"""
+
+    def __init__(self, device, on: bool) -> None:
+        self.acc = torch.zeros((), dtype=torch.float32, device=device)
+        self.on = on
+
+    def update(self, logits: torch.Tensor) -> None:
+        if self.on:
+            self.acc.add_(logits.sum() * 0)
+
+    def finite(self) -> torch.Tensor:
+        return torch.isfinite(self.acc)
+
+    def check(self, length: int) -> None:
+        """Stop generation (a host sync) when logits were NaN / Inf. transformers 5.25 emits argmax(NaN) tokens
+        in greedy and beam search and fails inside torch.multinomial when sampling."""
+        if self.on and not bool(torch.isfinite(self.acc)):
+            raise FloatingPointError(f"the model's logits contain NaN or Inf (at or before the step that extends "
+                                     f"the sequence past {length} tokens); generation stopped without returning "
+                                     "tokens computed from them. Check the weights and the dtype (float16 "
+                                     "overflow?).")
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

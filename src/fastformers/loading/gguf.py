@@ -28,6 +28,7 @@ Qwen2 and Qwen3 files go through in transformers 5):
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import re
@@ -270,7 +271,7 @@ def dequantize(data, ggml_type: int, shape, dtype: torch.dtype = torch.float32) 
     if raw.data_ptr() % 8:  # a file with an unusual general.alignment: realign before reinterpreting the bytes
         raw = raw.clone()
     shape = tuple(int(s) for s in shape)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if ggml_type in _FLOAT_TYPES:
         stored = _FLOAT_TYPES[ggml_type]
         values = raw.view(stored)
@@ -358,11 +359,22 @@ class _Truncated(Exception):
     pass
 
 
+# Every count in the header is checked against the bytes left in the file before anything is built from it:
+# the least each item can take (a tensor info: name length, n_dims, type, offset; a key-value: key length and
+# value type plus a 1-byte value; a nested array: its type and length).
+_MIN_TENSOR_INFO, _MIN_KV, _MIN_ARRAY = 24, 13, 12
+_MAX_ARRAY_DEPTH = 8  # arrays of arrays: llama.cpp writes none; a cap instead of a RecursionError
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
 class _HeaderParser:
-    """Sequential reads over the mapped file; any read past the end raises _Truncated."""
+    """Sequential reads over the mapped file. A read past the end raises _Truncated (the field being read is
+    `self.field`); a length or count larger than the rest of the file raises ValueError before anything
+    is allocated for it."""
 
     def __init__(self, buf, size: int):
         self.buf, self.size, self.pos = buf, size, 0
+        self.field = "the header"
 
     def take(self, n: int) -> int:
         start = self.pos
@@ -375,12 +387,20 @@ class _HeaderParser:
     def unpack(self, fmt: str, width: int):
         return struct.unpack_from(fmt, self.buf, self.take(width))[0]
 
+    def fits(self, count: int, width: int, what: str) -> None:
+        """`count` items of at least `width` bytes must fit in the rest of the file."""
+        left = self.size - self.pos
+        if count * width > left:
+            raise ValueError(f"{what} {count} needs at least {count * width} bytes, but only {left} remain in the "
+                             "file")
+
     def string(self) -> str:
         n = self.unpack("<Q", 8)
+        self.fits(n, 1, "string length")
         start = self.take(n)
         return self.buf[start:start + n].decode("utf-8")
 
-    def value(self, vtype: int):
+    def value(self, vtype: int, depth: int = 0):
         if vtype in _SCALARS:
             fmt, width = _SCALARS[vtype]
             value = self.unpack(fmt, width)
@@ -392,10 +412,12 @@ class _HeaderParser:
             count = self.unpack("<Q", 8)
             if etype in _NUMPY:
                 width = _SCALARS[etype][1]
+                self.fits(count, width, "array length")
                 start = self.take(count * width)
                 values = np.frombuffer(self.buf, dtype=_NUMPY[etype], count=count, offset=start).tolist()
                 return [bool(v) for v in values] if etype == 7 else values
             if etype == 8:
+                self.fits(count, 8, "array length")
                 buf, size, unpack = self.buf, self.size, struct.unpack_from
                 pos, out = self.pos, []
                 append = out.append
@@ -411,9 +433,83 @@ class _HeaderParser:
                 self.pos = pos
                 return out
             if etype == 9:
-                return [self.value(9) for _ in range(count)]
+                if depth >= _MAX_ARRAY_DEPTH:
+                    raise ValueError(f"arrays nested more than {_MAX_ARRAY_DEPTH} deep")
+                self.fits(count, _MIN_ARRAY, "array length")
+                return [self.value(9, depth + 1) for _ in range(count)]
             raise ValueError(f"array of unknown metadata value type {etype}")
         raise ValueError(f"unknown metadata value type {vtype}")
+
+
+# The type each known metadata key must have: `{arch}.` keys after the architecture prefix, the others whole.
+# A file stating `block_count` as a string gets an error naming the key, not a TypeError deep in config code.
+_POSITIVE_INT, _POSITIVE_NUMBER, _STRING, _INT, _BOOL = "a positive integer", "a positive number", "a string", \
+    "an integer", "a boolean"
+_STRING_LIST, _NUMBER_LIST, _INT_LIST = "a list of strings", "a list of numbers", "a list of integers"
+_ARCH_KEY_TYPES = {
+    "vocab_size": _POSITIVE_INT, "embedding_length": _POSITIVE_INT, "block_count": _POSITIVE_INT,
+    "attention.head_count": _POSITIVE_INT, "attention.head_count_kv": _POSITIVE_INT, "context_length": _POSITIVE_INT,
+    "rope.dimension_count": _POSITIVE_INT, "attention.key_length": _POSITIVE_INT,
+    "rope.scaling.original_context_length": _POSITIVE_INT,
+    "attention.layer_norm_rms_epsilon": _POSITIVE_NUMBER, "rope.freq_base": _POSITIVE_NUMBER,
+    "rope.scaling.factor": _POSITIVE_NUMBER, "rope.scale_linear": _POSITIVE_NUMBER, "rope.scaling.type": _STRING,
+}
+_KEY_TYPES = {
+    "general.architecture": _STRING, "general.name": _STRING, "general.alignment": _POSITIVE_INT,
+    "tokenizer.ggml.model": _STRING, "tokenizer.ggml.pre": _STRING, "tokenizer.chat_template": _STRING,
+    "tokenizer.ggml.tokens": _STRING_LIST, "tokenizer.ggml.merges": _STRING_LIST,
+    "tokenizer.ggml.scores": _NUMBER_LIST, "tokenizer.ggml.token_type": _INT_LIST,
+    "tokenizer.ggml.add_bos_token": _BOOL, "tokenizer.ggml.add_eos_token": _BOOL,
+    **{f"tokenizer.ggml.{t}_token_id": _INT for t in ("bos", "eos", "unknown", "padding", "separator", "mask", "cls")},
+}
+_MAX_SIZE = 1 << 40  # far above any real size / count / length, far below what would be allocated from it
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == _POSITIVE_INT:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_SIZE
+    if kind == _POSITIVE_NUMBER:
+        return number and math.isfinite(value) and value > 0
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _STRING:
+        return isinstance(value, str)
+    if not isinstance(value, list):
+        return False
+    if kind == _STRING_LIST:
+        return all(isinstance(v, str) for v in value)
+    if kind == _NUMBER_LIST:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in value)  # _INT_LIST
+
+
+def _check_metadata_types(path: str, metadata: Dict[str, Any]) -> None:
+    """Refuse a known key of the wrong type (naming the key and the value), and tokenizer arrays that disagree
+    in length. (Special token ids outside the vocabulary are refused when a tokenizer is built from them:
+    fastformers.tokenization.gguf.)"""
+    arch = metadata.get("general.architecture")
+    expected = dict(_KEY_TYPES)
+    if isinstance(arch, str):
+        expected.update({f"{arch}.{k}": kind for k, kind in _ARCH_KEY_TYPES.items()})
+    for key, kind in expected.items():
+        if key not in metadata:
+            continue
+        value = metadata[key]
+        # per-layer lists of sizes (feed_forward_length, head_count, ...) are refused later, by name, in _key
+        ok = _has_type(value, kind) or (key.startswith(f"{arch}.") and isinstance(value, list)
+                                         and all(_has_type(v, kind) for v in value))
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise GGUFError(f"{path}: metadata key {key!r} must be {kind}, got {type(value).__name__} {shown}")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+            if key in metadata and len(metadata[key]) != len(tokens):
+                raise GGUFError(f"{path}: metadata key {key!r} has {len(metadata[key])} entries, but "
+                                f"tokenizer.ggml.tokens has {len(tokens)}")
 
 
 class GGUFCheckpoint:
@@ -435,13 +531,18 @@ class GGUFCheckpoint:
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         try:
             self._parse()
+            del self._parser
         except _Truncated:
+            parser = self.__dict__.pop("_parser", None)
+            field = parser.field if parser is not None else "its GGUF header"
             self.close()
-            raise GGUFError(f"{self.path} is truncated: its GGUF header ends past the end of the file "
+            raise GGUFError(f"{self.path} is truncated: {field} ends past the end of the file "
                             f"({self.file_size} bytes)") from None
         except UnicodeDecodeError as e:
+            parser = self.__dict__.pop("_parser", None)
+            field = parser.field if parser is not None else "a string"
             self.close()
-            raise GGUFError(f"{self.path}: corrupt GGUF header (a string is not UTF-8: {e})") from None
+            raise GGUFError(f"{self.path}: corrupt GGUF header ({field}: a string is not UTF-8: {e})") from None
         except GGUFError:
             self.close()
             raise
@@ -451,7 +552,7 @@ class GGUFCheckpoint:
 
     # -- parsing ----------------------------------------------------------------------------------------------
     def _parse(self) -> None:
-        p = _HeaderParser(self._mmap, self.file_size)
+        p = self._parser = _HeaderParser(self._mmap, self.file_size)
         p.take(4)
         version = p.unpack("<I", 4)
         if version not in (2, 3):
@@ -460,26 +561,50 @@ class GGUFCheckpoint:
                 raise GGUFError(f"{self.path} is a big-endian GGUF file, which is not supported")
             raise GGUFError(f"{self.path} is GGUF version {version}; versions 2 and 3 are supported")
         self.version = version
+        p.field = "the tensor and key-value counts"
         n_tensors = p.unpack("<Q", 8)
         n_kv = p.unpack("<Q", 8)
-        if n_tensors > self.file_size or n_kv > self.file_size:
-            raise _Truncated()
+        for count, least, what in ((n_kv, _MIN_KV, "key-value count"), (n_tensors, _MIN_TENSOR_INFO, "tensor count")):
+            try:
+                p.fits(count, least, what)
+            except ValueError as e:
+                raise GGUFError(f"{self.path} is truncated or corrupt: the header's {what} is {count}, which "
+                                f"{str(e).split(' needs ', 1)[1].replace('at least', 'needs at least')}") from None
         metadata: Dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = p.string()
+        for i in range(n_kv):
+            p.field = f"metadata key #{i}"
+            try:
+                key = p.string()
+            except ValueError as e:
+                raise GGUFError(f"{self.path}: cannot read the name of metadata key #{i}: {e}") from None
+            p.field = f"metadata key {key!r}"
+            if key in metadata:
+                raise GGUFError(f"{self.path}: metadata key {key!r} appears twice")
             vtype = p.unpack("<I", 4)
             try:
                 metadata[key] = p.value(vtype)
             except ValueError as e:
                 raise GGUFError(f"{self.path}: cannot read metadata key {key!r}: {e}") from None
+        _check_metadata_types(self.path, metadata)
         self.metadata = metadata
         infos = []
-        for _ in range(n_tensors):
-            name = p.string()
+        seen = set()
+        for i in range(n_tensors):
+            p.field = f"tensor info #{i}"
+            try:
+                name = p.string()
+            except ValueError as e:
+                raise GGUFError(f"{self.path}: cannot read the name of tensor #{i}: {e}") from None
+            p.field = f"tensor info {name!r}"
+            if name in seen:
+                raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
+            seen.add(name)
             n_dims = p.unpack("<I", 4)
-            if n_dims > 8:
-                raise GGUFError(f"{self.path}: tensor {name!r} claims {n_dims} dimensions")
+            if n_dims > _MAX_DIMS:
+                raise GGUFError(f"{self.path}: tensor {name!r} claims {n_dims} dimensions (at most {_MAX_DIMS})")
             dims = struct.unpack_from(f"<{n_dims}Q", self._mmap, p.take(8 * n_dims))
+            if 0 in dims:  # an empty weight is no weight: refused rather than carried into the model
+                raise GGUFError(f"{self.path}: tensor {name!r} has a dimension of 0 (dims {list(dims)})")
             type_id = p.unpack("<I", 4)
             offset = p.unpack("<Q", 8)
             infos.append((name, tuple(reversed(dims)), type_id, offset))
@@ -491,7 +616,11 @@ class GGUFCheckpoint:
         tensors: Dict[str, GGUFTensorInfo] = {}
         for name, shape, type_id, offset in infos:
             layout = _type_layout(type_id)
-            count = int(np.prod(shape)) if shape else 1
+            count = math.prod(shape)  # Python ints: no overflow to hide a lying shape
+            start = self.data_offset + offset
+            if start > self.file_size:
+                raise GGUFError(f"{self.path}: tensor {name!r} has data offset {offset}, past the end of the file "
+                                f"({self.file_size} bytes)")
             nbytes = None
             if layout is not None:
                 type_name, block, size = layout
@@ -499,12 +628,17 @@ class GGUFCheckpoint:
                     raise GGUFError(f"{self.path}: tensor {name!r} of type {type_name} has rows of {shape[-1]} "
                                     f"values, not a multiple of its block size {block}")
                 nbytes = count // block * size
-                if self.data_offset + offset + nbytes > self.file_size:
+                if nbytes > self.file_size:
+                    raise GGUFError(f"{self.path}: tensor {name!r} claims shape {list(shape)} ({type_name}, "
+                                    f"{nbytes} bytes), more than the whole file ({self.file_size} bytes)")
+                if start + nbytes > self.file_size:
                     raise GGUFError(f"{self.path} is truncated: tensor {name!r} ({type_name}, shape {list(shape)}) "
-                                    f"ends at byte {self.data_offset + offset + nbytes}, past the end of the file "
+                                    f"ends at byte {start + nbytes}, past the end of the file "
                                     f"({self.file_size} bytes)")
-            tensors[name] = GGUFTensorInfo(name, shape, type_id, _type_name(type_id),
-                                           self.data_offset + offset, nbytes)
+            elif count > 8 * self.file_size:  # no known type stores an element in under a bit
+                raise GGUFError(f"{self.path}: tensor {name!r} claims shape {list(shape)} ({count} values), more than "
+                                f"the whole file ({self.file_size} bytes) can hold")
+            tensors[name] = GGUFTensorInfo(name, shape, type_id, _type_name(type_id), start, nbytes)
         self.tensors = tensors
         if "general.architecture" not in metadata:
             raise GGUFError(f"{self.path}: no general.architecture in the GGUF metadata")
@@ -577,6 +711,7 @@ class GGUFCheckpoint:
                 cfg[name] = value
         for key in ("embedding_length", "block_count", "attention.head_count"):
             self._key(key, required=True)
+        self._check_sizes_against_tensors(cfg)
         if "vocab_size" not in cfg:
             tokens = md.get("tokenizer.ggml.tokens")
             if tokens is not None:
@@ -607,6 +742,23 @@ class GGUFCheckpoint:
             if value is not None:
                 cfg[name] = value
         return cfg
+
+    def _check_sizes_against_tensors(self, cfg: Dict[str, Any]) -> None:
+        """The model the metadata describes is the one the tensors hold: a lying block_count / vocab_size /
+        embedding_length would otherwise make the model allocate far more than the file justifies."""
+        blocks = {int(m.group(1)) for m in map(re.compile(r"blk\.(\d+)\.").match, self.tensors) if m}
+        if blocks and cfg["num_hidden_layers"] > max(blocks) + 1:
+            raise GGUFError(f"{self.path}: metadata key '{self.architecture}.block_count' is "
+                            f"{cfg['num_hidden_layers']}, but the file holds tensors for {max(blocks) + 1} blocks")
+        embedding = self.tensors.get("token_embd.weight")
+        if embedding is not None and len(embedding.shape) == 2:
+            for key, name, size in (("embedding_length", "hidden_size", embedding.shape[1]),
+                                    ("vocab_size", "vocab_size", embedding.shape[0])):
+                if name in cfg and cfg[name] != size:
+                    source = f"metadata key '{self.architecture}.{key}'" if self._key(key) is not None else \
+                        "the length of tokenizer.ggml.tokens"
+                    raise GGUFError(f"{self.path}: {source} is {cfg[name]}, but token_embd.weight has shape "
+                                    f"{list(embedding.shape)}")
 
     # -- weights ----------------------------------------------------------------------------------------------
     def _raw(self, info: GGUFTensorInfo) -> torch.Tensor:

@@ -10,6 +10,17 @@ import os
 from typing import Optional
 
 
+def no_duplicate_keys(pairs: list) -> dict:
+    """`json.load(..., object_pairs_hook=no_duplicate_keys)`: a JSON object naming a key twice is refused (plain
+    json keeps the last silently, so two readers of one file could disagree on what it says)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice in one JSON object")
+        seen.add(key)
+    return dict(pairs)
+
+
 def refuse_remote_code(trust_remote_code: bool) -> None:
     if trust_remote_code:
         raise ValueError(

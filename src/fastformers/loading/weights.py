@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .hub import resolve_file
+from .hub import no_duplicate_keys, resolve_file
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -34,23 +34,52 @@ def find_weight_files(name_or_path, *, use_safetensors: Optional[bool] = None, *
             continue
         if not filename.endswith(".index.json"):
             return [path]
-        return [resolve_file(name_or_path, shard, **hub) for shard in _shards_of(path)]
+        files = [resolve_file(name_or_path, shard, **hub) for shard in _shards_of(path)]
+        _check_no_tensor_in_two_shards(files)
+        return files
     raise OSError(f"{os.fspath(name_or_path)!r} has no weights: looked for {', '.join(candidates)}")
 
 
 def _shards_of(index_path: str) -> List[str]:
+    """The shard file names of a weight index, each a relative path inside the checkpoint folder."""
     try:
         with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+            weight_map = json.load(f, object_pairs_hook=no_duplicate_keys)["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{index_path} is not a valid weight index (a JSON object with 'weight_map'): {e}") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index_path}: 'weight_map' must be a non-empty object of tensor name -> shard file, "
+                         f"found {type(weight_map).__name__}")
     shards = []
-    for shard in weight_map.values():
-        if not isinstance(shard, str) or os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
-            raise ValueError(f"{index_path} names an invalid shard file {shard!r}")
+    for name, shard in weight_map.items():
+        # a name from the file must not leave the checkpoint folder: no absolute path, no drive, no '..'
+        parts = shard.replace("\\", "/").split("/") if isinstance(shard, str) else None
+        if parts is None or not shard or os.path.isabs(shard) or ".." in parts or ":" in parts[0] or "\0" in shard:
+            raise ValueError(f"{index_path}: weight_map[{name!r}] names an invalid shard file {shard!r} (it must be a "
+                             "file name inside the checkpoint folder)")
         if shard not in shards:
             shards.append(shard)
     return shards
+
+
+def _check_no_tensor_in_two_shards(files: List[str]) -> None:
+    """A tensor stored in two shards would load silently from whichever comes last: refused. (Only the
+    safetensors headers are read: pickled shards would have to be loaded to list their names.)"""
+    from safetensors import SafetensorError, safe_open
+
+    seen: Dict[str, str] = {}
+    for path in files:
+        if not path.endswith(".safetensors"):
+            continue
+        try:
+            with safe_open(path, framework="pt") as f:
+                names = list(f.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise OSError(f"cannot read safetensors file {path}: it is truncated or corrupt ({e})") from None
+        for name in names:
+            if name in seen:
+                raise ValueError(f"tensor {name!r} is stored in two shards: {seen[name]} and {path}")
+            seen[name] = path
 
 
 def read_tensors(path: str, device: str | torch.device = "cpu") -> Iterator[Tuple[str, torch.Tensor]]:

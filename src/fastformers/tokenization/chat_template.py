@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime
@@ -260,6 +261,146 @@ _GENERATION_START, _GENERATION_END = "\U000f0002", "\U000f0003"
 _TRACK_GENERATION: ContextVar[bool] = ContextVar("fastformers_track_generation", default=False)
 
 
+# Bounds on rendering an (untrusted) chat template. transformers 5.25 renders with no bound: two nested
+# `range(100000)` loops keep a CPU busy for hours, `"x" * 10**10` takes 10 GB. Here every loop iteration,
+# call, filter and operator checks a per-render budget: wall time, and the size of any string / list made
+# (and of int arguments, which decide sizes: `center(10**10)`). Raise them for unusual templates by setting
+# these module attributes.
+CHAT_TEMPLATE_MAX_SECONDS = 1.0
+CHAT_TEMPLATE_MAX_CHARS = 16_000_000  # or twice the inputs' size when that is more
+
+
+class ChatTemplateLimitError(ValueError):
+    """A chat template exceeded the time or size bound on rendering."""
+
+
+@dataclasses.dataclass
+class _Budget:
+    deadline: float
+    max_chars: int
+    seconds: float
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ChatTemplateLimitError(
+                f"the chat template ran for more than {self.seconds:g} s and was stopped (fastformers."
+                "tokenization.chat_template.CHAT_TEMPLATE_MAX_SECONDS sets the bound)")
+
+    def check_size(self, value, what: str = "a value", ints: bool = False) -> None:
+        """A string / list / tuple / dict longer than the bound; with `ints`, an int beyond it (an argument
+        that sets a size: `center(10**10)`, `lipsum(10**9)`, `tojson(indent=10**9)`)."""
+        if isinstance(value, (str, list, tuple, dict)) and len(value) > self.max_chars:
+            self.too_big(f"{what} of length {len(value)}")
+        if ints and isinstance(value, int) and not isinstance(value, bool) and abs(value) > self.max_chars:
+            self.too_big(f"{what} {value}")
+
+    def too_big(self, what: str):
+        raise ChatTemplateLimitError(
+            f"the chat template would make {what}; the bound is {self.max_chars} (characters, items, or the value "
+            "of a size argument; fastformers.tokenization.chat_template.CHAT_TEMPLATE_MAX_CHARS sets it)")
+
+
+_BUDGET: ContextVar[Optional[_Budget]] = ContextVar("fastformers_chat_template_budget", default=None)
+
+
+def _budget() -> _Budget:
+    budget = _BUDGET.get()
+    if budget is None:  # a compiled template rendered outside _render_chat: the size bound (time is per check)
+        budget = _Budget(time.monotonic() + CHAT_TEMPLATE_MAX_SECONDS, CHAT_TEMPLATE_MAX_CHARS,
+                         CHAT_TEMPLATE_MAX_SECONDS)
+    return budget
+
+
+def _input_chars(value) -> int:
+    """The characters of strings in plain template data (what the output may fairly grow with)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_input_chars(k) + _input_chars(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_input_chars(v) for v in value)
+    return 0
+
+
+_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*(?:\d{7,}|\{)")  # also nested {width} fields
+_PRINTF_WIDTH = re.compile(r"%[-#0 +]*(?:\*|\d{7,})|%[-#0 +]*\d*\.(?:\*|\d{7,})")
+
+
+def _check_binop(budget: _Budget, operator: str, left, right) -> None:
+    """Refuse an operation whose result would exceed the size bound, before computing it."""
+    sized = (str, list, tuple)
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, sized) and isinstance(n, int) and len(seq) * max(n, 0) > budget.max_chars:
+                budget.too_big(f"a {type(seq).__name__} of length {len(seq)} times {n}")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > 1 << 16:
+            budget.too_big("an integer product with more than 65536 bits")
+    elif operator == "+":
+        if isinstance(left, sized) and isinstance(right, sized) and len(left) + len(right) > budget.max_chars:
+            budget.too_big(f"a concatenation of length {len(left) + len(right)}")
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and \
+                left.bit_length() * right > 1 << 16:
+            budget.too_big(f"an integer power {left} ** {right}")
+    elif operator == "%" and isinstance(left, str) and _PRINTF_WIDTH.search(left):
+        budget.too_big("a printf format with a width or precision of a million or more (or '*')")
+
+
+def _check_arguments(budget: _Budget, what: str, args, kwargs) -> None:
+    for value in (*args, *kwargs.values()):
+        budget.check_size(value, f"an argument to {what}", ints=True)
+
+
+def _bounded_iter(iterable):
+    """A `{% for %}` loop's iterable, checking the time bound at every iteration."""
+    budget = _budget()
+    budget.check_size(iterable, "a loop over a sequence")
+    for item in iterable:
+        budget.check_time()
+        yield item
+
+
+def _bounded_concat(values) -> str:
+    """`a ~ b ~ ...` with the size bound checked before joining."""
+    budget = _budget()
+    parts = [str(v) for v in values]
+    if sum(map(len, parts)) > budget.max_chars:
+        budget.too_big(f"a concatenation of length {sum(map(len, parts))}")
+    return "".join(parts)
+
+
+def _bounded_join(parts) -> str:
+    """The environment's `concat` (block sets, macro bodies): the size bound checked before joining."""
+    budget = _budget()
+    parts = list(parts)
+    size = sum(len(p) for p in parts)
+    if size > budget.max_chars:
+        budget.too_big(f"a block of {size} characters")
+    return "".join(parts)
+
+
+def _bound_template_ast(jinja2, ast):
+    """Route every `for` loop's iterable and every `~` through the bounded helpers (filters whose names have a
+    space, which templates cannot write)."""
+    nodes = jinja2.nodes
+    for loop in ast.find_all(nodes.For):
+        loop.iter = nodes.Filter(loop.iter, "ff bounded iter", [], [], None, None, lineno=loop.lineno)
+    for parent in list(ast.find_all(nodes.Node)):
+        for field in parent.fields:
+            value = getattr(parent, field, None)
+            if isinstance(value, nodes.Concat):
+                setattr(parent, field, _concat_filter(nodes, value))
+            elif isinstance(value, list):
+                setattr(parent, field, [_concat_filter(nodes, v) if isinstance(v, nodes.Concat) else v
+                                        for v in value])
+    return ast
+
+
+def _concat_filter(nodes, concat):
+    return nodes.Filter(nodes.List(concat.nodes, lineno=concat.lineno), "ff bounded concat", [], [], None, None,
+                        lineno=concat.lineno)
+
+
 def _jinja():
     try:
         import jinja2
@@ -337,15 +478,70 @@ def _compile_chat_template(template: str):
                 raise jinja2.exceptions.SecurityError(
                     f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {name!r}.")
 
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    class BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+        """The immutable sandbox, with the time and size budget checked at every call and operator (the
+        operators listed are also kept from compile-time constant folding)."""
+
+        intercepted_binops = frozenset(["*", "**", "+", "%"])
+        # joins the buffers of {% set %} blocks, macros and {% filter %} blocks
+        concat = staticmethod(_bounded_join)
+
+        def call_binop(self, context, operator, left, right):
+            budget = _budget()
+            _check_binop(budget, operator, left, right)
+            result = super().call_binop(context, operator, left, right)
+            budget.check_size(result, f"a result of {operator!r}")
+            return result
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja2's signature
+            budget = _budget()
+            budget.check_time()
+            _check_arguments(budget, "a call", args, kwargs)
+            owner = getattr(__obj, "__self__", None)
+            if isinstance(owner, str) and getattr(__obj, "__name__", None) == "replace" and len(args) >= 2 and \
+                    isinstance(args[0], str) and isinstance(args[1], str) and \
+                    len(owner) + (owner.count(args[0]) + 1) * len(args[1]) > budget.max_chars:
+                budget.too_big("a str.replace result longer than the bound")
+            method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format / format_map
+            fmt = getattr(method, "__self__", None)
+            if isinstance(fmt, str) and getattr(method, "__name__", None) in ("format", "format_map") and \
+                    _FORMAT_WIDTH.search(fmt):
+                budget.too_big("a format string with a width or precision of a million or more")
+            result = super().call(__context, __obj, *args, **kwargs)
+            budget.check_size(result, "a call's result")
+            return result
+
+    def bounded_filter(name, function):
+        # jinja2 passes the context / eval context / environment first to filters marked for it
+        skip = 2 if hasattr(function, "jinja_pass_arg") else 1  # that, and the value filtered
+
+        def run(*args, **kwargs):
+            budget = _budget()
+            budget.check_time()
+            _check_arguments(budget, f"the {name!r} filter", args[skip:], kwargs)
+            text = args[skip - 1:skip + 2]
+            if name == "replace" and len(text) == 3 and all(isinstance(a, str) for a in text) and \
+                    len(text[0]) + (text[0].count(text[1]) + 1) * len(text[2]) > budget.max_chars:
+                budget.too_big("a 'replace' filter result longer than the bound")
+            result = function(*args, **kwargs)
+            budget.check_size(result, f"the {name!r} filter's result")
+            return result
+
+        if hasattr(function, "jinja_pass_arg"):
+            run.jinja_pass_arg = function.jinja_pass_arg
+        return run
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
+    env.filters = {name: bounded_filter(name, f) for name, f in env.filters.items()}
+    env.filters["ff bounded iter"] = _bounded_iter
+    env.filters["ff bounded concat"] = _bounded_concat
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = TemplateDict()
     env.globals["namespace"] = TemplateNamespace
     try:
-        return env.from_string(template)
+        return env.from_string(_bound_template_ast(jinja2, env.parse(template)))
     except jinja2.exceptions.TemplateSyntaxError as e:
         raise ValueError(f"the chat template is not valid Jinja (line {e.lineno}): {e.message}") from None
 
@@ -420,6 +616,19 @@ def _alias_reasoning_fields(chat: list) -> list:
     return out
 
 
+def _render_bounded(compiled, max_chars: int, **variables) -> str:
+    """Render chunk by chunk, stopping as soon as the output passes `max_chars`."""
+    budget = _budget()
+    chunks, size = [], 0
+    for chunk in compiled.generate(**variables):
+        size += len(chunk)
+        if size > max_chars:
+            budget.too_big(f"an output of more than {size} characters")
+        chunks.append(chunk)
+    budget.check_time()
+    return "".join(chunks)
+
+
 def _generation_spans(text: str) -> tuple[str, list[tuple[int, int]]]:
     """Remove generation markers from `text`; return it and the (start, end) character spans they enclosed."""
     clean, spans, stack, removed = [], [], [], 0
@@ -460,6 +669,7 @@ def _render_chat(conversations: list, template: str, tools=None, documents=None,
     documents = _plain_template_data(documents)
     template_kwargs = _plain_template_data(template_kwargs)
 
+    inputs_chars = _input_chars(tool_schemas) + _input_chars(documents) + _input_chars(template_kwargs)
     texts, all_spans = [], []
     for chat in conversations:
         chat = _plain_template_data(list(getattr(chat, "messages", chat)))
@@ -495,10 +705,17 @@ def _render_chat(conversations: list, template: str, tools=None, documents=None,
                 for f in fields:
                     chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
         token = _TRACK_GENERATION.set(bool(track_generation))
+        max_chars = max(CHAT_TEMPLATE_MAX_CHARS, 2 * (_input_chars(chat) + inputs_chars))
+        budget = _BUDGET.set(_Budget(time.monotonic() + CHAT_TEMPLATE_MAX_SECONDS, max_chars,
+                                     CHAT_TEMPLATE_MAX_SECONDS))
         try:
-            text = compiled.render(messages=chat, tools=tool_schemas, documents=documents,
+            text = _render_bounded(compiled, max_chars, messages=chat, tools=tool_schemas, documents=documents,
                                    add_generation_prompt=add_generation_prompt, **template_kwargs)
+        except RecursionError:
+            raise ChatTemplateLimitError("the chat template recursed too deep (a macro or recursive loop that "
+                                         "does not end?)") from None
         finally:
+            _BUDGET.reset(budget)
             _TRACK_GENERATION.reset(token)
         spans = []
         if track_generation:

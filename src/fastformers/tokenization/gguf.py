@@ -79,11 +79,24 @@ def _spm_merges(tokens: List[str], scores: List[float]) -> List[Tuple[str, str]]
     return [(left, right) for left, right, _ in found]
 
 
-def _file_merges(metadata: dict) -> Optional[List[Tuple[str, str]]]:
+def _file_merges(metadata: dict, path: str) -> Optional[List[Tuple[str, str]]]:
     merges = metadata.get("tokenizer.ggml.merges")
     if merges is None:
         return None
-    return [tuple(m.split(" ")) for m in merges]
+    pairs = [tuple(m.split(" ")) for m in merges]
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not all(pair):
+            raise GGUFError(f"{path}: tokenizer.ggml.merges[{i}] is {merges[i]!r}, not two tokens separated by "
+                            "one space")
+    return pairs
+
+
+def _bpe(path: str, **options) -> Tokenizer:
+    """The BPE backend; the `tokenizers` error on a vocabulary / merges that disagree names the file."""
+    try:
+        return Tokenizer(BPE(**options))
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise GGUFError(f"{path}: cannot build a BPE tokenizer from tokenizer.ggml.tokens / merges: {e}") from None
 
 
 def tokenizer_from_gguf(ckpt: GGUFCheckpoint, name_or_path: Optional[str] = None,
@@ -108,14 +121,14 @@ def tokenizer_from_gguf(ckpt: GGUFCheckpoint, name_or_path: Optional[str] = None
             if not set(token) <= alphabet:
                 token = "".join(table[b] for b in token.encode("utf-8"))
             vocab[token] = index
-        merges = _file_merges(md)
+        merges = _file_merges(md, ckpt.path)
         if merges is None:
             scores = md.get("tokenizer.ggml.scores")
             if scores is None:
                 raise GGUFError(f"{ckpt.path}: byte-level BPE vocabulary without merges or scores")
             merges = _spm_merges(tokens, scores)
-        backend = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                                end_of_word_suffix="", fuse_unk=False))
+        backend = _bpe(ckpt.path, vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                       end_of_word_suffix="", fuse_unk=False)
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         class_defaults = ["<|endoftext|>"]  # GPT2Tokenizer's default unk / bos / eos
@@ -125,13 +138,13 @@ def tokenizer_from_gguf(ckpt: GGUFCheckpoint, name_or_path: Optional[str] = None
             raise GGUFError(f"{ckpt.path}: the SentencePiece tokenizer of {arch!r} GGUF files is not supported "
                             f"(supported: tokenizer.ggml.model 'gpt2', and 'llama' for other architectures)")
         vocab = {token: index for index, token in enumerate(tokens)}
-        merges = _file_merges(md)
+        merges = _file_merges(md, ckpt.path)
         if merges is None:
             scores = md.get("tokenizer.ggml.scores")
             if scores is None:
                 raise GGUFError(f"{ckpt.path}: SentencePiece vocabulary without merges or scores")
             merges = _spm_merges(tokens, scores)
-        backend = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None))
+        backend = _bpe(ckpt.path, vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None)
         backend.normalizer = None
         backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
         backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),

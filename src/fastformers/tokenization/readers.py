@@ -14,14 +14,16 @@ from typing import Optional
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE, Unigram, WordPiece
 
+from fastformers.loading.hub import no_duplicate_keys
+
 
 def read_json(path: Optional[str], what: str):
     if path is None:
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return json.load(f, object_pairs_hook=no_duplicate_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:  # ValueError: a key twice
         raise ValueError(f"cannot parse {what} {path}: {e}") from None
 
 

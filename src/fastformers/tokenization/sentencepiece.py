@@ -218,6 +218,15 @@ def parse_model(data: bytes, source: str = "<bytes>") -> ModelProto:
     if not pieces:
         raise ValueError(f"cannot parse SentencePiece model {source}: it holds no pieces (not a SentencePiece "
                          "model file?)")
+    # as the sentencepiece library refuses on load: a piece defined twice (a vocabulary lookup would silently
+    # keep one of its ids). trainer_spec's special ids are not checked: nothing here reads them (the piece
+    # types say which pieces are special), and the library accepts any value.
+    seen = {}
+    for i, piece in enumerate(pieces):
+        if piece.piece in seen:
+            raise ValueError(f"SentencePiece model {source}: piece {piece.piece!r} is defined twice (ids "
+                             f"{seen[piece.piece]} and {i})")
+        seen[piece.piece] = i
     return ModelProto(pieces, trainer, normalizer, source)
 
 
