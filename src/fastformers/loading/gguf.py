@@ -421,15 +421,16 @@ class _HeaderParser:
                 buf, size, unpack = self.buf, self.size, struct.unpack_from
                 pos, out = self.pos, []
                 append = out.append
-                for _ in range(count):
-                    if pos + 8 > size:
-                        raise _Truncated()
-                    (n,) = unpack("<Q", buf, pos)
-                    pos += 8
-                    if pos + n > size:
-                        raise _Truncated()
-                    append(buf[pos:pos + n].decode("utf-8"))
-                    pos += n
+                try:  # (a vocabulary is ~50k strings: the bounds are checked once, after the loop)
+                    for _ in range(count):
+                        (n,) = unpack("<Q", buf, pos)
+                        pos += 8
+                        append(buf[pos:pos + n].decode("utf-8"))  # a slice past the end is only shorter
+                        pos += n
+                except struct.error:  # a length read past the end
+                    raise _Truncated() from None
+                if pos > size:
+                    raise _Truncated()
                 self.pos = pos
                 return out
             if etype == 9:
@@ -479,11 +480,14 @@ def _has_type(value: Any, kind: str) -> bool:
         return isinstance(value, str)
     if not isinstance(value, list):
         return False
+    # a GGUF array has one element type (the parser returns it homogeneous): its first element tells (checking
+    # all 49k tokens of a vocabulary cost 70 ms per read)
+    first = value[0] if value else None
     if kind == _STRING_LIST:
-        return all(isinstance(v, str) for v in value)
+        return not value or isinstance(first, str)
     if kind == _NUMBER_LIST:
-        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    return all(isinstance(v, int) and not isinstance(v, bool) for v in value)  # _INT_LIST
+        return not value or isinstance(first, (int, float)) and not isinstance(first, bool)
+    return not value or isinstance(first, int) and not isinstance(first, bool)  # _INT_LIST
 
 
 def _check_metadata_types(path: str, metadata: Dict[str, Any]) -> None:
