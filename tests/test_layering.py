@@ -5,7 +5,7 @@
 * no import cycles between modules;
 * no module longer than 1,000 lines;
 * nothing at the repository root shadows an installed distribution's package (`python -m pytest` and
-  `python -m bench` put the root first on sys.path), and every package under src/ is one the install ships.
+  `python -m fastformers.bench` put the root first on sys.path), and every package under src/ is one the install ships.
 
 An import counts wherever it is written: at module level, inside a function (a lazy import delays a dependency; it
 does not remove it), or as a module name in a string (`register_lazy("triton", "fastformers.kernels.norm")`; a
@@ -48,6 +48,7 @@ RANKS = {
     "pipelines": 10,  # pipeline() and one file per task
     ROOT_PACKAGE: 11,  # fastformers/__init__.py: the public names
     "cli": 12,  # the `fastformers` command, on top of the public names
+    "bench": 13,  # the benchmark runner (python -m fastformers.bench): uses everything, nothing uses it
 }
 
 # Parts that only the parts named may import, whatever their rank: models never call a kernel directly (they call

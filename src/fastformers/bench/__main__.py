@@ -1,4 +1,4 @@
-"""`python -m bench [suite ...] [--quick] [--out DIR]`: run suites, print a table, write JSON + markdown."""
+"""`python -m fastformers.bench [suite ...] [--quick] [--out DIR]`: run suites, print a table, write JSON + markdown."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ CUDA_ONLY = ("kernels", "quantized")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m fastformers.bench")
     parser.add_argument("suites", nargs="*", metavar="suite",
                         help=f"any of {', '.join(SUITES)} (default: all that can run here)")
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")

@@ -22,7 +22,6 @@ import tempfile
 import time
 from typing import Dict, List
 
-from .harness import Row
 
 SHAPE = "llama h16 L4 heads2/1 vocab64, decode 1 token"
 
@@ -77,9 +76,12 @@ def measure(tokens: int, repeats: int) -> Dict[str, float]:
     return {k: min(v) for k, v in results.items()}  # the least disturbed repeat: this machine is shared
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the checkout
+
+
 def _baseline_tree(ref: str) -> str:
     """The source tree of git commit `ref`, extracted to a temporary folder."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = _ROOT
     folder = tempfile.mkdtemp(prefix="ff-baseline-")
     archive = subprocess.run(["git", "archive", ref, "src"], cwd=root, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
@@ -88,17 +90,19 @@ def _baseline_tree(ref: str) -> str:
 
 def _in_tree(src: str, tokens: int, repeats: int) -> Dict[str, float]:
     env = dict(os.environ, PYTHONPATH=src, OMP_NUM_THREADS="1")
-    code = f"import json, bench.overhead as b; print(json.dumps(b.measure({tokens}, {repeats})))"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    # measure() runs from this file (the tree measured may have no fastformers.bench), with that tree's fastformers
+    code = (f"import json, runpy; m = runpy.run_path({os.path.abspath(__file__)!r}, run_name='overhead_probe'); "
+            f"print(json.dumps(m['measure']({tokens}, {repeats})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"bench overhead in {src} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(quick: bool = False, baseline: str | None = None) -> List[Row]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    trees = {"fastformers": os.path.join(root, "src")}
+    from .harness import Row  # (here: measure() also runs from this file alone, outside the package)
+
+    trees = {"fastformers": os.path.join(_ROOT, "src")}
     if baseline:
         trees[f"fastformers@{baseline}"] = _baseline_tree(baseline)
     tokens, repeats, rounds = (32, 3, 1) if quick else (64, 7, 3)

@@ -1,1 +1,0 @@
-"""fastformers benchmarks: one runner (`python -m bench`), rows of (name, provider, shape, dtype, metric, value)."""
