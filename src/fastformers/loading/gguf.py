@@ -555,6 +555,14 @@ class GGUFCheckpoint:
             raise GGUFError(f"{self.path}: corrupt GGUF header ({e})") from None
 
     # -- parsing ----------------------------------------------------------------------------------------------
+    def _read_name(self, p: "_HeaderParser", what: str, field: str) -> str:
+        """The name of a metadata key or tensor (`what`), read as `field` (what a truncation error names)."""
+        p.field = field
+        try:
+            return p.string()
+        except ValueError as e:
+            raise GGUFError(f"{self.path}: cannot read the name of {what}: {e}") from None
+
     def _parse(self) -> None:
         p = self._parser = _HeaderParser(self._mmap, self.file_size)
         p.take(4)
@@ -569,18 +577,13 @@ class GGUFCheckpoint:
         n_tensors = p.unpack("<Q", 8)
         n_kv = p.unpack("<Q", 8)
         for count, least, what in ((n_kv, _MIN_KV, "key-value count"), (n_tensors, _MIN_TENSOR_INFO, "tensor count")):
-            try:
-                p.fits(count, least, what)
-            except ValueError as e:
-                raise GGUFError(f"{self.path} is truncated or corrupt: the header's {what} is {count}, which "
-                                f"{str(e).split(' needs ', 1)[1].replace('at least', 'needs at least')}") from None
+            left = p.size - p.pos
+            if count * least > left:
+                raise GGUFError(f"{self.path} is truncated or corrupt: the header's {what} is {count}, which needs "
+                                f"at least {count * least} bytes, but only {left} remain in the file")
         metadata: Dict[str, Any] = {}
         for i in range(n_kv):
-            p.field = f"metadata key #{i}"
-            try:
-                key = p.string()
-            except ValueError as e:
-                raise GGUFError(f"{self.path}: cannot read the name of metadata key #{i}: {e}") from None
+            key = self._read_name(p, f"metadata key #{i}", f"metadata key #{i}")
             p.field = f"metadata key {key!r}"
             if key in metadata:
                 raise GGUFError(f"{self.path}: metadata key {key!r} appears twice")
@@ -594,11 +597,7 @@ class GGUFCheckpoint:
         infos = []
         seen = set()
         for i in range(n_tensors):
-            p.field = f"tensor info #{i}"
-            try:
-                name = p.string()
-            except ValueError as e:
-                raise GGUFError(f"{self.path}: cannot read the name of tensor #{i}: {e}") from None
+            name = self._read_name(p, f"tensor #{i}", f"tensor info #{i}")
             p.field = f"tensor info {name!r}"
             if name in seen:
                 raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
