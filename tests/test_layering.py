@@ -47,8 +47,8 @@ RANKS = {
     "auto": 9,  # model_type -> config and model classes (imports a model's module by name, when asked)
     "pipelines": 10,  # pipeline() and one file per task
     ROOT_PACKAGE: 11,  # fastformers/__init__.py: the public names
-    "cli": 12,  # the `fastformers` command, on top of the public names
-    "bench": 13,  # the benchmark runner (python -m fastformers.bench): uses everything, nothing uses it
+    "bench": 12,  # the benchmark suites (python -m fastformers.bench, fastformers bench): use every public name
+    "cli": 13,  # the `fastformers` command, on top of everything (its `bench` subcommand runs the suites)
 }
 
 # Parts that only the parts named may import, whatever their rank: models never call a kernel directly (they call

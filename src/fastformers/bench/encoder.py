@@ -19,7 +19,7 @@ def run(quick: bool = False) -> List[Row]:
     import transformers
 
     import fastformers
-    from fastformers.cli import default_embedding_model
+    from fastformers.pipelines.defaults import default_embedding_model
 
     path = default_embedding_model()
     ours = fastformers.AutoModel.from_pretrained(path, torch_dtype=torch.float32)

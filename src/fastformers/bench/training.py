@@ -20,7 +20,7 @@ def run(quick: bool = False) -> List[Row]:
     import transformers
 
     import fastformers
-    from fastformers.cli import default_embedding_model
+    from fastformers.pipelines.defaults import default_embedding_model
 
     torch.manual_seed(0)
     theirs = transformers.AutoModelForSequenceClassification.from_pretrained(default_embedding_model(), num_labels=2,
