@@ -1,9 +1,13 @@
-"""`python -m fastformers.bench [suite ...] [--quick] [--out DIR]`: run suites, print a table, write JSON + markdown."""
+"""`python -m fastformers.bench [suite ...] [--quick] [--out DIR]`: run suites, print a table, write JSON + markdown.
+
+`python -m fastformers.bench --preset NAME` / `--model M [...]` runs one model side by side instead (the
+`fastformers bench` command, bench/command.py)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from .harness import environment, render_markdown, write_results
 
@@ -12,7 +16,14 @@ CUDA_ONLY = ("kernels", "quantized")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m fastformers.bench")
+    if any(arg.split("=", 1)[0] in ("--preset", "--model") for arg in sys.argv[1:]):
+        from . import command
+
+        parser = argparse.ArgumentParser(prog="python -m fastformers.bench")
+        command.configure(parser)
+        raise SystemExit(command.run(parser.parse_args()))
+    parser = argparse.ArgumentParser(prog="python -m fastformers.bench",
+                                     epilog="one model side by side: --preset NAME or --model M (see --preset -h)")
     parser.add_argument("suites", nargs="*", metavar="suite",
                         help=f"any of {', '.join(SUITES)} (default: all that can run here)")
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")

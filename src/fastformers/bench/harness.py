@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence
 
 
+class BenchError(Exception):
+    """A user mistake or a machine limit: `fastformers bench` prints it as one line, no traceback."""
+
+
 @dataclass
 class Row:
     name: str
