@@ -213,6 +213,9 @@ def _bench(args, device, dtype, float_dtype, batches, lengths, notes, cache_dir,
                           decoder, rates)
             bar.update()
     bar.close()  # before the table: the bar's line would be left between its rows
+    if any(v > 1 for r in rows for k, v in r.items() if k.endswith("floor_fraction")):
+        notes.append("a floor above 100%: the model's matmuls ran faster than the square matmul measured for the "
+                     f"rate ({rates['matmul_dtype']} on {device.type}), so that floor is not a bound there")
     result = {"environment": _environment(), "rates": rates, "rows": rows,
               "settings": {"model": args.preset or args.model, "what": what, "gguf_file": gguf_file,
                            "kind": "decoder" if decoder else "encoder", "decoder": decoder, "dtype": dtype,

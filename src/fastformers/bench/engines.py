@@ -80,7 +80,7 @@ class TransformersEngine(Engine):
         transformers.logging.disable_progress_bar()  # bench shows its own
         model = _auto_class(transformers, decoder).from_pretrained(path, gguf_file=gguf_file, dtype=float_dtype)
         # transformers runs int8 / int4 requests in the float dtype: fastformers' formats are its own
-        label = str(float_dtype).removeprefix("torch.") if dtype in QUANTIZED else dtype
+        label = {torch.float16: "fp16", torch.float32: "fp32"}[float_dtype] if dtype in QUANTIZED else dtype
         return cls(model.to(device).eval(), label, device, decoder)
 
 
