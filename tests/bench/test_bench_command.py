@@ -162,3 +162,25 @@ def test_progress_bar_is_off_in_pipes_and_with_the_env_var(monkeypatch):
     monkeypatch.delenv("FASTFORMERS_NO_PROGRESS")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert command._progress(3).disable
+
+
+def test_model_folder_and_int8_quantized_rows(tmp_path, capsys):
+    import torch
+
+    folder = presets.build_checkpoint("bert-tiny", torch.float32, str(tmp_path), seed=1)
+    assert bench("--model", folder, "--dtype", "int8", "--batch", "1", "--length", "8", "--repeats", "1",
+                 "--warmup", "0", "--out", str(tmp_path / "out")) == 0
+    printed = capsys.readouterr().out
+    assert "(checkpoint), encoder, int8" in printed and "note: int8 on a CPU runs the torch reference" in printed
+    result = load_result(tmp_path / "out", "bert-tiny-float32-seed1-int8")
+    ours, theirs = result["rows"]
+    assert (ours["engine"], ours["dtype"], theirs["engine"], theirs["dtype"]) == \
+        ("fastformers", "int8", "transformers", "fp32")
+    assert ours["agreement"]["ok"] and 0 < ours["agreement"]["max_rel_diff"] <= command.TOLERANCE["int8"]
+    assert ours["bytes"] < theirs["bytes"] / 2  # int8 weights are read, not float32 ones
+
+
+def test_model_that_is_not_there(tmp_path, capsys):
+    assert bench("--model", str(tmp_path / "missing")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastformers bench: --model {tmp_path / 'missing'}: ") and len(err.splitlines()) == 1
