@@ -135,7 +135,7 @@ def _progress(total: int):
     from tqdm.auto import tqdm  # tqdm comes with huggingface_hub, a dependency
 
     off = not sys.stderr.isatty() or os.environ.get("FASTFORMERS_NO_PROGRESS", "") not in ("", "0")
-    return tqdm(total=total, disable=off, file=sys.stderr, leave=False, unit="step")
+    return tqdm(total=total, disable=off, file=sys.stderr, leave=False, unit="step", desc="fastformers bench")
 
 
 def _run(args) -> int:

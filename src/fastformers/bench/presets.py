@@ -101,14 +101,15 @@ def check_fits(name: str, dtype: torch.dtype, device: torch.device, engines: int
                          f"{have / 2**30:.1f} GiB is available")
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
+def _randomize(model: torch.nn.Module, dtype: torch.dtype, seed: int) -> None:
+    """Seeded random weights in `dtype`, parameter by parameter (float32 copies are freed as it goes)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():  # tied weights are met once
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02
             if p.dim() == 1 and name.endswith("weight"):  # a norm's scale: near 1
                 noise += 1.0
-            p.copy_(noise)
+            p.data = noise.to(dtype)
 
 
 def build_checkpoint(name: str, dtype: torch.dtype, cache_dir: str, seed: int = 0) -> str:
@@ -122,7 +123,7 @@ def build_checkpoint(name: str, dtype: torch.dtype, cache_dir: str, seed: int = 
     cls, config = _model_class(preset)
     model = cls(config)
     model.tie_weights()
-    _randomize(model, seed)
+    _randomize(model, dtype, seed)
     model.to(dtype).save_pretrained(folder)
     with open(stamp, "w", encoding="utf-8") as f:  # written last: a folder without it is rebuilt
         json.dump({"preset": name, "seed": seed, "dtype": str(dtype), "shape_of": preset.shape_of}, f)
