@@ -158,21 +158,29 @@ def _run(args) -> int:
 
 
 def _bench(args, device, dtype, float_dtype, batches, lengths, notes, cache_dir, bar) -> int:
+    from .. import AutoConfig
+
+    gguf_file = args.gguf_file
     if args.preset:
         preset = presets.lookup(args.preset)
-        presets.check_fits(args.preset, float_dtype, device, engines=len(ENGINES))
-        bar.set_description(f"building {args.preset}")
-        path, gguf_file, decoder = presets.build_checkpoint(args.preset, float_dtype, cache_dir, args.seed), None, \
-            preset.decoder
+        config, decoder = AutoConfig.for_model(preset.model_type, **preset.config), preset.decoder
         what = f"random weights, shapes of {preset.shape_of}"
     else:
-        from .. import AutoConfig
-
-        path, gguf_file, what = args.model, args.gguf_file, "checkpoint"
         try:
-            decoder = _is_decoder(AutoConfig.from_pretrained(path, gguf_file=gguf_file), gguf_file)
+            config = AutoConfig.from_pretrained(args.model, gguf_file=gguf_file)
         except (OSError, ValueError) as e:
-            raise BenchError(f"--model {path}: {str(e).splitlines()[0]}") from None
+            raise BenchError(f"--model {args.model}: {str(e).splitlines()[0]}") from None
+        decoder, what = _is_decoder(config, gguf_file), "checkpoint"
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and max(lengths) + (args.new_tokens if decoder else 0) > limit:
+        raise BenchError(f"--length {max(lengths)}{' + --new-tokens ' + str(args.new_tokens) if decoder else ''} "
+                         f"exceeds the model's {limit} positions")
+    if args.preset:
+        presets.check_fits(args.preset, float_dtype, device, engines=len(ENGINES))
+        bar.set_description(f"building {args.preset}")
+        path = presets.build_checkpoint(args.preset, float_dtype, cache_dir, args.seed)
+    else:
+        path = args.model
     bar.update()
     engines = []
     for engine in ENGINES:
@@ -181,11 +189,6 @@ def _bench(args, device, dtype, float_dtype, batches, lengths, notes, cache_dir,
     bar.update()
     ref = next(e for e in engines if e.name == REFERENCE)
     config = ref.model.config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    longest = max(lengths) + (args.new_tokens if decoder else 0)
-    if limit and longest > limit:
-        raise BenchError(f"--length {max(lengths)}{' + --new-tokens ' + str(args.new_tokens) if decoder else ''} "
-                         f"exceeds the model's {limit} positions")
 
     bar.set_description("measuring the floor")
     rates = floor.measure_rates(device, float_dtype)
