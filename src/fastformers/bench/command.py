@@ -38,22 +38,32 @@ ENCODER_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "alb
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0]
+    parser.description = ("Benchmark one model in transformers and fastformers side by side: output agreement, "
+                          "latency (decoders: prefill and decode tokens/s), speedup and fraction of the physical "
+                          "floor.")
+    parser.epilog = "e.g. --preset bert-tiny; --model sentence-transformers/all-MiniLM-L6-v2 --dtype fp16 --out DIR"
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--model", help="checkpoint folder or hub id")
-    what.add_argument("--preset", help=f"random weights in a known model's shapes: {presets.preset_names()}")
-    parser.add_argument("--gguf-file", help="GGUF file inside --model")
+    what.add_argument("--model", metavar="M", help="checkpoint folder or hub id")
+    what.add_argument("--preset", metavar="NAME",
+                      help=f"random weights in a known model's shapes: {presets.preset_names()}")
+    parser.add_argument("--gguf-file", metavar="FILE", help="GGUF file inside --model")
     parser.add_argument("--dtype", choices=[*DTYPES, *QUANTIZED],
                         help="fp16 on a GPU, fp32 on a CPU by default; int8 / int4 quantize fastformers' linears "
                              "(transformers then runs the float dtype)")
-    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    parser.add_argument("--length", default="16,128", help="comma-separated (prompt) lengths (default 16,128)")
-    parser.add_argument("--new-tokens", type=int, default=32, help="decoders: greedy tokens per generate (default 32)")
+    parser.add_argument("--batch", default="1,8", metavar="B[,B...]",
+                        help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument("--length", default="16,128", metavar="L[,L...]",
+                        help="comma-separated (prompt) lengths (default 16,128)")
+    parser.add_argument("--new-tokens", type=int, default=32, metavar="N",
+                        help="decoders: greedy tokens per generate (default 32)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per engine and row (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per engine and row first (default 2)")
-    parser.add_argument("--out", help="also write JSON, markdown and a PNG plot into this folder")
-    parser.add_argument("--cache-dir", help="keep built presets here (default: a temporary folder, removed)")
+    parser.add_argument("--repeats", type=int, default=10, metavar="N",
+                        help="timed calls per engine and row (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, metavar="N",
+                        help="untimed calls per engine and row first (default 2)")
+    parser.add_argument("--out", metavar="DIR", help="also write JSON, markdown and a PNG plot into this folder")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="keep built presets here (default: a temporary folder, removed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the preset's weights and the input ids")
 
 

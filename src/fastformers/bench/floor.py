@@ -1,5 +1,6 @@
 """The physical floor of a benchmark row, from two rates measured in the same run: copy bandwidth (a large tensor
-copy, bytes read + written per second) and matmul rate (large square matmuls in the run's compute dtype, laid out as a linear layer's, FLOP/s).
+copy, bytes read + written per second) and matmul rate (large square matmuls in the run's compute dtype, laid out
+as a linear layer's, FLOP/s).
 
 A row's floor is max(bytes moved / bandwidth, FLOPs / matmul rate): no engine can read its weights faster than
 memory copies them, nor multiply faster than the library's best matmul. Bytes: every weight once per forward or
