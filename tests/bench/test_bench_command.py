@@ -68,6 +68,7 @@ def test_gpt2_preset_prefill_decode_and_greedy_tokens(tmp_path, capsys):
     assert bench("--preset", "gpt2", "--batch", "1", "--length", "8", "--new-tokens", "4", "--repeats", "1",
                  "--warmup", "0", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")) == 0
     assert "decode tok/s" in capsys.readouterr().out
+    assert {p.suffix for p in tmp_path.glob("*-gpt2-fp32.*")} == {".json", ".md", ".png"}
     rows = load_result(tmp_path, "gpt2-fp32")["rows"]
     assert [r["engine"] for r in rows] == ["fastformers", "transformers"]
     for row in rows:

@@ -14,7 +14,6 @@ fraction of the physical floor (floor.py) measured in the same run. Also reachab
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -25,7 +24,7 @@ import torch
 
 from . import floor, presets, report
 from .engines import ENGINES, QUANTIZED, REFERENCE
-from .harness import BenchError, environment
+from .harness import BenchError, environment, progress_enabled
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Largest |a - b| / max |reference| accepted. fp32: kernel reordering only (measured ~1e-6). fp16 / bf16: a few
@@ -144,8 +143,7 @@ def _progress(total: int):
     """A tqdm bar on a terminal (stderr); none in pipes or with FASTFORMERS_NO_PROGRESS=1."""
     from tqdm.auto import tqdm  # tqdm comes with huggingface_hub, a dependency
 
-    off = not sys.stderr.isatty() or os.environ.get("FASTFORMERS_NO_PROGRESS", "") not in ("", "0")
-    return tqdm(total=total, disable=off, file=sys.stderr, leave=False, unit="step", desc="fastformers bench")
+    return tqdm(total=total, disable=not progress_enabled(), file=sys.stderr, leave=False, unit="step", desc="fastformers bench")
 
 
 def _run(args) -> int:

@@ -7,12 +7,14 @@ accounting). transformers is imported here only, lazily: it is the bench extra's
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Optional
 
 import torch
 
 from .. import QuantizationConfig
-from .harness import BenchError
+from .harness import BenchError, progress_enabled
 
 # fastformers' quantized formats per --dtype (int8: one scale per output channel; int4: groups of 128)
 QUANTIZED = {"int8": dict(bits=8, group_size=None), "int4": dict(bits=4, group_size=128)}
@@ -78,7 +80,11 @@ class TransformersEngine(Engine):
                              "pip install 'fastformers[bench]'") from None
         transformers.logging.set_verbosity_error()  # generation-config notes would interleave with the table
         transformers.logging.disable_progress_bar()  # bench shows its own
-        model = _auto_class(transformers, decoder).from_pretrained(path, gguf_file=gguf_file, dtype=float_dtype)
+        # its GGUF reader draws a tqdm bar whatever the logging settings: kept out of pipes like ours
+        quiet = contextlib.redirect_stderr(io.StringIO()) if gguf_file and not progress_enabled() else \
+            contextlib.nullcontext()
+        with quiet:
+            model = _auto_class(transformers, decoder).from_pretrained(path, gguf_file=gguf_file, dtype=float_dtype)
         # transformers runs int8 / int4 requests in the float dtype: fastformers' formats are its own
         label = {torch.float16: "fp16", torch.float32: "fp32"}[float_dtype] if dtype in QUANTIZED else dtype
         return cls(model.to(device).eval(), label, device, decoder)

@@ -12,9 +12,15 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence
+
+
+def progress_enabled() -> bool:
+    """Progress bars on a terminal only: not in pipes, nor with FASTFORMERS_NO_PROGRESS=1."""
+    return sys.stderr.isatty() and os.environ.get("FASTFORMERS_NO_PROGRESS", "") in ("", "0")
 
 
 class BenchError(Exception):
