@@ -14,6 +14,7 @@ fraction of the physical floor (floor.py) measured in the same run. Also reachab
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -22,7 +23,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import floor, presets, report
+from . import floor, harness, presets, report
 from .engines import ENGINES, QUANTIZED, REFERENCE
 from .harness import BenchError, environment, progress_enabled
 
@@ -121,7 +122,10 @@ def _is_decoder(config, gguf_file: Optional[str]) -> bool:
 
 def _environment() -> dict:
     env = environment()
-    env["commit"] = None if env["commit"] in ("", "unknown") else env["commit"]
+    # a commit only where this source file is tracked: a package installed into a checkout's .venv is not it
+    tracked = harness._git("ls-files", os.path.basename(harness.__file__)) not in ("", "unknown")
+    env["commit"] = env["commit"] if tracked and env["commit"] not in ("", "unknown") else None
+    env["dirty"] = env["dirty"] if env["commit"] else None
     env["cpu"] = _cpu_model()
     if env["device"].startswith("cpu"):
         env["device"] = f"cpu ({env['cpu']}, {env['cpu_count']} cores)"
