@@ -185,3 +185,20 @@ def test_model_that_is_not_there(tmp_path, capsys):
     assert bench("--model", str(tmp_path / "missing")) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fastformers bench: --model {tmp_path / 'missing'}: ") and len(err.splitlines()) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset, extra", [("bert-base", ()), ("gpt2", ("--new-tokens", "8"))])
+def test_fp16_on_the_gpu_times_with_cuda_events(preset, extra, tmp_path):
+    assert bench("--preset", preset, "--device", "cuda", "--dtype", "fp16", "--batch", "1,4", "--length", "128",
+                 "--repeats", "5", *extra, "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")) == 0
+    result = load_result(tmp_path, f"{preset}-fp16")
+    env = result["environment"]
+    assert env["cuda"] and not env["device"].startswith("cpu")  # torch's CUDA version, the GPU's name
+    assert result["settings"]["device"] == "cuda" and result["rates"]["matmul_size"] in (4096, 8192)
+    for row in result["rows"]:
+        for key, value in numbers(row):
+            assert math.isfinite(value) and value > 0, (key, value, row)
+        # a weight-streaming decode may read a little faster than a copy (read + write) runs: a margin, not 1.0
+        assert all(v < 1.5 for k, v in row.items() if k.endswith("floor_fraction")), row
+    assert all(r["agreement"]["ok"] for r in result["rows"] if r["engine"] == "fastformers")
