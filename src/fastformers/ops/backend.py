@@ -5,11 +5,13 @@ Backends:
   triton  kernels from `fastformers.kernels`; needs the `triton` package (and a CUDA device, or
           TRITON_INTERPRET=1 for the CPU interpreter used in tests).
   cuda    the compiled extension `fastformers._C`; needs a CUDA build of the package.
+  cpu     fastformers' fast paths for CPU tensors, built from torch's own CPU engines (oneDNN's int8 matmul
+          with VNNI / AMX, ...); always available.
 
-`FASTFORMERS_BACKEND=auto|torch|triton|cuda` sets the default; `use_backend(name)` overrides it in a
+`FASTFORMERS_BACKEND=auto|torch|triton|cuda|cpu` sets the default; `use_backend(name)` overrides it in a
 block. In `auto` mode a CUDA tensor goes to the fastest backend that implements the op (cuda, then
-triton), anything else to torch. A forced backend that is unavailable, or that does not implement an
-op, raises `BackendUnavailableError`: there is no silent fallback.
+triton), any other tensor to cpu where the op has it, else to torch. A forced backend that is unavailable, or that
+does not implement an op, raises `BackendUnavailableError`: there is no silent fallback.
 
 Binding: an op resolves to one callable per (CUDA or not, backend in force), cached on the op. The
 functional call `ops.rms_norm(x, ...)` looks the backend up on each call (it honours a changed
@@ -18,7 +20,7 @@ input moves to or from CUDA or the backend setting changes (`use_backend`): the 
 attribute reads and a compare. `FASTFORMERS_BACKEND` is read when a
 binding resolves, so set it before running a model (or use `use_backend` to switch at run time).
 Shape-dependent support predicates of a kernel still run per call, where such a kernel is picked
-(CUDA tensors in auto mode, or a forced backend); on CPU tensors auto mode is torch with no check.
+(in auto mode, or on a forced backend).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import os
 import threading
 from typing import Callable, Dict, Iterator
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
-_AUTO_ORDER = ("cuda", "triton")  # preference on CUDA tensors, fastest first
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
+# auto mode's preference, fastest first, by whether the tensor is on CUDA; torch ends every chain
+_AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
 
 logger = logging.getLogger("fastformers.ops")
 
@@ -64,7 +67,7 @@ _generations = itertools.count(1)
 @functools.lru_cache(maxsize=None)
 def backend_status(name: str) -> str | None:
     """None when the backend can run here, else the reason it cannot."""
-    if name == "torch":
+    if name in ("torch", "cpu"):
         return None
     if name == "triton":
         if importlib.util.find_spec("triton") is None:
@@ -196,13 +199,12 @@ class Op:
                 _require(backend)  # a forced backend that cannot run here is still an error
             return "torch"
         if backend == "auto":
-            if device_type == "cuda":
-                for name in _AUTO_ORDER:
-                    if self.has(name) and backend_status(name) is None:
-                        self._load(name)
-                        check = self.unsupported.get(name)
-                        if check is None or check(*args, **(kwargs or {})) is None:
-                            return name
+            for name in _AUTO_ORDER.get(device_type, ()):
+                if self.has(name) and backend_status(name) is None:
+                    self._load(name)
+                    check = self.unsupported.get(name)
+                    if check is None or check(*args, **(kwargs or {})) is None:
+                        return name
             return "torch"
         self._check_forced(backend)
         self._load(backend)
@@ -230,7 +232,7 @@ class Op:
         return fn
 
     def _build(self, device_type: str, backend: str) -> Callable:
-        if self.same_on_every_backend or (backend == "auto" and device_type != "cuda"):
+        if self.same_on_every_backend:
             if backend not in ("auto", "torch"):
                 _require(backend)  # a forced backend that cannot run here is still an error
             return self.impls["torch"]
@@ -238,7 +240,7 @@ class Op:
             return self.impls["torch"]
         if backend == "auto":
             chain = []  # (name, fn, predicate), fastest first, ending with the first one without a predicate
-            for name in _AUTO_ORDER:
+            for name in _AUTO_ORDER.get(device_type, ()):
                 if self.has(name) and backend_status(name) is None:
                     fn = self._load(name)
                     chain.append((name, fn, self.unsupported.get(name)))

@@ -206,3 +206,22 @@ def quantized_linear_reference(x: torch.Tensor, qw: QuantizedWeight, bias: Optio
 
 quantized_linear = op(quantized_linear_reference)
 quantized_linear.register_lazy("triton", "fastformers.kernels.quant_matmul")
+
+
+def _cpu_unsupported(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> Optional[str]:
+    if qw.method != "w8a8":
+        return f"the cpu backend runs method 'w8a8' only (this weight is {qw.method!r})"
+    if not hasattr(torch, "_int_mm"):
+        return "this torch has no torch._int_mm"
+    return None
+
+
+@quantized_linear.register("cpu", unsupported=_cpu_unsupported)
+def quantized_linear_cpu(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """W8A8 on CPUs: the int8 x int8 products summed in int32 by torch._int_mm (oneDNN: VNNI or AMX where the CPU
+    has them) -- the same integer sums the reference accumulates in float64 -- then scaled in float32."""
+    xq, sx = quantize_activations(x)
+    acc = torch._int_mm(xq.reshape(-1, qw.in_features), qw.qweight.t())
+    out = (acc.float() * sx.reshape(-1, 1)).mul_(qw.scales.float().reshape(1, -1)).reshape(*x.shape[:-1], qw.out_features)
+    out = out.to(x.dtype)
+    return out if bias is None else out + bias
