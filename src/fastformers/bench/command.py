@@ -188,7 +188,9 @@ def _bench(args, device, dtype, float_dtype, batches, lengths, notes, cache_dir,
         raise BenchError(f"--length {max(lengths)}{' + --new-tokens ' + str(args.new_tokens) if decoder else ''} "
                          f"exceeds the model's {limit} positions")
     if args.preset:
-        presets.check_fits(args.preset, float_dtype, device, engines=len(ENGINES))
+        running = [e for e in ENGINES if not (hasattr(e, "unavailable")
+                                              and e.unavailable(config.model_type, decoder, dtype, device))]
+        presets.check_fits(args.preset, float_dtype, device, engines=len(running))
         bar.set_description(f"building {args.preset}")
         path = presets.build_checkpoint(args.preset, float_dtype, cache_dir, args.seed)
     else:
@@ -196,6 +198,10 @@ def _bench(args, device, dtype, float_dtype, batches, lengths, notes, cache_dir,
     bar.update()
     engines = []
     for engine in ENGINES:
+        why = engine.unavailable(config.model_type, decoder, dtype, device) if hasattr(engine, "unavailable") else None
+        if why is not None:
+            notes.append(f"no {engine.name} row: {why}")
+            continue
         bar.set_description(f"loading {engine.name}")
         engines.append(engine.load(path, gguf_file, decoder, dtype, float_dtype, device))
     bar.update()

@@ -90,9 +90,47 @@ class TransformersEngine(Engine):
         return cls(model.to(device).eval(), label, device, decoder)
 
 
-# The engines of one run, in the order they alternate. ANCHORS join here: an ONNX Runtime or llama.cpp engine is
-# one more Engine subclass with `load` / `forward` / `generate` (ids in, hidden states / logits / new ids out),
-# added to this tuple when its package is installed; the timing, agreement check, floor and report take any
-# number of engines, with transformers (the reference) always present.
-ENGINES = (FastformersEngine, TransformersEngine)
+class OnnxRuntimeEngine(Engine):
+    """The anchor for encoders on CPUs: the same weights exported and optimized as ONNX Runtime users do
+    (ort_anchor.py); fp32 runs the optimized graph, int8 its dynamic quantization (per channel)."""
+
+    name = "onnxruntime"
+    MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")  # encoders its "bert" optimizer fuses
+
+    @staticmethod
+    def unavailable(model_type: str, decoder: bool, dtype: str, device: torch.device) -> Optional[str]:
+        """Why this run has no ONNX Runtime row, or None."""
+        from . import ort_anchor
+
+        if decoder or model_type not in OnnxRuntimeEngine.MODEL_TYPES:
+            return f"the anchor covers {', '.join(OnnxRuntimeEngine.MODEL_TYPES)} encoders, not {model_type}"
+        if device.type != "cpu" or dtype not in ("fp32", "int8"):
+            return "the anchor runs fp32 and int8 on CPUs"
+        return ort_anchor.missing()
+
+    @classmethod
+    def load(cls, path: str, gguf_file: Optional[str], decoder: bool, dtype: str, float_dtype: torch.dtype,
+             device: torch.device) -> "OnnxRuntimeEngine":
+        import transformers
+
+        from . import ort_anchor
+
+        paths = ort_anchor.export_encoder(path)
+        session = ort_anchor.OrtEncoder(paths["int8" if dtype == "int8" else "float32"], torch.get_num_threads())
+        # `model` is only for the byte and FLOP counts: float32 weights, or int8 ones per channel as its quantizer's
+        accounting = FastformersEngine.load(path, None, False, dtype, torch.float32, device).model if dtype == "int8" \
+            else transformers.AutoModel.from_pretrained(path, dtype=torch.float32)
+        engine = cls(accounting, dtype, device, decoder)
+        engine.session = session
+        return engine
+
+    def forward(self, ids: torch.Tensor):
+        return self.session({"input_ids": ids})
+
+
+# The engines of one run, in the order they alternate. ANCHORS (ONNX Runtime; llama.cpp to come) are Engine
+# subclasses with `load` / `forward` / `generate` (ids in, hidden states / logits / new ids out) and an
+# `unavailable(model_type, decoder, dtype, device)` that says why a run has no row of theirs; the timing, agreement
+# check, floor and report take any number of engines, with transformers (the reference) always present.
+ENGINES = (FastformersEngine, TransformersEngine, OnnxRuntimeEngine)
 REFERENCE = "transformers"

@@ -8,8 +8,11 @@ SkipLayerNorm, BiasGelu), and for the int8 row its dynamic quantization, per cha
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+import warnings
 from typing import Dict, Optional
 
 import torch
@@ -59,11 +62,31 @@ class OrtEncoder:
 
 def export_encoder(model_path: str, out_dir: Optional[str] = None) -> Dict[str, str]:
     """Export the checkpoint at `model_path` as ONNX Runtime users do; returns {"float32": path, "int8": path}."""
+    out_dir = out_dir or tempfile.mkdtemp(prefix="fastformers-ort-")
+    with _quiet():
+        return _export(model_path, out_dir)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's tracer warnings and the quantizer's advice (logged on the root logger) are not the
+    benchmark's business: keep them out of its table."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _export(model_path: str, out_dir: str) -> Dict[str, str]:
     import transformers
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
-    out_dir = out_dir or tempfile.mkdtemp(prefix="fastformers-ort-")
     model = transformers.AutoModel.from_pretrained(model_path, dtype=torch.float32, attn_implementation="eager")
     wrapped = _LastHiddenState(model).eval()  # eval: the exporter restores the wrapper's mode after export
     example = torch.tensor([[101, 2023, 2003, 102]])
