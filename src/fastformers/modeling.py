@@ -530,6 +530,8 @@ class PreTrainedModel(nn.Module):
         if quantizer is not None:
             missing, initialised = quantizer.finish(missing, source, dtype, device,
                                                     getattr(self.config, "initializer_range", 0.02))
+        # kept for callers that refuse random weights (the `fastformers pipeline` command)
+        self.newly_initialized_weights = missing + initialised
         if missing or initialised:
             self._materialize(missing, dtype, device)
             logger.warning(
