@@ -50,6 +50,16 @@ def test_bad_model_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
         main(["--debug", "similarity", "a", "--model", str(tmp_path / "missing")])
 
 
+def test_library_warnings_are_quiet_in_the_command_only(tmp_path, capsys):
+    import logging
+
+    library_log = logging.getLogger("fastformers")
+    before = library_log.level
+    assert main(["similarity", ""]) == 2
+    assert library_log.level == before  # restored: pipeline() in the same process keeps its warnings
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("command", [["similarity", "a"], ["embed", "a"], ["generate", "hi"],
                                      ["pipeline", "fill-mask", "a [MASK]"]])
 @pytest.mark.parametrize("device", ["cuda", "cuda:3", "nonsense"])

@@ -56,8 +56,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # the library's warnings (weights newly initialised, default models) are for Python users; the command says
-    # what matters itself, in one line
-    logging.getLogger("fastformers").setLevel(logging.INFO if args.debug else logging.ERROR)
+    # what matters itself, in one line. Restored afterwards: main() also runs inside other programs (and tests).
+    library_log = logging.getLogger("fastformers")
+    level = library_log.level
+    library_log.setLevel(logging.INFO if args.debug else logging.ERROR)
+    if args.debug:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
     except BrokenPipeError:  # `fastformers ... | head`: the reader has gone; stop quietly, as other tools do
@@ -72,6 +76,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130
+    finally:
+        library_log.setLevel(level)
 
 
 def sentence_embeddings(*args, **kwargs):
