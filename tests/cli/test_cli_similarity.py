@@ -86,3 +86,8 @@ def test_bad_numbers_are_refused(capsys):
     assert "--top must be a positive integer" in capsys.readouterr().err
     assert main(["embed", "a", "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_one_sentence_says_there_is_nothing_to_compare(capsys):
+    assert main(["similarity", "Only me."]) == 0
+    assert capsys.readouterr().out.strip() == "1 sentence: Only me. (give two or more to compare)"

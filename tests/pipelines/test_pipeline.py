@@ -42,7 +42,8 @@ def test_tasks_with_an_embedded_default_run_offline(task, checkpoint, monkeypatc
     assert (model, gguf_file) == (checkpoint().path, checkpoint().gguf_file)
     pipe = fastformers.pipeline(task)
     assert pipe.model.config._name_or_path == checkpoint().path
-    assert f"using the embedded {'HuggingFaceTB/SmolLM2' if checkpoint is chat_checkpoint else 'sentence'}" in caplog.text
+    name = "HuggingFaceTB/SmolLM2-135M-Instruct" if checkpoint is chat_checkpoint else "sentence-transformers/all-MiniLM"
+    assert f"using the embedded {name}" in caplog.text
     differs = task != "sentence-embedding"  # sentence-embedding is ours: all-MiniLM-L6-v2 is its hub default too
     assert (f"(transformers' default is {SUPPORTED_TASKS[task].default_model})" in caplog.text) is differs
     if task == "text-generation":

@@ -70,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"fastformers: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

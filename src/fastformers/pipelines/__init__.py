@@ -85,8 +85,9 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
     """Build the pipeline for `task`.
 
     model: a folder or hub id (loaded with the task's Auto class), a loaded model, or None for the
-    task's default checkpoint (`default_model`: an embedded one, offline, where one fits). tokenizer: a tokenizer, a folder or hub id, or None to take the model's
-    own (the model's folder, or `config._name_or_path` of a loaded model). device / torch_dtype: where
+    task's default checkpoint (`default_model`: an embedded one, offline, where one fits). tokenizer: a
+    tokenizer, a folder or hub id, or None to take the model's own (the model's folder, or
+    `config._name_or_path` of a loaded model). device / torch_dtype: where
     and in which dtype the model runs. Other keyword arguments become the defaults of every call
     (e.g. top_k, aggregation_strategy). gguf_file: the GGUF file inside the model's folder / repo, read by both
     the model and (when it comes from the model's folder) the tokenizer. quantization_config: passed to the
