@@ -8,6 +8,7 @@ from conftest import build_reference
 
 import fastformers
 from fastformers.cli import main
+from fastformers.cli.pipeline import describe
 from fastformers.pipelines.defaults import default_embedding_model
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -115,3 +116,18 @@ def test_zero_shot_labels_reach_the_pipeline(monkeypatch, capsys):
     assert main(["pipeline", "zero-shot-classification", "x", "--candidate-labels", "a, b", "--multi-label"]) == 0
     assert calls == [("x", {"candidate_labels": ["a", "b"], "multi_label": True})]
     assert capsys.readouterr().out.splitlines() == ["0.7500  b", "0.2500  a"]
+
+
+def test_token_classification_numpy_scores_print_as_json_and_text(tmp_path_factory, capsys):
+    model = saved(tmp_path_factory, "AutoModelForTokenClassification", num_labels=3,
+                  id2label={0: "O", 1: "B-PER", 2: "B-LOC"}, label2id={"O": 0, "B-PER": 1, "B-LOC": 2})
+    text = "Sarah lives in London"
+    assert main(["pipeline", "ner", text, "--model", model, "--json"]) == 0
+    (entities,) = json.loads(capsys.readouterr().out)
+    expected = fastformers.pipeline("ner", model=model)(text)
+    assert [e["word"] for e in entities] == [e["word"] for e in expected]
+    assert all(abs(a["score"] - float(b["score"])) < 1e-6 for a, b in zip(entities, expected))
+    assert main(["pipeline", "ner", text, "--model", model]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(expected) if expected else lines == ["(nothing found)"]
+    assert describe([]) == ["(nothing found)"]

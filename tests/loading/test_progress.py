@@ -7,7 +7,7 @@ import pytest
 
 from fastformers import AutoModel, AutoModelForCausalLM
 from fastformers.loading import progress
-from fastformers.loading.progress import MIN_BYTES, LoadProgress, progress_enabled
+from fastformers.loading.progress import MIN_BYTES, LoadProgress, bars_allowed, progress_enabled
 from fastformers.pipelines.defaults import chat_checkpoint, embedding_checkpoint
 
 
@@ -40,6 +40,7 @@ def test_opt_out_variables(monkeypatch, name):
     for value, shown in (("1", False), ("true", False), ("0", True), ("", True)):
         monkeypatch.setenv(name, value)
         assert progress_enabled(1 << 40, stream=Terminal()) is shown, (name, value)
+        assert bars_allowed(Terminal()) is shown and not bars_allowed(io.StringIO())
 
 
 def test_without_a_bar_the_iterator_passes_unchanged(tmp_path):

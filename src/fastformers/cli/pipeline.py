@@ -138,7 +138,9 @@ def describe(result: Any) -> List[str]:
         return [f"{score:.4f}  {label}" for label, score in zip(result["labels"], result["scores"])]
     if isinstance(result, dict):
         return ["  ".join(f"{key}: {_value(value)}" for key, value in result.items())]
-    if isinstance(result, list) and result and all(isinstance(item, dict) for item in result):
+    if isinstance(result, list) and not result:
+        return ["(nothing found)"]  # e.g. token-classification where every token is "O"
+    if isinstance(result, list) and all(isinstance(item, dict) for item in result):
         return [line for item in result for line in describe(item)]
     if hasattr(result, "shape") or (isinstance(result, list) and result and isinstance(result[0], (list, float))):
         return [f"array of shape {tuple(_shape(result))} (use --json for the values)"]

@@ -23,9 +23,13 @@ def _truthy(value: Optional[str]) -> bool:
 
 def progress_enabled(total_bytes: int, kind: str = "weights", stream: Optional[TextIO] = None) -> bool:
     """Whether loading `total_bytes` of `kind` ("weights" or "gguf") files shows a bar on `stream` (stderr)."""
+    return total_bytes >= MIN_BYTES[kind] and bars_allowed(stream)
+
+
+def bars_allowed(stream: Optional[TextIO] = None) -> bool:
+    """Whether any progress bar may show on `stream` (stderr): a terminal, and no opt-out variable set. For other
+    long steps (benchmarks) that decide for themselves what is long."""
     if any(_truthy(os.environ.get(name)) for name in DISABLE_VARIABLES):
-        return False
-    if total_bytes < MIN_BYTES[kind]:
         return False
     stream = sys.stderr if stream is None else stream
     isatty = getattr(stream, "isatty", None)
