@@ -131,3 +131,9 @@ def test_token_classification_numpy_scores_print_as_json_and_text(tmp_path_facto
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(expected) if expected else lines == ["(nothing found)"]
     assert describe([]) == ["(nothing found)"]
+
+
+def test_missing_model_folder_is_one_line(tmp_path, capsys):
+    assert main(["pipeline", "fill-mask", "a [MASK]", "--model", str(tmp_path / "nowhere")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("fastformers: error: ") and "nowhere" in line
