@@ -49,6 +49,7 @@ RANKS = {
     ROOT_PACKAGE: 11,  # fastformers/__init__.py: the public names
     "bench": 12,  # the benchmark suites (python -m fastformers.bench, fastformers bench): use every public name
     "cli": 13,  # the `fastformers` command, on top of everything (its `bench` subcommand runs the suites)
+    "__main__": 14,  # python -m fastformers: runs the command
 }
 
 # Parts that only the parts named may import, whatever their rank: models never call a kernel directly (they call

