@@ -112,3 +112,12 @@ def test_python_dash_m_fastformers_runs_the_command():
     done = run("fastformers", "similarity", "")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == "fastformers: error: empty sentence #1 (of 1): give text to embed"
+
+
+def test_bench_subcommand_runs_the_side_by_side_benchmark(capsys):
+    assert main(["bench", "--preset", "bert-tiny", "--batch", "1", "--length", "8", "--repeats", "1",
+                 "--warmup", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "fastformers   fp32   1      8" in printed and "transformers  fp32   1      8" in printed
+    assert main(["bench", "--preset", "nope"]) == 2
+    assert "unknown --preset 'nope'" in capsys.readouterr().err

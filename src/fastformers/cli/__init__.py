@@ -28,6 +28,8 @@ COMMANDS = [
     ("similarity", "cosine similarity of sentence embeddings", "fastformers.cli.similarity"),
     ("embed", "print sentence embeddings as JSON", "fastformers.cli.embed"),
     ("env", "versions, op backends and available devices", "fastformers.cli.env"),
+    ("bench", "benchmark a model in fastformers and transformers side by side (and ONNX Runtime where it applies)",
+     "fastformers.bench.command"),
 ]
 
 # errors a user's input causes (a path, a hub id, an argument value): reported in one line. Others are bugs and
