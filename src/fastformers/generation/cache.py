@@ -193,6 +193,22 @@ class CacheStep(NamedTuple):
     end: Optional[int]  # one past the last new position; None while compiling (no host read)
 
 
+def check_mask_values(mask: torch.Tensor, name: str = "attention_mask") -> bool:
+    """Refuse a mask holding anything but 0 and 1 (bool, integer or float 0/1 masks are accepted, as in
+    transformers, which reads any non-zero value as "attend": a 2 or -inf there is a caller's mistake, e.g.
+    token_type_ids or an additive mask passed as attention_mask). Returns whether every entry is 1.
+    Eager only (a host read); one device sync for both answers."""
+    if mask.numel() == 0 or torch.compiler.is_compiling():
+        return False
+    if mask.dtype == torch.bool:
+        return bool(mask.all())
+    bad, zero = torch.stack([((mask != 0) & (mask != 1)).any(), (mask == 0).any()]).tolist()
+    if bad:
+        value = mask[(mask != 0) & (mask != 1)][0].item()
+        raise ValueError(f"{name} holds {value!r}: a mask holds 1 (attend) and 0 (padding) only")
+    return not zero
+
+
 def cache_step(cache, batch: int, q_len: int, device, cache_position: Optional[torch.Tensor] = None,
                attention_mask: Optional[torch.Tensor] = None, *, max_positions: Optional[int] = None,
                mask_name: str = "attention_mask") -> CacheStep:
@@ -231,7 +247,7 @@ def cache_step(cache, batch: int, q_len: int, device, cache_position: Optional[t
                 width == kv_len or (full and width <= kv_len and end in (None, width))):
             raise ValueError(f"{mask_name} must have shape (batch, cached + new tokens) = {(batch, end)}, "
                              f"got {tuple(attention_mask.shape)}")
-        if end is None or not bool(attention_mask.all()):
+        if end is None or not check_mask_values(attention_mask, mask_name):
             key_mask = attention_mask.bool()
             if width < kv_len:
                 key_mask = torch.nn.functional.pad(key_mask, (0, kv_len - width))
