@@ -167,10 +167,8 @@ def _first(config, *names):
     raise ValueError(f"{type(config).__name__} has none of {', '.join(names)}: cannot size a KV cache for it")
 
 
-def make_static_cache(config, batch_size: int, max_length: int, dtype: torch.dtype, device):
-    """The preallocated self-attention cache of the decoder `config` describes (max_length positions per
-    row); for an encoder-decoder config an `EncoderDecoderCache` around it, whose cross-attention
-    keys/values are added on the first step."""
+def _cache_dims(config) -> Tuple[int, int, int]:
+    """(layers, key/value heads, head size) of the decoder self-attention cache `config` describes."""
     if getattr(config, "is_encoder_decoder", False):
         layers = _first(config, "num_decoder_layers", "decoder_layers")
         heads = kv_heads = _first(config, "decoder_attention_heads", "num_heads")
@@ -179,6 +177,20 @@ def make_static_cache(config, batch_size: int, max_length: int, dtype: torch.dty
         heads = _first(config, "num_attention_heads")
         kv_heads = _first(config, "num_key_value_heads", "num_attention_heads")
     head_dim = getattr(config, "head_dim", None) or _first(config, "hidden_size", "d_model") // heads
+    return layers, kv_heads, head_dim
+
+
+def static_cache_nbytes(config, batch_size: int, max_length: int, dtype: torch.dtype) -> int:
+    """The bytes make_static_cache would allocate (keys and values of every layer)."""
+    layers, kv_heads, head_dim = _cache_dims(config)
+    return 2 * layers * batch_size * kv_heads * max_length * head_dim * dtype.itemsize
+
+
+def make_static_cache(config, batch_size: int, max_length: int, dtype: torch.dtype, device):
+    """The preallocated self-attention cache of the decoder `config` describes (max_length positions per
+    row); for an encoder-decoder config an `EncoderDecoderCache` around it, whose cross-attention
+    keys/values are added on the first step."""
+    layers, kv_heads, head_dim = _cache_dims(config)
     cache = StaticCache(num_layers=layers, batch_size=batch_size, num_kv_heads=kv_heads, head_dim=head_dim,
                         max_length=max_length, dtype=dtype, device=device)
     return EncoderDecoderCache(cache) if getattr(config, "is_encoder_decoder", False) else cache
