@@ -120,3 +120,33 @@ def test_loading_and_dropping_a_model_20_times_does_not_grow_memory(record_prope
     record_property("rss_growth_mb", round(grew, 2))
     print(f"20 loads: RSS growth {grew:.2f} MB")
     assert grew < 4, f"RSS grew by {grew:.1f} MB over 20 loads"
+
+
+def test_a_fresh_model_first_called_from_four_threads_at_once():
+    """The first calls of a freshly loaded model do one-time work (fusing projections, binding ops): done by 4
+    threads at once it must still give each the single-threaded result."""
+    model_pair("llama")
+    path = _TMP / "llama" / "llama-AutoModelForCausalLM"
+    prompts = [torch.tensor([[5 + i, 6, 7 + 2 * i]]) for i in range(4)]
+    reference = fastformers.AutoModelForCausalLM.from_pretrained(path)
+    expected = [reference.generate(p, max_new_tokens=20, eos_token_id=None) for p in prompts]
+    for _ in range(3):
+        fresh = fastformers.AutoModelForCausalLM.from_pretrained(path)
+        got, errors = {}, []
+        barrier = threading.Barrier(4)
+
+        def work(i):
+            try:
+                barrier.wait()
+                got[i] = fresh.generate(prompts[i], max_new_tokens=20, eos_token_id=None)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        for i in range(4):
+            assert torch.equal(got[i], expected[i])
