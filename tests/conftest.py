@@ -170,3 +170,28 @@ def triton_backend():
     _common.LAUNCHES.clear()
     with ops.use_backend("triton"), _common.poisoned_outputs():
         yield _common.LAUNCHES
+
+
+# -- hardening summary: how many malformed inputs the run tried ------------------------------------------
+# A test feeding malformed input either records how many it tried (record_property("malformed_inputs_tried",
+# n): the fuzzers) or is marked `malformed` (one input each). A failing one accepted (or mishandled) at least
+# one input wrongly.
+_HARDENING = {"tried": 0, "wrong": 0}
+_COUNTED = "malformed_inputs_tried"
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" and not (report.when == "setup" and report.failed):
+        return
+    counted = [n for key, n in report.user_properties if key == _COUNTED]
+    if not counted and "malformed" not in report.keywords:
+        return
+    _HARDENING["tried"] += sum(counted) if counted else 1
+    if report.failed:
+        _HARDENING["wrong"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _HARDENING["tried"]:
+        terminalreporter.write_line(f"hardening: {_HARDENING['tried']} malformed inputs tried, "
+                                    f"{_HARDENING['wrong']} accepted wrongly")

@@ -93,6 +93,7 @@ class PretrainedConfig:
             self.num_labels = 2 if num_labels is None else num_labels
         self.label2id = {v: k for k, v in self.id2label.items()} if label2id is None else dict(label2id)
         self._given_keys.update({"id2label", "label2id"} if id2label is not None else set())
+        check_size_fields(self)
 
     # -- attribute aliases ------------------------------------------------------------------
     def __setattr__(self, key: str, value: Any) -> None:
@@ -187,3 +188,121 @@ class PretrainedConfig:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)}"
+
+
+# -- size sanity: what a config would make us allocate ---------------------------------------------------
+# Keys that size a model (every family's spelling). They must be positive integers; None is accepted where
+# it means "the model's default" (_NONE_MEANS_DEFAULT).
+_SIZE_KEYS = frozenset((
+    "vocab_size", "hidden_size", "d_model", "dim", "n_embd", "embedding_size", "num_hidden_layers", "num_layers",
+    "n_layer", "n_layers", "encoder_layers", "decoder_layers", "num_decoder_layers", "num_attention_heads",
+    "num_heads", "n_head", "n_heads", "encoder_attention_heads", "decoder_attention_heads", "num_key_value_heads",
+    "intermediate_size", "d_ff", "hidden_dim", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim",
+    "max_position_embeddings", "n_positions", "head_dim", "d_kv", "decoder_vocab_size",
+    "relative_attention_num_buckets", "type_vocab_size"))
+_NONE_MEANS_DEFAULT = frozenset(("num_key_value_heads", "head_dim", "num_decoder_layers", "n_inner",
+                                 "decoder_vocab_size"))
+_CORE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")  # read through attribute_map
+# a layer's Python modules and tensor headers, beyond its parameters (measured ~47 KB for a tiny Llama layer)
+_LAYER_OVERHEAD = 32 * 1024
+_TOO_MANY = 10  # a config implying more than this many times the parameters the weights hold is refused
+
+
+def check_config_sizes(config: "PretrainedConfig") -> None:
+    """Types and signs of the size keys, and heads that divide the hidden size: a clear error naming the key
+    and value before anything is allocated (a zero, negative, fractional or string size otherwise fails deep
+    inside torch, or allocates absurdly)."""
+    check_size_fields(config)
+    vocab = config.vocab_size
+    pad = getattr(config, "pad_token_id", None)
+    if pad is not None and not (type(pad) is int and -vocab <= pad < vocab):
+        # the embedding's padding row in most families (torch asserts on it); generate's filler in the others
+        raise ValueError(f"{type(config).__name__}: pad_token_id={pad!r} must be a token id of the vocabulary "
+                         f"(vocab_size={vocab})")
+    for key in ("bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        value = getattr(config, key, None)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and not all(type(v) is int for v in ids):
+            raise ValueError(f"{type(config).__name__}: {key}={value!r} must be a token id, a list of them or null")
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    # configs with their own head_dim (T5's d_kv, Llama's head_dim or hidden // heads) need no division
+    if getattr(config, "head_dim", None) is None and not hasattr(type(config), "attention_head_dim") \
+            and hidden % heads:
+        raise ValueError(f"{type(config).__name__}: {_spelling(config, 'hidden_size')}={hidden} is not a multiple "
+                         f"of {_spelling(config, 'num_attention_heads')}={heads}")
+
+
+def check_size_fields(config: "PretrainedConfig") -> None:
+    """Each size key that is set is a positive integer (run when a config is made, so that a subclass's own
+    arithmetic on them, e.g. Llama's heads per key/value head, never divides by zero)."""
+    for key, value in config.__dict__.items():
+        if key in _SIZE_KEYS and (value is not None or key not in _NONE_MEANS_DEFAULT) \
+                and (type(value) is not int or value < 1):
+            raise ValueError(f"{type(config).__name__}: {key}={value!r} must be a positive integer")
+    for key in _CORE:  # these have no default to fall back to
+        value = getattr(config, key, None)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{type(config).__name__}: {_spelling(config, key)}={value!r} must be a positive integer")
+
+
+def _spelling(config: "PretrainedConfig", key: str) -> str:
+    """The name the config stores `key` under (GPT-2's n_embd for hidden_size)."""
+    return type(config).attribute_map.get(key, key)
+
+
+def implied_parameters(config: "PretrainedConfig") -> int:
+    """A lower bound on the parameters a model of this config has: embeddings plus, per layer, attention
+    (at least 2 h^2) and the feed-forward block (at least 2 h ffn). Learned position tables are left out
+    (RoPE models declare long ranges they never store)."""
+    h = config.hidden_size
+    sizes = config.__dict__
+    layers = _layers(config)
+    ffn = next((sizes[k] for k in ("intermediate_size", "d_ff", "hidden_dim", "n_inner", "encoder_ffn_dim")
+                if sizes.get(k) is not None), 4 * h)
+    return config.vocab_size * h + layers * (2 * h * h + 2 * h * ffn)
+
+
+def _layers(config: "PretrainedConfig") -> int:
+    sizes = config.__dict__
+    if sizes.get("encoder_layers") is not None or sizes.get("decoder_layers") is not None:
+        return (sizes.get("encoder_layers") or 0) + (sizes.get("decoder_layers") or 0)
+    layers = config.num_hidden_layers
+    if getattr(config, "is_encoder_decoder", False):
+        layers += sizes.get("num_decoder_layers") or layers
+    return layers
+
+
+def _size_keys_text(config: "PretrainedConfig") -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.__dict__.items() if k in _SIZE_KEYS and v is not None)
+
+
+def check_against_weights(config: "PretrainedConfig", weights_params: int, where: str) -> None:
+    """Refuse a config implying more than _TOO_MANY times the parameters the weights can hold
+    (`weights_params`: an upper bound from the files), before the model is built."""
+    implied = implied_parameters(config)
+    if implied > _TOO_MANY * max(weights_params, 1):
+        raise ValueError(f"the config of {where} implies at least {implied:,} parameters ({_size_keys_text(config)}), "
+                         f"more than {_TOO_MANY}x the at most {weights_params:,} its weights hold: the config "
+                         f"does not describe these weights")
+
+
+def check_against_memory(config: "PretrainedConfig", itemsize: int) -> None:
+    """Refuse building a model whose parameters alone exceed the memory available (from_config, or a model
+    class called with a config): the error names the sizes instead of an allocation failure or swapping."""
+    available = available_memory()
+    needed = implied_parameters(config) * itemsize + _LAYER_OVERHEAD * _layers(config)
+    if available is not None and needed > available:
+        raise ValueError(f"a model of this config needs at least {needed:,} bytes for its parameters "
+                         f"({_size_keys_text(config)}), more than the {available:,} bytes of memory available")
+
+
+def available_memory() -> Optional[int]:
+    """MemAvailable of /proc/meminfo (Linux), else None (no check)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

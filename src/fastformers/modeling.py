@@ -17,13 +17,14 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .configuration import CONFIG_NAME, PretrainedConfig
+from .configuration import CONFIG_NAME, PretrainedConfig, check_against_memory, check_against_weights, check_config_sizes
 from .generation.cache import rename_cache_argument
 from .layers.linear import Linear, weights_changed
 from .loading.gguf import read_gguf
 from .loading.hub import refuse_remote_code, resolve_file
 from .loading.progress import LoadProgress
-from .loading.weights import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files, read_tensors
+from .loading.weights import (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files,
+                              parameter_capacity, read_tensors)
 
 logger = logging.getLogger("fastformers")
 
@@ -75,6 +76,9 @@ class PreTrainedModel(nn.Module):
         if not isinstance(config, PretrainedConfig):
             raise TypeError(f"{type(self).__name__} needs a config object, got {type(config).__name__}")
         self.config = config
+        check_config_sizes(config)  # a clear error naming the key before a layer is built
+        if torch.empty(()).device.type != "meta":  # from_pretrained builds on meta: checked against the files
+            check_against_memory(config, torch.get_default_dtype().itemsize)
 
     # -- properties transformers users reach for ---------------------------------------------
     @property
@@ -438,6 +442,9 @@ class PreTrainedModel(nn.Module):
         quantization = _quantization_request(config, quantization_config, load_in_8bit, load_in_4bit,
                                              name_or_path, hub, gguf, device)
 
+        files = None if gguf is not None else find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
+        check_config_sizes(config)
+        check_against_weights(config, _weights_capacity(gguf, files), os.fspath(name_or_path))
         with torch.device("meta"):
             model = cls(config)
         # the quantization scheme's loader: its layers swapped in now, its tensors converted as they stream in
@@ -451,7 +458,6 @@ class PreTrainedModel(nn.Module):
             # quantizing: one tensor at a time, so that a single float weight is alive at once
             shards = [(gguf.path, stream)] if quantizer else _chunked(gguf.path, stream)
         else:
-            files = find_weight_files(name_or_path, use_safetensors=use_safetensors, **hub)
             target_dtype = target_dtype or checkpoint_dtype(files[0]) or torch.float32
             progress = LoadProgress(files)
             tensors_of = lambda path: progress.wrap(read_tensors(path))  # noqa: E731
@@ -629,6 +635,19 @@ class PreTrainedModel(nn.Module):
                  "weight_map": weight_map}
         with open(os.path.join(save_directory, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)
+
+
+def _weights_capacity(gguf, files: Optional[List[str]]) -> int:
+    """An upper bound on the parameters the weights hold (their headers; GGUF: the tensors' sizes)."""
+    if gguf is None:
+        return sum(parameter_capacity(f) for f in files)
+    total = 0
+    for info in gguf.tensors.values():
+        n = 1
+        for d in info.shape:
+            n *= d
+        total += n
+    return total
 
 
 def _checkpoint(function, *args, offload: bool = False, **kwargs):

@@ -33,6 +33,7 @@ def _peak_rss_mb() -> float:
 @pytest.mark.parametrize("kwargs", [dict(max_new_tokens=10**8), dict(max_length=10**8),
                                     dict(max_new_tokens=10**8, num_beams=2),
                                     dict(max_new_tokens=10**8, do_sample=True)])
+@pytest.mark.malformed
 def test_max_new_tokens_past_positions_raises_before_allocating(name, kwargs):
     ours, _ = model_pair(name)
     before, start = _peak_rss_mb(), time.perf_counter()
@@ -69,6 +70,7 @@ def test_a_length_from_the_generation_config_is_capped_not_refused(caplog):
         ours.generation_config = saved
 
 
+@pytest.mark.malformed
 @pytest.mark.parametrize("shape, what", [((1, 0), "empty prompt"), ((0, 3), "empty batch"), ((0, 0), "empty batch")])
 def test_empty_prompt_and_batch_name_the_argument(shape, what):
     ours, _ = model_pair("llama")
@@ -82,6 +84,7 @@ def test_empty_prompt_and_batch_name_the_argument(shape, what):
     (torch.tensor([[5.0, 6.0]]), ValueError, "`input_ids` must hold integer token ids"),
     (torch.tensor([5, 6]), ValueError, "`input_ids` must be a tensor of shape"),
 ])
+@pytest.mark.malformed
 def test_bad_ids_name_the_argument(bad, error, match):
     # transformers 5.25: IndexError from the embedding for out-of-range ids (a device assert on CUDA), naming
     # no argument; fastformers checks before the first forward, with the type the model's forward raises
@@ -114,6 +117,7 @@ class _PoisonLogits:
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 @pytest.mark.parametrize("kwargs", [dict(), dict(do_sample=True), dict(num_beams=2), dict(eos_token_id=None),
                                     dict(num_beams=2, do_sample=True)])
+@pytest.mark.malformed
 def test_nonfinite_logits_stop_generation_with_a_clear_error(value, kwargs):
     ours, _ = model_pair("llama")
     streamed = []

@@ -45,6 +45,7 @@ def test_sharded_checkpoint_loads(sharded):
 
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors",
                                    "..\\x.safetensors", "C:/x.safetensors", "", 7, None])
+@pytest.mark.malformed
 def test_shard_names_never_leave_the_folder(sharded, shard):
     path, _, _, index = sharded
     first = next(iter(index["weight_map"]))
@@ -54,6 +55,7 @@ def test_shard_names_never_leave_the_folder(sharded, shard):
         fastformers.AutoModel.from_pretrained(path)
 
 
+@pytest.mark.malformed
 @pytest.mark.parametrize("weight_map", [[], {}, "model.safetensors", None])
 def test_weight_map_of_the_wrong_type(sharded, weight_map):
     path, _, _, _ = sharded
@@ -62,6 +64,7 @@ def test_weight_map_of_the_wrong_type(sharded, weight_map):
         fastformers.AutoModel.from_pretrained(path)
 
 
+@pytest.mark.malformed
 def test_duplicate_keys_in_the_index_refused(sharded):
     path, _, shards, index = sharded
     first, second = list(shards)
@@ -72,6 +75,7 @@ def test_duplicate_keys_in_the_index_refused(sharded):
         fastformers.AutoModel.from_pretrained(path)
 
 
+@pytest.mark.malformed
 def test_a_tensor_in_two_shards_refused(sharded):
     path, state, shards, _ = sharded
     first, second = list(shards)
@@ -82,6 +86,7 @@ def test_a_tensor_in_two_shards_refused(sharded):
         fastformers.AutoModel.from_pretrained(path)
 
 
+@pytest.mark.malformed
 def test_duplicate_keys_in_config_json_refused(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     text = (path / "config.json").read_text()
@@ -98,6 +103,7 @@ def test_duplicate_keys_in_config_json_refused(tmp_path):
     (None, b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [18446744073709551615, 4]}}'),
     (None, b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "y": '),
 ])
+@pytest.mark.malformed
 def test_lying_safetensors_headers_name_the_file(tmp_path, header_len, header):
     # the safetensors library (audited) checks these; the error names our file and says what is wrong
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)

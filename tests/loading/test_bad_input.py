@@ -13,6 +13,7 @@ TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_he
             max_position_embeddings=16)
 
 
+@pytest.mark.malformed
 def test_missing_path(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(OSError, match="nowhere"):
@@ -21,6 +22,7 @@ def test_missing_path(tmp_path):
         fastformers.AutoTokenizer.from_pretrained(str(missing))
 
 
+@pytest.mark.malformed
 def test_folder_without_weights(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     os.remove(path / "model.safetensors")
@@ -28,6 +30,7 @@ def test_folder_without_weights(tmp_path):
         fastformers.AutoModel.from_pretrained(path)
 
 
+@pytest.mark.malformed
 def test_config_not_json(tmp_path):
     (tmp_path / "config.json").write_text("{ this is not json")
     with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
@@ -36,12 +39,14 @@ def test_config_not_json(tmp_path):
         fastformers.AutoModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.malformed
 def test_unknown_model_type_lists_supported(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "frobnicator"}')
     with pytest.raises(ValueError, match=r"'frobnicator' is not supported .* bert, distilbert, electra, .*llama.*roberta"):
         fastformers.AutoModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.malformed
 def test_truncated_safetensors_names_file(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     weights = path / "model.safetensors"
@@ -51,6 +56,7 @@ def test_truncated_safetensors_names_file(tmp_path):
         fastformers.AutoModel.from_pretrained(path)
 
 
+@pytest.mark.malformed
 def test_corrupt_safetensors_header_names_file(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     (path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header!!}" + b"\0" * 64)
@@ -67,6 +73,7 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.malformed
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note about the raw pickle below
 def test_code_executing_pickle_is_refused(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
@@ -80,6 +87,7 @@ def test_code_executing_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.malformed
 def test_ids_beyond_vocabulary_named(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     model = fastformers.AutoModel.from_pretrained(path)
@@ -89,6 +97,7 @@ def test_ids_beyond_vocabulary_named(tmp_path):
         model(torch.tensor([[1, -1]]))
 
 
+@pytest.mark.malformed
 def test_too_long_sequence_names_both_numbers(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     model = fastformers.AutoModel.from_pretrained(path)
@@ -97,6 +106,7 @@ def test_too_long_sequence_names_both_numbers(tmp_path):
         model(torch.ones(1, 17, dtype=torch.long))
 
 
+@pytest.mark.malformed
 def test_bad_attention_mask_shape(tmp_path):
     path, _ = build_reference("bert", "AutoModel", tmp_path, **TINY)
     model = fastformers.AutoModel.from_pretrained(path)

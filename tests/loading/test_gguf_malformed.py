@@ -85,11 +85,13 @@ def test_a_valid_file_still_reads(tmp_path):
     assert ckpt.tensor("blk.0.attn_norm.weight").tolist() == [1, 2, 3, 4]
 
 
+@pytest.mark.malformed
 def test_duplicate_tensor_names_refused(tmp_path):
     infos = [tensor_info("output_norm.weight", (4,)), tensor_info("output_norm.weight", (4,), offset=32)]
     refused(tmp_path, gguf_bytes(SIZES, infos, F32_4 + b"\0" * 16 + F32_4), "tensor 'output_norm.weight' appears twice")
 
 
+@pytest.mark.malformed
 def test_duplicate_metadata_keys_refused(tmp_path):
     refused(tmp_path, gguf_bytes([*SIZES, u32("llama.block_count", 7)]),
             "metadata key 'llama.block_count' appears twice")
@@ -102,16 +104,19 @@ def test_duplicate_metadata_keys_refused(tmp_path):
     ((1024, 1024), "more than the whole file"),            # fits in an int, not in the file
     ((1, 1, 1, 1, 1), "claims 5 dimensions"),
 ])
+@pytest.mark.malformed
 def test_lying_tensor_shapes_refused(tmp_path, dims, pattern):
     refused(tmp_path, gguf_bytes(SIZES, [tensor_info("output_norm.weight", dims)], F32_4),
             "tensor 'output_norm.weight'", pattern)
 
 
+@pytest.mark.malformed
 def test_unknown_type_with_a_huge_shape_refused(tmp_path):
     refused(tmp_path, gguf_bytes(SIZES, [tensor_info("output_norm.weight", (2**40,), type_id=99)], F32_4),
             "tensor 'output_norm.weight'", "more than the whole file")
 
 
+@pytest.mark.malformed
 @pytest.mark.parametrize("offset", [2**63, 10**6, 2**64 - 1])
 def test_offsets_past_the_end_refused(tmp_path, offset):
     message = refused(tmp_path, gguf_bytes(SIZES, [tensor_info("output_norm.weight", (4,), offset=offset)], F32_4),
@@ -133,6 +138,7 @@ def test_offsets_past_the_end_refused(tmp_path, offset):
     (kv("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", U32, 2) + struct.pack("<2I", 1, 2)),
      "'tokenizer.ggml.tokens' must be a list of strings"),
 ])
+@pytest.mark.malformed
 def test_known_keys_of_the_wrong_type_refused(tmp_path, entry, pattern):
     key = s(pattern.split("'")[1])
     if entry.startswith(s("general.architecture")):  # replaces the first key
@@ -142,6 +148,7 @@ def test_known_keys_of_the_wrong_type_refused(tmp_path, entry, pattern):
     refused(tmp_path, data, pattern)
 
 
+@pytest.mark.malformed
 def test_tokenizer_arrays_that_disagree_refused(tmp_path):
     tokens = kv("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 2) + s("a") + s("b"))
     scores = kv("tokenizer.ggml.scores", ARRAY, struct.pack("<IQ", F32, 3) + struct.pack("<3f", 0, 0, 0))
@@ -149,6 +156,7 @@ def test_tokenizer_arrays_that_disagree_refused(tmp_path):
             "tokenizer.ggml.tokens has 2")
 
 
+@pytest.mark.malformed
 def test_special_token_id_outside_the_vocabulary_refused_by_the_tokenizer(tmp_path):
     from fastformers.tokenization.gguf import tokenizer_from_gguf
 
@@ -162,6 +170,7 @@ def test_special_token_id_outside_the_vocabulary_refused_by_the_tokenizer(tmp_pa
         tokenizer_from_gguf(ckpt)
 
 
+@pytest.mark.malformed
 def test_metadata_sizes_the_tensors_contradict_refused(tmp_path):
     layers = [u32("llama.embedding_length", 4), u32("llama.block_count", 10**6), u32("llama.attention.head_count", 1)]
     refused(tmp_path, gguf_bytes(layers, [tensor_info("blk.0.attn_norm.weight", (4,))], F32_4),
@@ -171,6 +180,7 @@ def test_metadata_sizes_the_tensors_contradict_refused(tmp_path):
             "'llama.embedding_length' is 4096, but token_embd.weight has shape [1, 4]")
 
 
+@pytest.mark.malformed
 def test_deeply_nested_arrays_refused_without_recursion_error(tmp_path):
     depth = 5000  # past Python's recursion limit
     payload = struct.pack("<IQ", ARRAY, 1) * depth + struct.pack("<IQ", U32, 0)
@@ -199,10 +209,12 @@ def test_deeply_nested_arrays_refused_without_recursion_error(tmp_path):
     ("tensor name length", lambda: unpadded(SIZES, n_tensors=1, n_kv=len(SIZES) + 1) + struct.pack("<Q", 2**50)
      + b"\0" * 24, "tensor #0: string length 1125899906842624"),
 ])
+@pytest.mark.malformed
 def test_absurd_counts_refused_before_allocating(tmp_path, what, data, pattern):
     refused(tmp_path, data(), pattern)
 
 
+@pytest.mark.malformed
 def test_truncation_names_the_field(tmp_path):
     whole = gguf_bytes([*SIZES, string("general.name", "tiny")])
     message = refused(tmp_path, whole[:len(whole) - 40], "is truncated")

@@ -46,6 +46,7 @@ def test_a_valid_hand_built_model_parses():
     assert [p.piece for p in proto.pieces] == ["<unk>", "<s>", "</s>", "a", "b"]
 
 
+@pytest.mark.malformed
 def test_a_piece_defined_twice_refused():
     with pytest.raises(ValueError, match=r"dup\.model: piece 'a' is defined twice \(ids 3 and 5\)"):
         ff_spm.parse_model(model([*BASE, piece("a")]), "dup.model")
@@ -60,11 +61,13 @@ def test_a_piece_defined_twice_refused():
     (b"\x0f", "unsupported wire type 7"),
     (b"", "holds no pieces"),
 ])
+@pytest.mark.malformed
 def test_malformed_protobuf_refused(data, match):
     with pytest.raises(ValueError, match=f"bad\\.model.*{match}"):
         ff_spm.parse_model(data, "bad.model")
 
 
+@pytest.mark.malformed
 def test_json_key_twice_refused(tmp_path):
     path = tmp_path / "tokenizer_config.json"
     path.write_text('{"model_max_length": 512, "model_max_length": 1000000000000}')

@@ -167,10 +167,8 @@ def _first(config, *names):
     raise ValueError(f"{type(config).__name__} has none of {', '.join(names)}: cannot size a KV cache for it")
 
 
-def make_static_cache(config, batch_size: int, max_length: int, dtype: torch.dtype, device):
-    """The preallocated self-attention cache of the decoder `config` describes (max_length positions per
-    row); for an encoder-decoder config an `EncoderDecoderCache` around it, whose cross-attention
-    keys/values are added on the first step."""
+def _cache_dims(config) -> Tuple[int, int, int]:
+    """(layers, key/value heads, head size) of the decoder self-attention cache `config` describes."""
     if getattr(config, "is_encoder_decoder", False):
         layers = _first(config, "num_decoder_layers", "decoder_layers")
         heads = kv_heads = _first(config, "decoder_attention_heads", "num_heads")
@@ -179,6 +177,20 @@ def make_static_cache(config, batch_size: int, max_length: int, dtype: torch.dty
         heads = _first(config, "num_attention_heads")
         kv_heads = _first(config, "num_key_value_heads", "num_attention_heads")
     head_dim = getattr(config, "head_dim", None) or _first(config, "hidden_size", "d_model") // heads
+    return layers, kv_heads, head_dim
+
+
+def static_cache_nbytes(config, batch_size: int, max_length: int, dtype: torch.dtype) -> int:
+    """The bytes make_static_cache would allocate (keys and values of every layer)."""
+    layers, kv_heads, head_dim = _cache_dims(config)
+    return 2 * layers * batch_size * kv_heads * max_length * head_dim * dtype.itemsize
+
+
+def make_static_cache(config, batch_size: int, max_length: int, dtype: torch.dtype, device):
+    """The preallocated self-attention cache of the decoder `config` describes (max_length positions per
+    row); for an encoder-decoder config an `EncoderDecoderCache` around it, whose cross-attention
+    keys/values are added on the first step."""
+    layers, kv_heads, head_dim = _cache_dims(config)
     cache = StaticCache(num_layers=layers, batch_size=batch_size, num_kv_heads=kv_heads, head_dim=head_dim,
                         max_length=max_length, dtype=dtype, device=device)
     return EncoderDecoderCache(cache) if getattr(config, "is_encoder_decoder", False) else cache
@@ -191,6 +203,22 @@ class CacheStep(NamedTuple):
     key_mask: Optional[torch.Tensor]  # (batch|1, kv_len) bool, True = may attend; None = every key
     kv_len: int  # keys each layer's attention sees (what cache.update returns)
     end: Optional[int]  # one past the last new position; None while compiling (no host read)
+
+
+def check_mask_values(mask: torch.Tensor, name: str = "attention_mask") -> bool:
+    """Refuse a mask holding anything but 0 and 1 (bool, integer or float 0/1 masks are accepted, as in
+    transformers, which reads any non-zero value as "attend": a 2 or -inf there is a caller's mistake, e.g.
+    token_type_ids or an additive mask passed as attention_mask). Returns whether every entry is 1.
+    Eager only (a host read); one device sync for both answers."""
+    if mask.numel() == 0 or torch.compiler.is_compiling():
+        return False
+    if mask.dtype == torch.bool:
+        return bool(mask.all())
+    bad, zero = torch.stack([((mask != 0) & (mask != 1)).any(), (mask == 0).any()]).tolist()
+    if bad:
+        value = mask[(mask != 0) & (mask != 1)][0].item()
+        raise ValueError(f"{name} holds {value!r}: a mask holds 1 (attend) and 0 (padding) only")
+    return not zero
 
 
 def cache_step(cache, batch: int, q_len: int, device, cache_position: Optional[torch.Tensor] = None,
@@ -231,7 +259,7 @@ def cache_step(cache, batch: int, q_len: int, device, cache_position: Optional[t
                 width == kv_len or (full and width <= kv_len and end in (None, width))):
             raise ValueError(f"{mask_name} must have shape (batch, cached + new tokens) = {(batch, end)}, "
                              f"got {tuple(attention_mask.shape)}")
-        if end is None or not bool(attention_mask.all()):
+        if end is None or not check_mask_values(attention_mask, mask_name):
             key_mask = attention_mask.bool()
             if width < kv_len:
                 key_mask = torch.nn.functional.pad(key_mask, (0, kv_len - width))

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from ..outputs import _output
-from .cache import DynamicCache, EncoderDecoderCache, make_static_cache, rename_cache_argument
+from .cache import DynamicCache, EncoderDecoderCache, make_static_cache, rename_cache_argument, static_cache_nbytes
+from ..configuration import available_memory
 from .configuration import GenerationConfig
 from .logits_process import (
     EpsilonLogitsWarper,
@@ -182,6 +183,39 @@ class GenerationMixin:
         max_length = config.max_length
         batch = input_ids.shape[0]
         new = max_length - prompt_len
+        static = cache is None and config.use_cache and not (config.return_dict_in_generate
+                                                              and config.output_attentions)
+        # what this call allocates up front: the token buffer, mask and positions (int64), the static cache;
+        # refused past the device's free memory (models without a position limit, e.g. T5, reach it)
+        planned = 3 * batch * max_length * 8 + (
+            static_cache_nbytes(self.config, batch, max_length - 1, self.dtype) if static else 0)
+        free = _free_memory(input_ids.device)
+        if free is not None and planned > free:
+            raise torch.OutOfMemoryError(
+                f"generate() would allocate {planned:,} bytes up front (batch size {batch}, max_new_tokens={new}, "
+                f"a {max_length}-token static KV cache) but {input_ids.device} has {free:,} bytes free: lower "
+                f"max_new_tokens or the batch size")
+        try:
+            return self._generate_within(input_ids, attention_mask, has_padding, cache, static, seq2seq, config,
+                                         mode, processors, criteria, eos, pad, streamer, generator)
+        except torch.OutOfMemoryError as e:
+            failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+        # outside the handler: the traceback (and with it every tensor this call made) is gone; the cache
+        # memory goes back to the device before the caller sees the error, and the model stays usable
+        if input_ids.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise torch.OutOfMemoryError(
+            f"generate() ran out of memory on {input_ids.device} (batch size {batch}, max_new_tokens={new}; "
+            f"{planned:,} bytes allocated up front for the token buffer and KV cache, then the model's "
+            f"activations): {failure}. What generate() allocated is freed; lower max_new_tokens or the batch size")
+
+    def _generate_within(self, input_ids, attention_mask, has_padding, cache, static, seq2seq, config, mode,
+                         processors, criteria, eos, pad, streamer, generator):
+        """The allocations and the loop of generate() (which turns an out-of-memory error in here into a
+        clear one)."""
+        max_length = config.max_length
+        batch, prompt_len = input_ids.shape
+        new = max_length - prompt_len
         if has_padding:
             mask = torch.cat([attention_mask, attention_mask.new_ones(batch, new)], dim=1)
             positions = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 0)
@@ -190,11 +224,10 @@ class GenerationMixin:
             positions = torch.arange(prompt_len, device=input_ids.device).expand(batch, -1)
         positions = torch.cat([positions, positions[:, -1:] + torch.arange(1, new + 1, device=input_ids.device)], 1)
 
-        if cache is None and config.use_cache:
-            if config.return_dict_in_generate and config.output_attentions:
-                cache = EncoderDecoderCache() if seq2seq is not None else DynamicCache()
-            else:  # the last token is never fed back: max_length - 1 slots suffice
-                cache = self.make_static_cache(batch, max_length - 1)
+        if static:  # the last token is never fed back: max_length - 1 slots suffice
+            cache = self.make_static_cache(batch, max_length - 1)
+        elif cache is None and config.use_cache:
+            cache = EncoderDecoderCache() if seq2seq is not None else DynamicCache()
         state = _State(mask, positions, cache, config, seq2seq)
         if "logits_to_keep" in inspect.signature(self.forward).parameters:
             state.extra["logits_to_keep"] = 1  # the LM head runs for the last position only
@@ -813,6 +846,15 @@ class _NonFiniteWatch:
                                      f"the sequence past {length} tokens); generation stopped without returning "
                                      "tokens computed from them. Check the weights and the dtype (float16 "
                                      "overflow?).")
+
+
+def _free_memory(device: torch.device) -> Optional[int]:
+    """Bytes a new allocation on `device` can use: free device memory plus what torch's caching allocator
+    holds unused (CUDA), MemAvailable (Linux CPU); None when unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return available_memory() if device.type == "cpu" else None
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,40 @@ def checkpoint_dtype(path: str) -> Optional[torch.dtype]:
     return next((t.dtype for t in _read_pickle(path).values() if t.is_floating_point()), None)
 
 
+_INT_BITS = {"I8": 8, "U8": 8, "I16": 16, "U16": 16, "I32": 32, "U32": 32, "I64": 64, "U64": 64}
+
+
+def parameter_capacity(path: str) -> int:
+    """An upper bound on the parameters a weight file holds, from its header alone: a float tensor holds
+    its elements, an integer one up to a 2-bit parameter per 2 bits (packed quantized weights). A pickle
+    file: its tensors' elements (memory-mapped where the file's format allows; read with weights_only, so a
+    pickle holding more than tensors is refused here already)."""
+    if not path.endswith(".safetensors"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - the legacy format cannot be mapped: read it (which names any fault)
+            state = _read_pickle(path)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise OSError(f"{path} does not hold a state dict of tensors")
+        return sum(t.numel() for t in state.values())
+    from safetensors import safe_open
+
+    total = 0
+    try:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                part = f.get_slice(name)
+                n = 1
+                for d in part.get_shape():
+                    n *= d
+                total += n * _INT_BITS.get(part.get_dtype(), 2) // 2
+    except Exception as e:  # noqa: BLE001 - whatever the header's fault, the file is named
+        raise OSError(f"cannot read safetensors file {path}: it is truncated or corrupt ({e})") from None
+    return total
+
+
 def _read_safetensors(path: str, device) -> Iterator[Tuple[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 

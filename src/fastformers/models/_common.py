@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..generation.cache import DynamicCache, EncoderDecoderCache, StaticCache
+from ..generation.cache import DynamicCache, EncoderDecoderCache, StaticCache, check_mask_values
 
 
 def call_layer(layer: nn.Module, *args):
@@ -77,6 +77,10 @@ def check_inputs(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torc
         if inputs_embeds.dim() != 3:
             raise ValueError(f"inputs_embeds must be (batch, seq_len, hidden), got shape {tuple(inputs_embeds.shape)}")
         batch, seq = inputs_embeds.shape[:2]
+    name = "input_ids" if input_ids is not None else "inputs_embeds"
+    if batch == 0 or seq == 0:  # transformers fails inside attention ("cannot reshape tensor of 0 elements")
+        what = "an empty batch (0 rows)" if batch == 0 else "no tokens (sequence length 0)"
+        raise ValueError(f"{name} holds {what}: shape {tuple((input_ids if input_ids is not None else inputs_embeds).shape)}")
     if max_positions is not None and past_length + seq > max_positions:
         raise ValueError(
             f"sequence length {past_length + seq} exceeds max_position_embeddings={max_positions} of this model; "
@@ -91,6 +95,7 @@ def check_mask(attention_mask: Optional[torch.Tensor], batch: int, seq: int) -> 
     if attention_mask.shape != (batch, seq):
         raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(batch, seq)}, "
                          f"got {tuple(attention_mask.shape)}")
+    check_mask_values(attention_mask)
     return attention_mask
 
 

@@ -21,6 +21,14 @@ attribute reads and a compare. `FASTFORMERS_BACKEND` is read when a
 binding resolves, so set it before running a model (or use `use_backend` to switch at run time).
 Shape-dependent support predicates of a kernel still run per call, where such a kernel is picked
 (in auto mode, or on a forced backend).
+
+Determinism: `torch.use_deterministic_algorithms(True)` is the switch. An implementation registered with
+`deterministic=False` (one whose bits may vary run to run, e.g. through atomics) is then skipped in auto mode
+(the next backend, at the end the torch reference, serves the call) and refused when forced; torch's own ops
+follow the switch themselves. Today every Triton and CUDA kernel of fastformers reduces in a fixed order
+(attention backward, norm weight gradients, bias gradients, split-K quantized matmul: no atomics, which
+tests/ops/test_deterministic.py checks), so none is registered as nondeterministic and results repeat bit for
+bit without the switch. Tested on the CPU through the dispatch decision; not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -143,22 +151,45 @@ class Op:
         self._lazy: Dict[str, tuple] = {}
         self._logged: set = set()
         self._resolved: Dict[tuple, Callable] = {}  # (device type, backend) -> the callable that serves it
+        self.nondeterministic: set = set()  # backends whose results may vary run to run (see register)
         functools.update_wrapper(self, reference)
 
-    def register(self, backend: str, unsupported: Callable | None = None) -> Callable[[Callable], Callable]:
+    def register(self, backend: str, unsupported: Callable | None = None, *,
+                 deterministic: bool = True) -> Callable[[Callable], Callable]:
+        """`deterministic=False`: the implementation may give different bits run to run (e.g. atomics);
+        while torch.use_deterministic_algorithms(True) is on it is skipped (auto) or refused (forced)."""
         def deco(fn: Callable) -> Callable:
             self.impls[backend] = fn
             if unsupported is not None:
                 self.unsupported[backend] = unsupported
+            if not deterministic:
+                self.nondeterministic.add(backend)
             self._resolved.clear()
             return fn
         return deco
 
-    def register_lazy(self, backend: str, module: str, attr: str | None = None) -> None:
+    def register_lazy(self, backend: str, module: str, attr: str | None = None, *, deterministic: bool = True) -> None:
         """Register `module.attr` (default: the op's name), imported the first time it is picked;
-        `module.<attr>_unsupported`, if present, is its predicate."""
+        `module.<attr>_unsupported`, if present, is its predicate. `deterministic`: as in register."""
         self._lazy[backend] = (module, attr or self.name)
+        if not deterministic:
+            self.nondeterministic.add(backend)
         self._resolved.clear()
+
+    def _predicate(self, backend: str) -> Callable | None:
+        """The support predicate of `backend` for this op, with the determinism switch folded in for an
+        implementation registered as nondeterministic (checked per call: the switch can change any time)."""
+        check = self.unsupported.get(backend)
+        if backend not in self.nondeterministic:
+            return check
+
+        def deterministic_or(*args, **kwargs):
+            import torch
+
+            if torch.are_deterministic_algorithms_enabled():
+                return "it is not deterministic and torch.use_deterministic_algorithms(True) is on"
+            return check(*args, **kwargs) if check is not None else None
+        return deterministic_or
 
     def has(self, backend: str) -> bool:
         return backend in self.impls or backend in self._lazy
@@ -202,13 +233,13 @@ class Op:
             for name in _AUTO_ORDER.get(device_type, ()):
                 if self.has(name) and backend_status(name) is None:
                     self._load(name)
-                    check = self.unsupported.get(name)
+                    check = self._predicate(name)
                     if check is None or check(*args, **(kwargs or {})) is None:
                         return name
             return "torch"
         self._check_forced(backend)
         self._load(backend)
-        check = self.unsupported.get(backend)
+        check = self._predicate(backend)
         reason = check(*args, **(kwargs or {})) if check is not None else None
         if reason is not None:
             raise BackendUnavailableError(f"fastformers op {self.name!r} cannot run this call on the {backend!r} "
@@ -243,7 +274,7 @@ class Op:
             for name in _AUTO_ORDER.get(device_type, ()):
                 if self.has(name) and backend_status(name) is None:
                     fn = self._load(name)
-                    chain.append((name, fn, self.unsupported.get(name)))
+                    chain.append((name, fn, self._predicate(name)))
                     if chain[-1][2] is None:
                         break
             if not chain or chain[-1][2] is not None:
@@ -259,7 +290,8 @@ class Op:
                         return fn(*args, **kwargs)
             return first_supported
         self._check_forced(backend)
-        fn, check = self._load(backend), self.unsupported.get(backend)
+        fn = self._load(backend)
+        check = self._predicate(backend)
         self._note(backend)
         if check is None:
             return fn

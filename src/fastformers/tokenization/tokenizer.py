@@ -476,8 +476,12 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
         if self._tokenizer.encode_special_tokens != bool(split_special_tokens):
             self._tokenizer.encode_special_tokens = bool(split_special_tokens)
 
-        raw = self._tokenizer.encode_batch(batch, add_special_tokens=add_special_tokens,
-                                           is_pretokenized=is_split_into_words)
+        try:
+            raw = self._tokenizer.encode_batch(batch, add_special_tokens=add_special_tokens,
+                                               is_pretokenized=is_split_into_words)
+        except TypeError:
+            _refuse_surrogates(batch)  # the `tokenizers` library's own message does not say what is wrong
+            raise
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names
         if return_attention_mask is None:
@@ -760,3 +764,18 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
                 f"model_max_length={self.model_max_length}, padding_side='{self.padding_side}', "
                 f"truncation_side='{self.truncation_side}', special_tokens={self.special_tokens_map}, "
                 f"added_tokens_decoder={{{added}}})")
+
+
+def _refuse_surrogates(batch) -> None:
+    """A text holding an unpaired surrogate (a str from e.g. os.fsdecode or json with lone \\ud800 escapes) is
+    not Unicode text the tokenizer can encode: a TypeError (as transformers raises) naming the character."""
+    stack = list(batch)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, str):
+            for i, ch in enumerate(item):
+                if "\ud800" <= ch <= "\udfff":
+                    raise TypeError(f"text holds an unpaired surrogate U+{ord(ch):04X} at position {i}: not valid "
+                                    f"Unicode; clean it first (e.g. text.encode('utf-8', 'replace').decode())")
