@@ -250,7 +250,12 @@ def _bench(args, device, dtype, float_dtype, batches, lengths, notes, cache_dir,
         print("written: " + ", ".join(paths))
         if why:
             print(f"plot skipped: {why}")
-    bad = [r for r in rows if r.get("agreement") and not r["agreement"]["ok"]]
+    loose = sorted({r["engine"] for r in rows if r.get("agreement") and not r["agreement"]["ok"]
+                    and r["engine"] != "fastformers"})
+    if loose:  # an anchor's own accuracy (ONNX Runtime's int8, say): reported, not a failure of fastformers
+        print(f"note: {', '.join(loose)} differ from transformers beyond the {dtype} tolerance "
+              f"{TOLERANCE[dtype]:g} in some rows (the agree column)")
+    bad = [r for r in rows if r.get("agreement") and not r["agreement"]["ok"] and r["engine"] == "fastformers"]
     if bad:
         print(f"fastformers bench: outputs disagree beyond the {dtype} tolerance {TOLERANCE[dtype]:g} in "
               f"{len(bad)} row(s)", file=sys.stderr)

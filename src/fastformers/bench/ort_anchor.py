@@ -51,6 +51,9 @@ class OrtEncoder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Its worker threads otherwise spin after each run, taking the cores from the engine timed next (measured:
+        # fastformers and transformers ran up to 2x slower interleaved with a spinning session).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, enc: Dict[str, torch.Tensor]) -> torch.Tensor:
