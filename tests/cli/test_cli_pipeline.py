@@ -113,7 +113,8 @@ def test_zero_shot_labels_reach_the_pipeline(monkeypatch, capsys):
             return {"sequence": text, "labels": ["b", "a"], "scores": [0.75, 0.25]}
 
     monkeypatch.setattr(fastformers, "pipeline", lambda *a, **k: Fake())
-    assert main(["pipeline", "zero-shot-classification", "x", "--candidate-labels", "a, b", "--multi-label"]) == 0
+    assert main(["pipeline", "zero-shot-classification", "x", "--candidate-labels", "a, b", "--multi-label",
+                 "--model", "some-nli-model"]) == 0
     assert calls == [("x", {"candidate_labels": ["a", "b"], "multi_label": True})]
     assert capsys.readouterr().out.splitlines() == ["0.7500  b", "0.2500  a"]
 
@@ -137,3 +138,14 @@ def test_missing_model_folder_is_one_line(tmp_path, capsys):
     assert main(["pipeline", "fill-mask", "a [MASK]", "--model", str(tmp_path / "nowhere")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("fastformers: error: ") and "nowhere" in line
+
+
+def test_task_without_embedded_model_needs_model_instead_of_a_download(capsys, monkeypatch):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the command went to the hub")
+
+    monkeypatch.setattr("fastformers.pipelines.pipeline", no_hub)
+    assert main(["pipeline", "fill-mask", "Paris is the [MASK] of France."]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastformers: error: fill-mask has no embedded model: pass --model") and \
+        "distilbert/distilroberta-base" in err and len(err.splitlines()) == 1

@@ -2,7 +2,8 @@
 
 Task extras: --candidate-labels for zero-shot-classification, --context for question-answering (each INPUT is a
 question), --max-new-tokens / --do-sample for the generation tasks, --top-k for fill-mask and text-classification.
-Without --model the task's default is used (pipeline(): an embedded model where one fits, else the hub's). A
+Without --model the task's embedded model is used where it has one; other tasks ask for --model (naming
+transformers' default hub id) instead of downloading. A
 checkpoint without the weights of the task's head is refused: its predictions would come from random weights.
 """
 
@@ -13,7 +14,7 @@ import json
 import re
 from typing import Any, Dict, List
 
-from ..pipelines import SUPPORTED_TASKS, TASK_ALIASES
+from ..pipelines import EMBEDDED_DEFAULTS, SUPPORTED_TASKS, TASK_ALIASES
 from .common import UsageError, add_device_argument, check_device, refuse_empty, shorten
 
 # tasks whose output is the encoder's hidden states: no head to check
@@ -78,6 +79,16 @@ def call_options(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     return options
 
 
+def refuse_hub_default(name: str) -> None:
+    """The command runs offline by default: a task with no embedded model needs --model, rather than a download
+    (or, offline, a minute of retries against an unreachable hub) the user did not ask for."""
+    locate = EMBEDDED_DEFAULTS.get(name, (None, None))[0]
+    if locate is None or not locate().embedded:
+        hub_id = SUPPORTED_TASKS[name].default_model
+        raise UsageError(f"{name} has no embedded model: pass --model FOLDER_OR_HUB_ID (transformers' default is "
+                         f"--model {hub_id}, downloaded from the model hub)")
+
+
 def refuse_missing_head(name: str, model: Any) -> None:
     """A model whose task head was not in the checkpoint (randomly initialised) would print noise: refuse it."""
     missing = list(getattr(model, "newly_initialized_weights", []))
@@ -96,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = refuse_empty(args.inputs, "input")
     options = call_options(name, args)
     device = check_device(args.device)
+    if args.model is None:
+        refuse_hub_default(name)
     extra = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     pipe = pipeline(args.task, model=args.model, device=device, **extra)
     refuse_missing_head(name, pipe.model)

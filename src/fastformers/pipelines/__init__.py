@@ -119,7 +119,8 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, device: Any
             if not default:
                 raise
             raise OSError(f"No model was given to the {name} pipeline and its default, {model}, cannot be "
-                          f"loaded (offline, or the hub unreachable?): {e}. Pass model= a local folder.") from None
+                          f"loaded (offline, or the hub unreachable?): {str(e).rstrip('.')}. Pass model= a local "
+                          "folder.") from None
     else:
         source = getattr(model.config, "_name_or_path", None)
         if device is not None:
