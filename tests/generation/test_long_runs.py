@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 import time
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 
 import fastformers
 from gen_models import _TMP, model_pair
+from run_together import run_together
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc for RSS")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -51,24 +51,8 @@ def test_one_model_from_four_threads_gives_each_caller_its_own_result():
     prompts = [torch.tensor([[5 + i, 6, 7 + 2 * i]]) for i in range(4)]
     expected = [ours.generate(p, max_new_tokens=30, eos_token_id=None) for p in prompts]
     expected_logits = [ours(p).logits for p in prompts]
-    results, errors = {}, []
-    barrier = threading.Barrier(4)
-
-    def work(i):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results.setdefault(i, []).append((ours.generate(prompts[i], max_new_tokens=30, eos_token_id=None),
-                                                  ours(prompts[i]).logits))
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    results = run_together(lambda i: [(ours.generate(prompts[i], max_new_tokens=30, eos_token_id=None),
+                                       ours(prompts[i]).logits) for _ in range(3)])
     for i in range(4):
         for tokens, logits in results[i]:
             assert torch.equal(tokens, expected[i])
@@ -83,22 +67,8 @@ def test_one_pipeline_from_four_threads_gives_each_caller_its_own_result():
     pipe = fastformers.pipeline("text-generation", model=ours, tokenizer=tokenizer)
     texts = ["The cat", "A long time ago", "Numbers: 1 2 3", "Hello"]
     expected = [pipe(t, max_new_tokens=12, do_sample=False)[0]["generated_text"] for t in texts]
-    got, errors = {}, []
-    barrier = threading.Barrier(4)
-
-    def work(i):
-        try:
-            barrier.wait()
-            got[i] = [pipe(texts[i], max_new_tokens=12, do_sample=False)[0]["generated_text"] for _ in range(3)]
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    got = run_together(lambda i: [pipe(texts[i], max_new_tokens=12, do_sample=False)[0]["generated_text"]
+                                  for _ in range(3)])
     assert all(got[i] == [expected[i]] * 3 for i in range(4)), (got, expected)
 
 
@@ -132,21 +102,6 @@ def test_a_fresh_model_first_called_from_four_threads_at_once():
     expected = [reference.generate(p, max_new_tokens=20, eos_token_id=None) for p in prompts]
     for _ in range(3):
         fresh = fastformers.AutoModelForCausalLM.from_pretrained(path)
-        got, errors = {}, []
-        barrier = threading.Barrier(4)
-
-        def work(i):
-            try:
-                barrier.wait()
-                got[i] = fresh.generate(prompts[i], max_new_tokens=20, eos_token_id=None)
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors, errors
+        got = run_together(lambda i: fresh.generate(prompts[i], max_new_tokens=20, eos_token_id=None))
         for i in range(4):
             assert torch.equal(got[i], expected[i])

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 import fastformers
 from pipeline_models import saved_model
+from run_together import run_together
 
 TEXTS = ["a first sentence", "the second one, a little longer than the first", "x", "numbers 1 2 3 4"]
 
@@ -18,22 +17,7 @@ def test_a_fresh_pipeline_from_four_threads(tmp_path_factory):
     expected = [np.asarray(fastformers.pipeline("feature-extraction", model=path)(t)) for t in TEXTS]
     for _ in range(3):
         pipe = fastformers.pipeline("feature-extraction", model=path)
-        got, errors = {}, []
-        barrier = threading.Barrier(4)
-
-        def work(i):
-            try:
-                barrier.wait()
-                got[i] = [np.asarray(pipe(TEXTS[i])) for _ in range(3)]
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors, errors
+        got = run_together(lambda i: [np.asarray(pipe(TEXTS[i])) for _ in range(3)])
         for i in range(4):
             for out in got[i]:
                 np.testing.assert_array_equal(out, expected[i])
