@@ -150,8 +150,10 @@ def check_against_transformers(model_type: str, task: str, tmp_path, inputs: dic
 @pytest.fixture(autouse=True)
 def _one_thread_for_generation(request):
     """Generation tests run tiny models step by step: one thread is fastest for them, and keeps them
-    from crawling when another process competes for the cores (spinning OpenMP workers)."""
-    if "generation" not in request.node.path.parts:
+    from crawling when another process competes for the cores (spinning OpenMP workers). Also for the
+    generating tests elsewhere (the text-generation pipeline, the generate command)."""
+    path = request.node.path
+    if "generation" not in path.parts and path.name not in ("test_text_generation.py", "test_cli_generate.py"):
         yield
         return
     threads = torch.get_num_threads()

@@ -4,7 +4,6 @@ streamed to stdout as they come, raw text, sampling with a seed, quantization, a
 import functools
 
 import pytest
-import torch
 
 import fastformers
 from fastformers.cli import generate, main
@@ -26,14 +25,6 @@ def _load_once():
 class _Args:
     def __init__(self, model, gguf_file, quantize):
         self.model, self.gguf_file, self.quantize = model, gguf_file, quantize
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_chat_answer_is_streamed(capsys, monkeypatch):

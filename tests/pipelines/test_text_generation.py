@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-import torch
 from conftest import build_reference
 
 import fastformers
@@ -24,15 +23,6 @@ GREEDY = dict(max_new_tokens=8, do_sample=False)
 PROMPTS = ["Hello, my name is", "The sky", "Once upon a time, in a land far away, there lived"]
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models decode step by step: one thread is fastest and spares the cores other tests use."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def smollm2_dir() -> str:
