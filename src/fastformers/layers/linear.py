@@ -17,15 +17,18 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..ops.linear import forget_packed_weights
 
 # Bumped whenever a Linear's weight or bias is assigned: a fused group compares it to the value it fused at.
 _assignments = [0]
 
 
 def weights_changed() -> None:
-    """Say that Linear weights were given new storage behind the module's back (`param.data = ...`, which no
-    hook sees): fused groups fuse again from the siblings' current weights on their next call."""
+    """Say that Linear weights were changed behind the module's back (`param.data = ...`, which no hook sees, or
+    edits through `.data`): fused groups fuse again from the siblings' current weights on their next call, and
+    the CPU's packed weight copies (ops/linear.py) are made afresh."""
     _assignments[0] += 1
+    forget_packed_weights()
 
 
 class Linear(nn.Linear):

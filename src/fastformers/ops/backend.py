@@ -144,7 +144,8 @@ class Op:
 
     def __init__(self, name: str, reference: Callable, *, same_on_every_backend: bool = False) -> None:
         self.name = name
-        # an op whose torch implementation is the kernel on every backend (dense linear: cuBLAS)
+        # an op whose torch implementation is the kernel on every backend (dense linear: cuBLAS), except a cpu
+        # implementation of its own for CPU tensors
         self.same_on_every_backend = same_on_every_backend
         self.impls: Dict[str, Callable] = {"torch": reference}
         self.unsupported: Dict[str, Callable] = {}
@@ -222,13 +223,19 @@ class Op:
             )
         _require(backend)
 
+    def _own_cpu_path(self, device_type: str, backend: str) -> bool:
+        """An op that is torch's on every backend may still have a cpu path of its own (prepacked linear)."""
+        return device_type == "cpu" and backend in ("auto", "cpu") and self.has("cpu")
+
     def choose(self, device_type: str, args: tuple = (), kwargs: dict | None = None) -> str:
         """The backend that runs this call (raises for a forced backend that cannot)."""
         backend = current_backend()
         if self.same_on_every_backend:
             if backend not in ("auto", "torch"):
                 _require(backend)  # a forced backend that cannot run here is still an error
-            return "torch"
+            if not self._own_cpu_path(device_type, backend):
+                return "torch"
+            backend = "auto"  # its cpu path where the call suits it, else torch
         if backend == "auto":
             for name in _AUTO_ORDER.get(device_type, ()):
                 if self.has(name) and backend_status(name) is None:
@@ -266,7 +273,9 @@ class Op:
         if self.same_on_every_backend:
             if backend not in ("auto", "torch"):
                 _require(backend)  # a forced backend that cannot run here is still an error
-            return self.impls["torch"]
+            if not self._own_cpu_path(device_type, backend):
+                return self.impls["torch"]
+            backend = "auto"  # its cpu path where the call suits it, else torch
         if backend == "torch":
             return self.impls["torch"]
         if backend == "auto":

@@ -1,8 +1,30 @@
 """The linear op. A quantized weight (ops/quant.py's QuantizedWeight) in place of the float weight sends
-the call to `quantized_linear`, so models never branch on quantization."""
+the call to `quantized_linear`, so models never branch on quantization.
+
+CPU tensors at inference (the cpu backend): a float32 / bfloat16 weight runs from a copy that oneDNN packed once
+into its blocked layout -- the prepacking inference engines do at load. Measured on this project's 2-core AVX-512
+CPU (2 threads): 1.3-1.6x F.linear's speed at 16 tokens for all-MiniLM-L6-v2's shapes, and its batch-1 forward
+8.4 ms -> 4.8 ms; results within ~1e-6 relative of F.linear (another summation order).
+
+The packed copy is made on a weight's first call and lives while the weight does, next to it: up to a budget
+(a quarter of the memory available at the first pack, `FASTFORMERS_CPU_PREPACK_MB` to set it; 0 turns prepacking
+off); weights past it run on F.linear. A changed weight packs again, seen per call from
+  - autograd's version counter and the address (in-place ops, optimizer steps, load_state_dict, `param.data = t`);
+  - a sample of 16 of its elements (edits through `.data`, which bypass the version counter: peft's merge does
+    `weight.data += delta`, a dense change). An edit through `.data` of a few elements only may escape the
+    sample: call `fastformers.weights_changed()` after one (it drops every packed copy).
+Autograd (training), torch.compile (Inductor packs frozen weights itself), views made per call (GPT-2's
+transposed Conv1D weight) and other dtypes stay on F.linear.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
+from typing import Dict, Optional
+
+import torch
 import torch.nn.functional as F
 
 from .backend import Op
@@ -21,5 +43,121 @@ class _Linear(Op):
 
 
 # Dense matmul has no Triton or CUDA kernel of ours: cuBLAS (through torch) is the kernel on every
-# backend, so forcing a backend leaves it alone.
+# backend, so forcing a backend leaves it alone. CPU tensors get the prepacked oneDNN path below.
 linear = _Linear("linear", linear_reference, same_on_every_backend=True)
+
+_PACKABLE = (torch.float32, torch.bfloat16)
+SAMPLE = 16  # elements compared per call to notice edits that bypass the version counter
+
+
+class _Packs:
+    """id(weight) -> (weakref to it, version, address, sample positions, sample, packed copy, bytes)."""
+
+    def __init__(self) -> None:
+        self.entries: Dict[int, tuple] = {}
+        self.lock = threading.Lock()
+        self.bytes = 0
+        self.budget: Optional[int] = None
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.bytes = 0
+
+    def drop(self, key: int) -> None:
+        with self.lock:
+            entry = self.entries.pop(key, None)
+            if entry is not None:
+                self.bytes -= entry[6]
+
+
+_packs = _Packs()
+
+
+def forget_packed_weights() -> None:
+    """Drop every packed copy (weights_changed() calls it): the next calls pack from the weights as they are."""
+    _packs.clear()
+
+
+def _budget() -> int:
+    if _packs.budget is None:
+        mb = os.environ.get("FASTFORMERS_CPU_PREPACK_MB")
+        if mb is not None:
+            _packs.budget = int(float(mb) * 2**20)
+        else:
+            available = 8 * 2**30
+            try:
+                with open("/proc/meminfo", encoding="ascii") as f:
+                    for line in f:
+                        if line.startswith("MemAvailable:"):
+                            available = int(line.split()[1]) * 1024
+            except (OSError, ValueError, IndexError):
+                pass
+            _packs.budget = available // 4
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            _packs.budget = 0
+    return _packs.budget
+
+
+def _linear_cpu_unsupported(x, weight, bias=None) -> Optional[str]:
+    if torch.compiler.is_compiling():
+        return "under torch.compile (Inductor packs the weights of a frozen graph itself)"
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.numel() == 0:
+        return "not a 2-D float weight"
+    if x.dtype not in _PACKABLE or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        return f"dtype {x.dtype} (prepacked: float32, bfloat16)"
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        return "not on the CPU"
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        return "autograd needs F.linear's backward"
+    if weight._base is not None and not isinstance(weight, torch.nn.Parameter):
+        return "a view made for this call (it would pack on every call)"
+    if _budget() <= 0:
+        return "prepacking is off (FASTFORMERS_CPU_PREPACK_MB=0, or a torch without oneDNN)"
+    return None
+
+
+def _sample_positions(weight: torch.Tensor):
+    """SAMPLE (row, column) pairs spread over the whole matrix (rows evenly, columns by a large stride)."""
+    rows, cols = weight.shape
+    i = torch.arange(SAMPLE)
+    return (i * max(rows - 1, 0)) // max(SAMPLE - 1, 1), (i * 7919 + i * i) % max(cols, 1)
+
+
+def _state(weight: torch.Tensor, positions):
+    version = -1 if weight.is_inference() else weight._version  # inference tensors keep no version counter
+    # indexing gathers the 16 elements in place, whatever the weight's layout (no copy of the matrix)
+    return version, weight.data_ptr(), weight.detach()[positions]
+
+
+def packed_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """oneDNN's packed copy of `weight` (made now if it has none or it changed), or None past the budget."""
+    key = id(weight)
+    entry = _packs.entries.get(key)
+    if entry is not None and entry[0]() is weight:
+        version, address, sample = _state(weight, entry[3])
+        if version == entry[1] and address == entry[2] and torch.equal(sample, entry[4]):
+            return entry[5]
+        _packs.drop(key)
+    size = weight.numel() * weight.element_size()
+    if _packs.bytes + size > _budget():
+        return None
+    positions = _sample_positions(weight)
+    version, address, sample = _state(weight, positions)
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+    with _packs.lock:
+        ref = weakref.ref(weight, lambda _, key=key: _packs.drop(key))
+        old = _packs.entries.get(key)
+        _packs.entries[key] = (ref, version, address, positions, sample, packed, size)
+        _packs.bytes += size - (old[6] if old is not None else 0)
+    return packed
+
+
+@linear.register("cpu", unsupported=_linear_cpu_unsupported)
+def linear_cpu(x, weight, bias=None):
+    packed = packed_weight(weight)
+    if packed is None:
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")

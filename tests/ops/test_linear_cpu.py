@@ -1,0 +1,133 @@
+"""The cpu backend's linear: weights packed once by oneDNN, against the float64 reference, and every way a weight
+can change under a packed copy (ops/linear.py)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from fastformers import ops
+from fastformers.layers.linear import Linear, weights_changed
+
+linear_module = importlib.import_module("fastformers.ops.linear")  # the module: `ops.linear` is the op
+
+
+def rel_err(got, expected):
+    expected = expected.detach()
+    return float((got.detach().double() - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("shape, out_features", [((1, 384), 1152), ((2, 13, 383), 7), ((3, 1, 5), 2), ((16, 1536), 384)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_prepacked_linear_matches_reference(shape, out_features, dtype, tol, with_bias):
+    g = torch.Generator().manual_seed(sum(shape) + out_features)
+    layer = Linear(shape[-1], out_features, bias=with_bias).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+        if with_bias:
+            layer.bias.copy_(torch.randn(out_features, generator=g))
+    x = torch.randn(*shape, generator=g).to(dtype)
+    assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "torch"  # autograd on: F.linear
+    with torch.no_grad():
+        assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "cpu"
+        got = layer(x)
+    expected = x.double() @ layer.weight.double().t() + (layer.bias.double() if with_bias else 0)
+    assert got.shape == (*shape[:-1], out_features) and got.dtype == dtype
+    assert rel_err(got, expected) < tol
+    assert linear_module._packs.entries.get(id(layer.weight)) is not None  # it ran packed
+
+
+def _layer(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layer = Linear(24, 10)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(10, 24, generator=g))
+    return layer, torch.randn(3, 24, generator=g)
+
+
+def _expected(layer, x):
+    return x.double() @ layer.weight.double().t() + layer.bias.double()
+
+
+@pytest.mark.parametrize("change", ["in place", "optimizer step", "load_state_dict", "assign .data",
+                                    "dense edit through .data"])
+def test_a_changed_weight_packs_again(change):
+    layer, x = _layer()
+    with torch.no_grad():
+        layer(x)  # packed now
+        if change == "in place":
+            layer.weight.mul_(-2)
+        elif change == "load_state_dict":
+            layer.load_state_dict({"weight": torch.randn(10, 24), "bias": layer.bias.detach().clone()})
+        elif change == "assign .data":
+            layer.weight.data = torch.randn(10, 24)
+        elif change == "dense edit through .data":
+            layer.weight.data += torch.randn(10, 4) @ torch.randn(4, 24)  # a LoRA merge (peft: unsafe merge)
+    if change == "optimizer step":
+        opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+        layer(x).square().sum().backward()
+        opt.step()
+    with torch.no_grad():
+        assert rel_err(layer(x), _expected(layer, x)) < 1e-5
+
+
+def test_a_sparse_edit_through_data_is_seen_after_weights_changed():
+    layer, x = _layer()
+    with torch.no_grad():
+        layer(x)
+        layer.weight.data[3, 1] += 100.0  # one element: the 16-element sample may not see it
+        weights_changed()  # the documented way to say so
+        assert rel_err(layer(x), _expected(layer, x)) < 1e-5
+
+
+def test_peft_unsafe_merge_after_inference_uses_the_merged_weights():
+    peft = pytest.importorskip("peft")
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = Linear(24, 10)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    model, x = Tiny().eval(), torch.randn(3, 24)
+    with torch.no_grad():
+        model(x)  # the base weight is packed
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["proj"], init_lora_weights=False))
+    with torch.no_grad():
+        with_adapter = wrapped(x)
+    merged = wrapped.merge_and_unload(safe_merge=False)  # weight.data += delta
+    with torch.no_grad():
+        got = merged(x)
+    assert rel_err(got, with_adapter.double()) < 1e-5
+
+
+def test_packs_leave_with_their_weights_and_respect_the_budget(monkeypatch):
+    layer, x = _layer()
+    with torch.no_grad():
+        layer(x)
+    key = id(layer.weight)
+    assert key in linear_module._packs.entries
+    del layer
+    assert key not in linear_module._packs.entries
+    monkeypatch.setattr(linear_module._packs, "budget", 0)
+    layer, x = _layer(1)
+    with torch.no_grad():
+        assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "torch"  # prepacking off
+        assert rel_err(layer(x), _expected(layer, x)) < 1e-5
+
+
+def test_views_made_per_call_and_the_torch_backend_stay_on_f_linear(monkeypatch):
+    layer, x = _layer()
+    with torch.no_grad():
+        transposed = layer.weight.t().contiguous().t()  # a fresh view each call, as GPT-2's Conv1D passes
+        assert ops.linear.choose("cpu", (x, layer.weight.detach().t().t(), None)) == "torch"
+        assert ops.linear.choose("cpu", (x, transposed, None)) == "torch"
+        monkeypatch.setenv("FASTFORMERS_BACKEND", "torch")
+        assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "torch"
