@@ -26,6 +26,7 @@ from .auto import (
 )
 from .configuration import PretrainedConfig
 from .generation import GenerationConfig, TextIteratorStreamer, TextStreamer
+from .layers import weights_changed
 from .modeling import PreTrainedModel
 from .pipelines import pipeline
 from .quantization import QuantizationConfig

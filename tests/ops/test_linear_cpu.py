@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastformers import ops
-from fastformers.layers.linear import Linear, weights_changed
+from fastformers import ops, weights_changed
+from fastformers.layers.linear import Linear
 
 linear_module = importlib.import_module("fastformers.ops.linear")  # the module: `ops.linear` is the op
 

@@ -6,8 +6,9 @@ Models are written in terms of these and `fastformers.ops`; they never see a bac
 
 from .activation import Activation, SiluMul
 from .attention import Attention
-from .linear import Conv1D, FusedLinear, Linear
+from .linear import Conv1D, FusedLinear, Linear, weights_changed
 from .norm import LayerNorm, RMSNorm
 from .rotary import Rotary
 
-__all__ = ["Activation", "Attention", "Conv1D", "FusedLinear", "LayerNorm", "Linear", "RMSNorm", "Rotary", "SiluMul"]
+__all__ = ["Activation", "Attention", "Conv1D", "FusedLinear", "LayerNorm", "Linear", "RMSNorm", "Rotary", "SiluMul",
+           "weights_changed"]
