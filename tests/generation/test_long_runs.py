@@ -17,6 +17,7 @@ import fastformers
 from gen_models import _TMP, model_pair
 from run_together import run_together
 
+# RSS is read from /proc: these tests run on Linux, which CI and the GPU machine are; elsewhere they are skipped.
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc for RSS")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -85,7 +85,7 @@ def test_a_sparse_edit_through_data_is_seen_after_weights_changed():
 
 
 def test_peft_unsafe_merge_after_inference_uses_the_merged_weights():
-    peft = pytest.importorskip("peft")
+    import peft  # a test dependency (the test extra): this test runs wherever the suite does
 
     class Tiny(nn.Module):
         def __init__(self):

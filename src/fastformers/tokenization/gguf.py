@@ -79,10 +79,15 @@ def _spm_merges(tokens: List[str], scores: List[float]) -> List[Tuple[str, str]]
     return [(left, right) for left, right, _ in found]
 
 
-def _file_merges(metadata: dict, path: str) -> Optional[List[Tuple[str, str]]]:
+def _file_merges(metadata: dict, path: str, tokens: List[str], what: str) -> List[Tuple[str, str]]:
+    """The file's merges, or (without them) merges rebuilt from the SentencePiece scores; `what` names the
+    vocabulary in the error when it has neither."""
     merges = metadata.get("tokenizer.ggml.merges")
     if merges is None:
-        return None
+        scores = metadata.get("tokenizer.ggml.scores")
+        if scores is None:
+            raise GGUFError(f"{path}: {what} without merges or scores")
+        return _spm_merges(tokens, scores)
     pairs = [tuple(m.split(" ")) for m in merges]
     for i, pair in enumerate(pairs):
         if len(pair) != 2 or not all(pair):
@@ -121,12 +126,7 @@ def tokenizer_from_gguf(ckpt: GGUFCheckpoint, name_or_path: Optional[str] = None
             if not set(token) <= alphabet:
                 token = "".join(table[b] for b in token.encode("utf-8"))
             vocab[token] = index
-        merges = _file_merges(md, ckpt.path)
-        if merges is None:
-            scores = md.get("tokenizer.ggml.scores")
-            if scores is None:
-                raise GGUFError(f"{ckpt.path}: byte-level BPE vocabulary without merges or scores")
-            merges = _spm_merges(tokens, scores)
+        merges = _file_merges(md, ckpt.path, tokens, "byte-level BPE vocabulary")
         backend = _bpe(ckpt.path, vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                        end_of_word_suffix="", fuse_unk=False)
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -138,12 +138,7 @@ def tokenizer_from_gguf(ckpt: GGUFCheckpoint, name_or_path: Optional[str] = None
             raise GGUFError(f"{ckpt.path}: the SentencePiece tokenizer of {arch!r} GGUF files is not supported "
                             f"(supported: tokenizer.ggml.model 'gpt2', and 'llama' for other architectures)")
         vocab = {token: index for index, token in enumerate(tokens)}
-        merges = _file_merges(md, ckpt.path)
-        if merges is None:
-            scores = md.get("tokenizer.ggml.scores")
-            if scores is None:
-                raise GGUFError(f"{ckpt.path}: SentencePiece vocabulary without merges or scores")
-            merges = _spm_merges(tokens, scores)
+        merges = _file_merges(md, ckpt.path, tokens, "SentencePiece vocabulary")
         backend = _bpe(ckpt.path, vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None)
         backend.normalizer = None
         backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)

@@ -77,6 +77,18 @@ _PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 _TRUNCATION_STRATEGIES = ("only_first", "only_second", "longest_first", "do_not_truncate")
 
 
+def _strategy(value, off: str, allowed: tuple, what: str) -> str:
+    """A padding / truncation argument other than True as its strategy name: False / None -> `off`, an enum
+    member -> its value, a known name -> itself; anything else is an error naming the choices."""
+    if value is False or value is None:
+        return off
+    name = getattr(value, "value", value)
+    if name not in allowed:
+        raise ValueError(f"{value!r} is not a valid {what} strategy; use one of True, False, "
+                         f"{', '.join(repr(s) for s in allowed)}")
+    return name
+
+
 class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
     """A `tokenizers.Tokenizer` with transformers' tokenizer API.
 
@@ -331,23 +343,10 @@ class PreTrainedTokenizerFast(SpecialTokensMixin, ChatTemplateMixin):
                 warnings.warn("`max_length` is ignored when `padding`=`True` and there is no truncation strategy. "
                               "To pad to max length, use `padding='max_length'`.")
             pad = "longest"
-        elif padding is False or padding is None:
-            pad = "do_not_pad"
         else:
-            pad = getattr(padding, "value", padding)
-            if pad not in _PADDING_STRATEGIES:
-                raise ValueError(f"{padding!r} is not a valid padding strategy; use one of True, False, "
-                                 f"{', '.join(repr(s) for s in _PADDING_STRATEGIES)}")
-
-        if truncation is True:
-            trunc = "longest_first"
-        elif truncation is False or truncation is None:
-            trunc = "do_not_truncate"
-        else:
-            trunc = getattr(truncation, "value", truncation)
-            if trunc not in _TRUNCATION_STRATEGIES:
-                raise ValueError(f"{truncation!r} is not a valid truncation strategy; use one of True, False, "
-                                 f"{', '.join(repr(s) for s in _TRUNCATION_STRATEGIES)}")
+            pad = _strategy(padding, "do_not_pad", _PADDING_STRATEGIES, "padding")
+        trunc = "longest_first" if truncation is True else \
+            _strategy(truncation, "do_not_truncate", _TRUNCATION_STRATEGIES, "truncation")
 
         if max_length is None:
             if pad == "max_length":
