@@ -1,4 +1,4 @@
-"""The cpu backend's quantized_linear (W8A8 through torch._int_mm) against the float64 reference, and the auto rule
+"""The cpu backend's quantized_linear (W8A8 through torch._int_mm; weight-only formats: test_native.py) against the float64 reference, and the auto rule
 that sends CPU tensors to it."""
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ def test_w8a8_cpu_matches_reference(shape, out_features, dtype):
 
 def test_auto_sends_cpu_w8a8_to_the_cpu_backend_and_torch_forces_the_reference(monkeypatch):
     w8a8 = ops.quantize_weight(torch.randn(8, 32), bits=8, method="w8a8")
-    weight_only = ops.quantize_weight(torch.randn(8, 32), bits=8)
+    odd = ops.quantize_weight(torch.randn(8, 40), bits=8)  # 40 inputs: not a multiple of the kernels' 32
     x = torch.randn(2, 32)
     assert ops.quantized_linear.choose("cpu", (x, w8a8)) == "cpu"
-    assert ops.quantized_linear.choose("cpu", (x, weight_only)) == "torch"  # no cpu path for weight-only yet
+    assert ops.quantized_linear.choose("cpu", (torch.randn(2, 40), odd)) == "torch"  # no cpu kernel for that shape
     monkeypatch.setenv("FASTFORMERS_BACKEND", "torch")
     assert ops.quantized_linear.choose("cpu", (x, w8a8)) == "torch"
     monkeypatch.setenv("FASTFORMERS_BACKEND", "cpu")
-    with pytest.raises(ops.BackendUnavailableError, match="runs method .w8a8. only"):
-        ops.quantized_linear(x, weight_only)
+    with pytest.raises(ops.BackendUnavailableError, match="multiples of 32"):
+        ops.quantized_linear(torch.randn(2, 40), odd)

@@ -18,6 +18,7 @@ def environment() -> dict:
     import torch
 
     from .. import __version__, ops
+    from ..ops import native
     from ..pipelines.defaults import chat_checkpoint, embedding_checkpoint
 
     info = {"fastformers": __version__, "python": platform.python_version(), "torch": torch.__version__,
@@ -31,6 +32,7 @@ def environment() -> dict:
             info[name] = None
     info["backend"] = ops.current_backend()
     info["backends"] = {b: ops.backend_status(b) or "available" for b in ("torch", "triton", "cuda")}
+    info["compiled_kernels"] = native.kernels()  # fastformers._C: built or why not, and the CPU instruction set
     info["embedded_models"] = {"embedding": embedding_checkpoint().path if embedding_checkpoint().embedded else None,
                                "chat": chat_checkpoint().path if chat_checkpoint().embedded else None}
     return info

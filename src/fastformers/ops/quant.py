@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .backend import op
 
 METHODS = ("weight_only", "w8a8")
@@ -209,17 +210,28 @@ quantized_linear.register_lazy("triton", "fastformers.kernels.quant_matmul")
 
 
 def _cpu_unsupported(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> Optional[str]:
-    if qw.method != "w8a8":
-        return f"the cpu backend runs method 'w8a8' only (this weight is {qw.method!r})"
-    if not hasattr(torch, "_int_mm"):
-        return "this torch has no torch._int_mm"
+    if qw.method == "w8a8":
+        return None if hasattr(torch, "_int_mm") else "this torch has no torch._int_mm"
+    reason = native.load_error()
+    if reason is not None:
+        return f"weight-only formats run on fastformers._C, which is unavailable: {reason}"
+    group = qw.group
+    if x.dtype != torch.float32 or qw.scales.dtype != torch.float32:
+        return f"the cpu kernels take float32 activations and scales (got {x.dtype}, scales {qw.scales.dtype})"
+    if qw.in_features % 32 or group % 32:
+        return f"the cpu kernels need in_features ({qw.in_features}) and the group ({group}) to be multiples of 32"
     return None
 
 
 @quantized_linear.register("cpu", unsupported=_cpu_unsupported)
 def quantized_linear_cpu(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """W8A8 on CPUs: the int8 x int8 products summed in int32 by torch._int_mm (oneDNN: VNNI or AMX where the CPU
-    has them) -- the same integer sums the reference accumulates in float64 -- then scaled in float32."""
+    """Weight-only int8 / int4 (fastformers' formats and GGUF Q8_0 / Q4_0 / Q4_1 kept packed): the compiled kernel
+    (csrc/cpu/quant_linear.cpp) reads the packed codes, activations stay float32.
+
+    W8A8: the int8 x int8 products summed in int32 by torch._int_mm (oneDNN: VNNI or AMX where the CPU has them)
+    -- the same integer sums the reference accumulates in float64 -- then scaled in float32."""
+    if qw.method != "w8a8":
+        return torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, qw.bits, qw.group, bias)
     xq, sx = quantize_activations(x)
     acc = torch._int_mm(xq.reshape(-1, qw.in_features), qw.qweight.t())
     out = (acc.float() * sx.reshape(-1, 1)).mul_(qw.scales.float().reshape(1, -1)).reshape(*x.shape[:-1], qw.out_features)

@@ -1,0 +1,68 @@
+// Registers every op of fastformers._C with torch.library under the `fastformers::` namespace. The fake (meta)
+// implementations that let torch.compile trace through them are registered from Python
+// (src/fastformers/ops/native.py), next to the code that loads this library.
+
+#include <Python.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/quant_linear.h"
+
+namespace fastformers {
+namespace {
+
+at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& mins, int64_t bits, int64_t group_size,
+                        const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(bits == 4 || bits == 8, "fastformers::quant_linear: bits=", bits, "; expected 4 or 8");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && scales.scalar_type() == at::kFloat,
+              "fastformers::quant_linear: x and scales must be float32, got ", x.scalar_type(), " and ",
+              scales.scalar_type());
+  TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2, "fastformers::quant_linear: qweight and scales must be 2-D");
+  const int64_t N = qweight.size(0), K = x.size(-1);
+  TORCH_CHECK(qweight.scalar_type() == (bits == 8 ? at::kChar : at::kByte) &&
+                  qweight.size(1) == (bits == 8 ? K : K / 2),
+              "fastformers::quant_linear: qweight ", qweight.sizes(), " ", qweight.scalar_type(), " does not hold ",
+              bits, "-bit codes for ", K, " inputs");
+  TORCH_CHECK(K % 32 == 0 && group_size > 0 && group_size % 32 == 0, "fastformers::quant_linear: in_features=", K,
+              " and group_size=", group_size, " must be multiples of 32");
+  const int64_t groups = (K + group_size - 1) / group_size;
+  TORCH_CHECK(scales.size(0) == N && scales.size(1) == groups, "fastformers::quant_linear: scales ", scales.sizes(),
+              " should be (", N, ", ", groups, ")");
+  if (mins.has_value())
+    TORCH_CHECK(mins->scalar_type() == at::kFloat && mins->sizes() == scales.sizes(),
+                "fastformers::quant_linear: mins must be float32 of the scales' shape, got ", mins->scalar_type(),
+                " ", mins->sizes());
+  TORCH_CHECK(bits == 8 || mins.has_value(), "fastformers::quant_linear: 4-bit weights need mins");
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N,
+                "fastformers::quant_linear: bias must be float32 of shape (", N, ")");
+  const at::Tensor q = qweight.contiguous(), s = scales.contiguous();
+  const c10::optional<at::Tensor> mn = mins.has_value() ? c10::optional<at::Tensor>(mins->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : c10::nullopt;
+  QuantView w{static_cast<const uint8_t*>(q.data_ptr()), s.data_ptr<float>(),
+              mn.has_value() ? mn->data_ptr<float>() : nullptr, static_cast<int>(bits), N, K, group_size};
+  const at::Tensor x2d = x.reshape({-1, K}).contiguous();
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return quant_linear_cpu(x2d, w, b).view(shape);
+}
+
+std::string cpu_isa() { return selected_isa(); }
+
+}  // namespace
+}  // namespace fastformers
+
+TORCH_LIBRARY(fastformers, m) {
+  m.def("quant_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? mins, int bits, int group_size, "
+        "Tensor? bias) -> Tensor");
+  m.def("cpu_isa() -> str", &fastformers::cpu_isa);
+}
+
+TORCH_LIBRARY_IMPL(fastformers, CPU, m) { m.impl("quant_linear", &fastformers::quant_linear); }
+
+// Importing fastformers._C loads this library, which registers the ops above; the module itself is empty.
+static struct PyModuleDef fastformers_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fastformers_c_module); }

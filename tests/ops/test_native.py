@@ -1,0 +1,152 @@
+"""The compiled extension fastformers._C (csrc/): each CPU kernel against the float64 reference on every packed
+format, odd shapes and both instruction-set paths, its schema and fake implementation (torch.compile), its errors,
+and the cpu backend's use of it.
+
+CI builds the extension (`pip install --no-build-isolation -e .`), so these tests fail when it is missing; a
+machine that opts out of building it (FASTFORMERS_BUILD_EXT=0) skips them, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastformers import ops
+from fastformers.ops import native
+from fastformers.ops.quant import quantized_linear_reference
+
+pytestmark = pytest.mark.skipif(os.environ.get("FASTFORMERS_BUILD_EXT") == "0",
+                                reason="FASTFORMERS_BUILD_EXT=0: the extension was deliberately not built")
+
+
+def test_the_extension_is_built_and_loads():
+    assert native.available(), native.load_error()
+    info = native.kernels()
+    assert info["built"] and info["cpu_isa"] in ("avx512", "avx2 (compiler-vectorized portable loops)", "portable")
+
+
+# (bits, group_size, symmetric): fastformers' formats and those GGUF's Q8_0 / Q4_0 / Q4_1 load into
+FORMATS = [(8, None, True), (8, 32, True), (8, 64, False), (4, 32, False), (4, 32, True), (4, 128, False)]
+
+
+def _case(bits, group, symmetric, n, k, lead, seed):
+    g = torch.Generator().manual_seed(seed)
+    qw = ops.quantize_weight(torch.randn(n, k, generator=g) * 0.05, bits=bits, group_size=group, symmetric=symmetric)
+    # tokens of very different ranges, and a nonzero mean so the mins' share (sum of x per group) matters
+    x = (torch.randn(*lead, k, generator=g) + 0.3) * torch.rand(*lead, 1, generator=g) * 4
+    return qw, x, torch.randn(n, generator=g)
+
+
+def _check(got, qw, x, bias):
+    expected = quantized_linear_reference(x.double(), qw.to(torch.float64), None if bias is None else bias.double())
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert torch.isfinite(got).all()
+    # float32 rounding is relative to the size of the terms summed, not of the result: the kernel sums
+    # scale * sum(q x) and min * sum(x) apart, so measure against |scale * q| @ |x| + |min| @ |x|
+    from fastformers.ops.quant import _expand, unpack_int4
+    codes = (qw.qweight if qw.bits == 8 else unpack_int4(qw.qweight, qw.in_features)).double()
+    size = (codes * _expand(qw.scales.double(), qw.group, qw.in_features)).abs()
+    if qw.mins is not None:
+        size = size + _expand(qw.mins.double(), qw.group, qw.in_features).abs()
+    terms = x.double().abs() @ size.t()
+    err = float(((got.double() - expected).abs() / terms.clamp_min(1e-30)).max())
+    assert err < 1e-5, err  # a single wrong code would be off by about 1 / in_features
+
+
+@pytest.mark.parametrize("bits, group, symmetric", FORMATS)
+@pytest.mark.parametrize("n, k", [(1, 32), (7, 96), (130, 160), (64, 576)])
+@pytest.mark.parametrize("lead", [(1,), (3,), (2, 5), (17,), (70,)])
+def test_quant_linear_matches_the_float64_reference(bits, group, symmetric, n, k, lead):
+    qw, x, bias = _case(bits, group, symmetric, n, k, lead, seed=n * 1000 + k + len(lead))
+    args = (qw.qweight, qw.scales, qw.mins, qw.bits, qw.group)
+    _check(torch.ops.fastformers.quant_linear(x, *args, bias), qw, x, bias)
+    _check(torch.ops.fastformers.quant_linear(x, *args, None), qw, x, None)
+
+
+def test_an_empty_batch_and_non_contiguous_inputs():
+    qw, x, bias = _case(4, 32, False, 9, 64, (6,), seed=3)
+    empty = torch.ops.fastformers.quant_linear(x[:0], qw.qweight, qw.scales, qw.mins, 4, 32, bias)
+    assert empty.shape == (0, 9)
+    strided = torch.randn(6, 128)[:, ::2]  # a view with stride 2 along the inputs
+    got = torch.ops.fastformers.quant_linear(strided, qw.qweight, qw.scales, qw.mins, 4, 32, bias)
+    _check(got, qw, strided, bias)
+
+
+_PORTABLE = """
+import torch
+from fastformers import ops
+from fastformers.ops import native
+from fastformers.ops.quant import quantized_linear_reference
+assert native.cpu_isa() != "avx512", native.cpu_isa()
+g = torch.Generator().manual_seed(0)
+for bits, group, sym in %r:
+    qw = ops.quantize_weight(torch.randn(66, 192, generator=g), bits=bits, group_size=group, symmetric=sym)
+    for m in (1, 5):
+        x = torch.randn(m, 192, generator=g) + 0.2
+        got = torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, bits, qw.group, None)
+        ref = quantized_linear_reference(x.double(), qw.to(torch.float64))
+        terms = x.double().abs() @ ops.dequantize_weight(qw, torch.float64).abs().t() + 1
+        assert float(((got.double() - ref).abs() / terms).max()) < 1e-5, (bits, group, m)
+print("ok", native.cpu_isa())
+""" % (FORMATS,)
+
+
+def test_the_portable_path_matches_too():
+    """FASTFORMERS_CPU_PORTABLE=1 (read when the library loads, hence a fresh process) runs the loops every CPU has."""
+    env = dict(os.environ, FASTFORMERS_CPU_PORTABLE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", _PORTABLE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+
+
+def test_schema_and_fake_implementation():
+    """opcheck runs the op through its schema, autograd registration, fake tensor and Dynamo checks."""
+    qw, x, bias = _case(4, 32, False, 10, 64, (3,), seed=5)
+    torch.library.opcheck(torch.ops.fastformers.quant_linear.default,
+                          (x, qw.qweight, qw.scales, qw.mins, 4, 32, bias))
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        fake = torch.ops.fastformers.quant_linear(torch.empty(2, 7, 64), torch.empty(10, 32, dtype=torch.uint8),
+                                                  torch.empty(10, 2), torch.empty(10, 2), 4, 32, None)
+    assert fake.shape == (2, 7, 10)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda qw, x: torch.ops.fastformers.quant_linear(x.double(), qw.qweight, qw.scales, qw.mins, 4, 32, None),
+     "x and scales must be float32"),
+    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, 3, 32, None), "bits=3"),
+    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, 4, 48, None),
+     "multiples of 32"),
+    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, None, 4, 32, None), "need mins"),
+    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales[:, :1], qw.mins, 4, 32, None),
+     "scales"),
+    (lambda qw, x: torch.ops.fastformers.quant_linear(x[:, :32], qw.qweight, qw.scales, qw.mins, 4, 32, None),
+     "does not hold 4-bit codes for 32 inputs"),
+    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, 4, 32, torch.ones(3)),
+     "bias must be float32 of shape"),
+])
+def test_bad_arguments_are_refused_by_name(call, match):
+    qw, x, _ = _case(4, 32, False, 10, 64, (3,), seed=7)
+    with pytest.raises(RuntimeError, match=match):
+        call(qw, x)
+
+
+def test_the_cpu_backend_runs_weight_only_formats_on_the_kernel(monkeypatch):
+    qw, x, bias = _case(4, 32, False, 12, 96, (2, 3), seed=11)
+    assert ops.quantized_linear.choose("cpu", (x, qw, bias)) == "cpu"
+    assert ops.quantized_linear.choose("cpu", (x.bfloat16(), qw.to(torch.bfloat16))) == "torch"  # float32 only
+    calls = []
+    real = torch.ops.fastformers.quant_linear
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args[4])
+            return real(*args)
+
+    monkeypatch.setattr(torch.ops.fastformers, "quant_linear", Spy())
+    with ops.use_backend("cpu"):
+        got = ops.quantized_linear(x, qw, bias)
+    assert calls == [4]
+    _check(got, qw, x, bias)
