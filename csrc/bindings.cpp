@@ -1,4 +1,5 @@
-// Registers every op of fastformers._C with torch.library under the `fastformers::` namespace. The fake (meta)
+// Registers every op of fastformers._C with torch.library under the `fastformers_ext::` namespace (`fastformers::`
+// holds the Triton kernels' custom ops; a second registration of a name would abort the import). The fake (meta)
 // implementations that let torch.compile trace through them are registered from Python
 // (src/fastformers/ops/native.py), next to the code that loads this library.
 
@@ -8,7 +9,9 @@
 
 #include <string>
 
+#include "cpu/norm.h"
 #include "cpu/quant_linear.h"
+#include "cpu/rotary.h"
 
 namespace fastformers {
 namespace {
@@ -16,29 +19,29 @@ namespace {
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                         const c10::optional<at::Tensor>& mins, int64_t bits, int64_t group_size,
                         const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(bits == 4 || bits == 8, "fastformers::quant_linear: bits=", bits, "; expected 4 or 8");
+  TORCH_CHECK(bits == 4 || bits == 8, "fastformers_ext::quant_linear: bits=", bits, "; expected 4 or 8");
   TORCH_CHECK(x.scalar_type() == at::kFloat && scales.scalar_type() == at::kFloat,
-              "fastformers::quant_linear: x and scales must be float32, got ", x.scalar_type(), " and ",
+              "fastformers_ext::quant_linear: x and scales must be float32, got ", x.scalar_type(), " and ",
               scales.scalar_type());
-  TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2, "fastformers::quant_linear: qweight and scales must be 2-D");
+  TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2, "fastformers_ext::quant_linear: qweight and scales must be 2-D");
   const int64_t N = qweight.size(0), K = x.size(-1);
   TORCH_CHECK(qweight.scalar_type() == (bits == 8 ? at::kChar : at::kByte) &&
                   qweight.size(1) == (bits == 8 ? K : K / 2),
-              "fastformers::quant_linear: qweight ", qweight.sizes(), " ", qweight.scalar_type(), " does not hold ",
+              "fastformers_ext::quant_linear: qweight ", qweight.sizes(), " ", qweight.scalar_type(), " does not hold ",
               bits, "-bit codes for ", K, " inputs");
-  TORCH_CHECK(K % 32 == 0 && group_size > 0 && group_size % 32 == 0, "fastformers::quant_linear: in_features=", K,
+  TORCH_CHECK(K % 32 == 0 && group_size > 0 && group_size % 32 == 0, "fastformers_ext::quant_linear: in_features=", K,
               " and group_size=", group_size, " must be multiples of 32");
   const int64_t groups = (K + group_size - 1) / group_size;
-  TORCH_CHECK(scales.size(0) == N && scales.size(1) == groups, "fastformers::quant_linear: scales ", scales.sizes(),
+  TORCH_CHECK(scales.size(0) == N && scales.size(1) == groups, "fastformers_ext::quant_linear: scales ", scales.sizes(),
               " should be (", N, ", ", groups, ")");
   if (mins.has_value())
     TORCH_CHECK(mins->scalar_type() == at::kFloat && mins->sizes() == scales.sizes(),
-                "fastformers::quant_linear: mins must be float32 of the scales' shape, got ", mins->scalar_type(),
+                "fastformers_ext::quant_linear: mins must be float32 of the scales' shape, got ", mins->scalar_type(),
                 " ", mins->sizes());
-  TORCH_CHECK(bits == 8 || mins.has_value(), "fastformers::quant_linear: 4-bit weights need mins");
+  TORCH_CHECK(bits == 8 || mins.has_value(), "fastformers_ext::quant_linear: 4-bit weights need mins");
   if (bias.has_value())
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N,
-                "fastformers::quant_linear: bias must be float32 of shape (", N, ")");
+                "fastformers_ext::quant_linear: bias must be float32 of shape (", N, ")");
   const at::Tensor q = qweight.contiguous(), s = scales.contiguous();
   const c10::optional<at::Tensor> mn = mins.has_value() ? c10::optional<at::Tensor>(mins->contiguous()) : c10::nullopt;
   const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : c10::nullopt;
@@ -55,13 +58,21 @@ std::string cpu_isa() { return selected_isa(); }
 }  // namespace
 }  // namespace fastformers
 
-TORCH_LIBRARY(fastformers, m) {
+TORCH_LIBRARY(fastformers_ext, m) {
   m.def("quant_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? mins, int bits, int group_size, "
         "Tensor? bias) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def("rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> (Tensor, Tensor)");
   m.def("cpu_isa() -> str", &fastformers::cpu_isa);
 }
 
-TORCH_LIBRARY_IMPL(fastformers, CPU, m) { m.impl("quant_linear", &fastformers::quant_linear); }
+TORCH_LIBRARY_IMPL(fastformers_ext, CPU, m) {
+  m.impl("quant_linear", &fastformers::quant_linear);
+  m.impl("rms_norm", &fastformers::rms_norm_cpu);
+  m.impl("add_rms_norm", &fastformers::add_rms_norm_cpu);
+  m.impl("rotary", &fastformers::rotary_cpu);
+}
 
 // Importing fastformers._C loads this library, which registers the ops above; the module itself is empty.
 static struct PyModuleDef fastformers_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};

@@ -9,7 +9,7 @@
 // For int4 the activations are first reordered per 32 columns into (even columns, odd columns), the order the
 // nibbles come out of the bytes, so the inner loop needs no shuffles.
 //
-// Instruction sets, picked at run time: an AVX-512 kernel written with intrinsics (two weight rows and up to four
+// Instruction sets, picked at run time: an AVX-512 kernel written with intrinsics (four weight rows and up to four
 // tokens per pass, so the codes are converted once and the multiply-adds do not wait on each other), and portable
 // loops over 16 lanes that GCC compiles twice (AVX2 + FMA and the baseline; the loader picks the clone).
 // FASTFORMERS_CPU_PORTABLE=1 forces the portable loops (tests run both). Many tokens (prefill) run through the same
@@ -44,7 +44,8 @@ namespace {
 
 constexpr int kLanes = 16;
 constexpr int kTokenBlock = 4;  // tokens sharing one pass over a pair of weight rows (their codes stay in registers)
-constexpr int64_t kTokenTile = 64;  // tokens whose activations stay in L2 while every row pair passes by
+constexpr int64_t kTokenTile = 64;
+constexpr int kRowBlock = 4;  // weight rows per pass of the AVX-512 kernel  // tokens whose activations stay in L2 while every row pair passes by
 
 // ---- portable kernel: plain loops over 16 lanes, vectorized by the compiler for each clone ----------------------
 
@@ -90,62 +91,46 @@ void gemm_rows_portable(const QuantView& w, const float* x, int64_t M, const flo
 
 FF_AVX512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// Two weight rows (r, r + 1) times T tokens: 2 x T x 2 accumulators (low and high nibbles apart) so that the
-// multiply-adds of a chunk do not wait on each other.
-template <int T>
-FF_AVX512 void rows2_avx512(const QuantView& w, const float* x, const float* xsum, const float* bias, float* y,
-                            int64_t n, int64_t N, int64_t M) {
+// R weight rows times T tokens. The codes of a 32-column chunk are converted to float and multiplied by their
+// group's scale once, then serve all T tokens; R x T accumulators run independent multiply-add chains and carry
+// across groups (no per-group reduction), so the loop is bound by the conversions, not by FMA latency.
+template <int R, int T>
+FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum, const float* bias, float* y,
+                           int64_t n, int64_t N) {
   const int64_t groups = (w.K + w.G - 1) / w.G;
   const int64_t row_bytes = w.bits == 8 ? w.K : w.K / 2;
-  const uint8_t* q0 = w.q + n * row_bytes;
-  const uint8_t* q1 = q0 + row_bytes;
-  __m512 tot[2][T];
-  for (int r = 0; r < 2; ++r)
-    for (int t = 0; t < T; ++t) tot[r][t] = _mm512_setzero_ps();
+  const uint8_t* q[R];
+  for (int r = 0; r < R; ++r) q[r] = w.q + (n + r) * row_bytes;
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi32(15);
   for (int64_t g = 0; g < groups; ++g) {
-    __m512 a[2][T], b[2][T];
-    for (int r = 0; r < 2; ++r)
-      for (int t = 0; t < T; ++t) a[r][t] = b[r][t] = _mm512_setzero_ps();
-    if (w.bits == 4) {
-      for (int64_t c = g * w.G; c < std::min((g + 1) * w.G, w.K); c += 32) {
-        const __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + c / 2)));
-        const __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + c / 2)));
-        const __m512 lo0 = _mm512_cvtepi32_ps(_mm512_and_si512(c0, low4));
-        const __m512 hi0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(c0, 4));
-        const __m512 lo1 = _mm512_cvtepi32_ps(_mm512_and_si512(c1, low4));
-        const __m512 hi1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(c1, 4));
-        for (int t = 0; t < T; ++t) {
-          const __m512 xe = _mm512_loadu_ps(x + t * w.K + c), xo = _mm512_loadu_ps(x + t * w.K + c + 16);
-          a[0][t] = _mm512_fmadd_ps(lo0, xe, a[0][t]);
-          b[0][t] = _mm512_fmadd_ps(hi0, xo, b[0][t]);
-          a[1][t] = _mm512_fmadd_ps(lo1, xe, a[1][t]);
-          b[1][t] = _mm512_fmadd_ps(hi1, xo, b[1][t]);
+    __m512 d[R];
+    for (int r = 0; r < R; ++r) d[r] = _mm512_set1_ps(w.scales[(n + r) * groups + g]);
+    const int64_t end = std::min((g + 1) * w.G, w.K);
+    for (int64_t c = g * w.G; c < end; c += 32) {
+      __m512 lo[R], hi[R];  // int4: even / odd columns; int8: columns c..c+15 / c+16..c+31
+      for (int r = 0; r < R; ++r) {
+        if (w.bits == 4) {
+          const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q[r] + c / 2)));
+          lo[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(codes, low4)), d[r]);
+          hi[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(codes, 4)), d[r]);
+        } else {
+          const __m128i* p = reinterpret_cast<const __m128i*>(q[r] + c);
+          lo[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))), d[r]);
+          hi[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1))), d[r]);
         }
       }
-    } else {
-      for (int64_t c = g * w.G; c < std::min((g + 1) * w.G, w.K); c += 32) {
-        const __m512 w00 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + c))));
-        const __m512 w01 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + c + 16))));
-        const __m512 w10 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + c))));
-        const __m512 w11 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + c + 16))));
-        for (int t = 0; t < T; ++t) {
-          const __m512 x0 = _mm512_loadu_ps(x + t * w.K + c), x1 = _mm512_loadu_ps(x + t * w.K + c + 16);
-          a[0][t] = _mm512_fmadd_ps(w00, x0, a[0][t]);
-          b[0][t] = _mm512_fmadd_ps(w01, x1, b[0][t]);
-          a[1][t] = _mm512_fmadd_ps(w10, x0, a[1][t]);
-          b[1][t] = _mm512_fmadd_ps(w11, x1, b[1][t]);
-        }
+      for (int t = 0; t < T; ++t) {
+        const __m512 x0 = _mm512_loadu_ps(x + t * w.K + c), x1 = _mm512_loadu_ps(x + t * w.K + c + 16);
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(hi[r], x1, _mm512_fmadd_ps(lo[r], x0, acc[r][t]));
       }
-    }
-    for (int r = 0; r < 2; ++r) {
-      const __m512 d = _mm512_set1_ps(w.scales[(n + r) * groups + g]);
-      for (int t = 0; t < T; ++t) tot[r][t] = _mm512_fmadd_ps(_mm512_add_ps(a[r][t], b[r][t]), d, tot[r][t]);
     }
   }
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
-      float out = hsum(tot[r][t]);
+      float out = _mm512_reduce_add_ps(acc[r][t]);
       if (w.mins) {
         const float* mn = w.mins + (n + r) * groups;
         const float* xs = xsum + t * groups;
@@ -156,25 +141,31 @@ FF_AVX512 void rows2_avx512(const QuantView& w, const float* x, const float* xsu
   }
 }
 
-FF_AVX512 void gemm_rows_avx512(const QuantView& w, const float* x, int64_t M, const float* xsum,
-                                const float* bias, float* y, int64_t n0, int64_t n1, int64_t N) {
+template <int R>
+FF_AVX512 void rows_tokens_avx512(const QuantView& w, const float* x, int64_t M, const float* xsum,
+                                  const float* bias, float* y, int64_t n, int64_t N, int64_t t0, int64_t t1) {
   const int64_t groups = (w.K + w.G - 1) / w.G;
-  const int64_t pairs_end = n0 + (n1 - n0) / 2 * 2;
-  for (int64_t t0 = 0; t0 < M; t0 += kTokenTile)  // a tile of tokens stays in L2 while the rows pass by
-  for (int64_t n = n0; n < pairs_end; n += 2) {
-    for (int64_t t = t0; t < std::min(M, t0 + kTokenTile); t += kTokenBlock) {  // the row pair stays in L1
-      const float* xt = x + t * w.K;
-      const float* st = xsum ? xsum + t * groups : nullptr;
-      float* yt = y + t * N;
-      switch (std::min<int64_t>(kTokenBlock, std::min(M, t0 + kTokenTile) - t)) {
-        case 1: rows2_avx512<1>(w, xt, st, bias, yt, n, N, M); break;
-        case 2: rows2_avx512<2>(w, xt, st, bias, yt, n, N, M); break;
-        case 3: rows2_avx512<3>(w, xt, st, bias, yt, n, N, M); break;
-        default: rows2_avx512<4>(w, xt, st, bias, yt, n, N, M); break;
-      }
+  for (int64_t t = t0; t < t1; t += kTokenBlock) {  // the rows' bytes stay in L1 across token blocks
+    const float* xt = x + t * w.K;
+    const float* st = xsum ? xsum + t * groups : nullptr;
+    float* yt = y + t * N;
+    switch (std::min<int64_t>(kTokenBlock, t1 - t)) {
+      case 1: rows_avx512<R, 1>(w, xt, st, bias, yt, n, N); break;
+      case 2: rows_avx512<R, 2>(w, xt, st, bias, yt, n, N); break;
+      case 3: rows_avx512<R, 3>(w, xt, st, bias, yt, n, N); break;
+      default: rows_avx512<R, 4>(w, xt, st, bias, yt, n, N); break;
     }
   }
-  if (pairs_end < n1) gemm_rows_portable(w, x, M, xsum, bias, y, pairs_end, n1, N);
+}
+
+FF_AVX512 void gemm_rows_avx512(const QuantView& w, const float* x, int64_t M, const float* xsum,
+                                const float* bias, float* y, int64_t n0, int64_t n1, int64_t N) {
+  for (int64_t t0 = 0; t0 < M; t0 += kTokenTile) {  // a tile of tokens stays in L2 while the rows pass by
+    const int64_t t1 = std::min(M, t0 + kTokenTile);
+    int64_t n = n0;
+    for (; n + kRowBlock <= n1; n += kRowBlock) rows_tokens_avx512<kRowBlock>(w, x, M, xsum, bias, y, n, N, t0, t1);
+    for (; n < n1; ++n) rows_tokens_avx512<1>(w, x, M, xsum, bias, y, n, N, t0, t1);
+  }
 }
 
 bool has_avx512() {
@@ -201,11 +192,31 @@ void gemm_rows(const QuantView& w, const float* x, int64_t M, const float* xsum,
   gemm_rows_portable(w, x, M, xsum, bias, y, n0, n1, N);
 }
 
-// The activations as the kernels read them: int4 reorders every 32 columns to (even, odd).
-at::Tensor prepare_activations(const at::Tensor& x, int bits) {
-  if (bits == 8) return x;
-  const int64_t M = x.size(0), K = x.size(1);
-  return x.view({M, K / 32, 16, 2}).transpose(2, 3).contiguous().view({M, K});
+// The activations as the kernels read them (int4: every 32 columns reordered to (even, odd)) and, for formats
+// with mins, the sum of each group of columns per token. Plain loops: at one token the work is a few hundred
+// floats, and torch ops here would cost more in dispatch than the copy itself.
+void prepare_activations(const float* x, int64_t M, const QuantView& w, float* xp, float* xsum) {
+  const int64_t groups = (w.K + w.G - 1) / w.G;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * w.K;
+    if (xp) {
+      float* o = xp + m * w.K;
+      for (int64_t c = 0; c < w.K; c += 32)
+        for (int j = 0; j < 16; ++j) {
+          o[c + j] = xm[c + 2 * j];
+          o[c + 16 + j] = xm[c + 2 * j + 1];
+        }
+    }
+    if (xsum)
+      for (int64_t g = 0; g < groups; ++g) {
+        float acc[kLanes] = {0};
+        for (int64_t k = g * w.G; k < std::min((g + 1) * w.G, w.K); k += kLanes)
+          for (int j = 0; j < kLanes; ++j) acc[j] += xm[k + j];
+        float total = 0;
+        for (int j = 0; j < kLanes; ++j) total += acc[j];
+        xsum[m * groups + g] = total;
+      }
+  }
 }
 
 }  // namespace
@@ -223,19 +234,19 @@ at::Tensor quant_linear_cpu(const at::Tensor& x2d, const QuantView& w, const c10
   const int64_t M = x2d.size(0), N = w.N, groups = (w.K + w.G - 1) / w.G;
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   at::Tensor y = at::empty({M, N}, x2d.options());
-  at::Tensor xsum_t;
-  const float* xsum = nullptr;
-  if (w.mins) {  // sum of the activations over each group, shared by every output row
-    xsum_t = at::constant_pad_nd(x2d, {0, groups * w.G - w.K}).view({M, groups, w.G}).sum(-1).contiguous();
-    xsum = xsum_t.data_ptr<float>();
-  }
-  const at::Tensor xp = prepare_activations(x2d, w.bits);
-  const float* xd = xp.data_ptr<float>();
+  // one scratch buffer: the reordered activations (int4) and the group sums (formats with mins)
+  const int64_t reorder = w.bits == 4 ? M * w.K : 0, sums = w.mins ? M * groups : 0;
+  at::Tensor scratch = at::empty({reorder + sums}, x2d.options());
+  float* xp = reorder ? scratch.data_ptr<float>() : nullptr;
+  float* xsum = sums ? scratch.data_ptr<float>() + reorder : nullptr;
+  prepare_activations(x2d.data_ptr<float>(), M, w, xp, xsum);
+  const float* xd = xp ? xp : x2d.data_ptr<float>();
   float* yd = y.data_ptr<float>();
-  // over pairs of rows (the AVX-512 kernel's unit); grain: enough rows that a thread's share is worth waking it
-  const int64_t grain = std::max<int64_t>(4, (1 << 15) / std::max<int64_t>(w.K, 1));
-  at::parallel_for(0, (N + 1) / 2, grain, [&](int64_t p0, int64_t p1) {
-    gemm_rows(w, xd, M, xsum, b, yd, 2 * p0, std::min(2 * p1, N), N);
+  // over blocks of rows (the AVX-512 kernel's unit); grain: enough rows that a thread's share is worth waking it
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  const int64_t grain = std::max<int64_t>(2, (1 << 15) / kRowBlock / std::max<int64_t>(w.K, 1));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    gemm_rows(w, xd, M, xsum, b, yd, b0 * kRowBlock, std::min(b1 * kRowBlock, N), N);
   });
   return y;
 }

@@ -23,6 +23,7 @@ from .layers.linear import Linear, weights_changed
 from .loading.gguf import read_gguf
 from .loading.hub import refuse_remote_code, resolve_file
 from .loading.progress import LoadProgress
+from .ops.linear import attach_quantized_twin
 from .loading.weights import (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files,
                               parameter_capacity, read_tensors)
 
@@ -469,6 +470,8 @@ class PreTrainedModel(nn.Module):
         config.dtype = str(target_dtype).removeprefix("torch.")
         if quantizer is not None:
             config.quantization_config = quantizer.describe()
+            if gguf is not None and getattr(quantizer.base, "source", None) == "gguf" and device.type == "cpu":
+                _run_tied_head_packed(model, gguf, target_dtype)
         config._name_or_path = os.fspath(name_or_path)
         if hasattr(model, "generate"):
             model.generation_config = _generation_config(name_or_path, config, gguf_file is not None, hub)
@@ -671,6 +674,20 @@ def _quantization_request(config, quantization_config, load_in_8bit: bool, load_
     return resolve_request(quantization_config, load_in_8bit, load_in_4bit, saved=saved,
                            saved_where=f"{os.fspath(name_or_path)}/{CONFIG_NAME}",
                            gguf_on_gpu=gguf is not None and device.type == "cuda")
+
+
+def _run_tied_head_packed(model, gguf, dtype: torch.dtype) -> None:
+    """A GGUF file kept packed (QuantizationConfig.from_gguf()) whose output head is tied to the embeddings: the
+    embedding lookup keeps the dequantized float weight, and the head's matmul runs from the file's packed bytes
+    (ops.linear's quantized twin; the same values, a quarter of the bytes read per token for a Q8_0 table)."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embed is None or getattr(head, "weight", None) is not getattr(embed, "weight", None):
+        return
+    name = next((n for n, p in model.named_parameters() if p is embed.weight), None)
+    key_map = model._key_mapper()
+    qw = None if name is None else gguf.packed_tensor(lambda hf: key_map(hf) == name, dtype)
+    if qw is not None and attach_quantized_twin(embed.weight, qw):
+        logger.info("%s: the tied output head runs from the file's packed %d-bit table", gguf.path, qw.bits)
 
 
 def _generation_config(name_or_path, config, from_gguf: bool, hub: Dict[str, Any]):

@@ -131,3 +131,29 @@ def test_views_made_per_call_and_the_torch_backend_stay_on_f_linear(monkeypatch)
         assert ops.linear.choose("cpu", (x, transposed, None)) == "torch"
         monkeypatch.setenv("FASTFORMERS_BACKEND", "torch")
         assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "torch"
+
+
+def test_a_quantized_twin_runs_the_weight_from_its_packed_bytes_until_it_changes(monkeypatch):
+    """attach_quantized_twin: a GGUF model's tied head runs from the file's Q8_0 table (same values, fewer bytes)."""
+    from fastformers.ops import native
+
+    if not native.available():
+        pytest.skip(f"needs fastformers._C: {native.load_error()}")
+    g = torch.Generator().manual_seed(4)
+    qw = ops.quantize_weight(torch.randn(70, 96, generator=g), bits=8, group_size=32)
+    layer = Linear(96, 70, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(ops.dequantize_weight(qw))
+    assert linear_module.attach_quantized_twin(layer.weight, qw)
+    other = ops.quantize_weight(torch.randn(70, 96, generator=g), bits=8, group_size=32)
+    assert not linear_module.attach_quantized_twin(layer.weight.detach().clone(), other)  # values differ: refused
+    calls = []
+    real = linear_module.quantized_linear
+    monkeypatch.setattr(linear_module, "quantized_linear", lambda *a: calls.append(a[1]) or real(*a))
+    x = torch.randn(3, 96, generator=g)
+    with torch.no_grad():
+        got = layer(x)
+        assert calls == [qw] and rel_err(got, x.double() @ layer.weight.double().t()) < 1e-5
+        layer.weight.mul_(-1)  # a changed weight drops the twin: the float weight serves
+        got = layer(x)
+        assert calls == [qw] and rel_err(got, x.double() @ layer.weight.double().t()) < 1e-5

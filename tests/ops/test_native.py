@@ -63,16 +63,16 @@ def _check(got, qw, x, bias):
 def test_quant_linear_matches_the_float64_reference(bits, group, symmetric, n, k, lead):
     qw, x, bias = _case(bits, group, symmetric, n, k, lead, seed=n * 1000 + k + len(lead))
     args = (qw.qweight, qw.scales, qw.mins, qw.bits, qw.group)
-    _check(torch.ops.fastformers.quant_linear(x, *args, bias), qw, x, bias)
-    _check(torch.ops.fastformers.quant_linear(x, *args, None), qw, x, None)
+    _check(torch.ops.fastformers_ext.quant_linear(x, *args, bias), qw, x, bias)
+    _check(torch.ops.fastformers_ext.quant_linear(x, *args, None), qw, x, None)
 
 
 def test_an_empty_batch_and_non_contiguous_inputs():
     qw, x, bias = _case(4, 32, False, 9, 64, (6,), seed=3)
-    empty = torch.ops.fastformers.quant_linear(x[:0], qw.qweight, qw.scales, qw.mins, 4, 32, bias)
+    empty = torch.ops.fastformers_ext.quant_linear(x[:0], qw.qweight, qw.scales, qw.mins, 4, 32, bias)
     assert empty.shape == (0, 9)
     strided = torch.randn(6, 128)[:, ::2]  # a view with stride 2 along the inputs
-    got = torch.ops.fastformers.quant_linear(strided, qw.qweight, qw.scales, qw.mins, 4, 32, bias)
+    got = torch.ops.fastformers_ext.quant_linear(strided, qw.qweight, qw.scales, qw.mins, 4, 32, bias)
     _check(got, qw, strided, bias)
 
 
@@ -87,7 +87,7 @@ for bits, group, sym in %r:
     qw = ops.quantize_weight(torch.randn(66, 192, generator=g), bits=bits, group_size=group, symmetric=sym)
     for m in (1, 5):
         x = torch.randn(m, 192, generator=g) + 0.2
-        got = torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, bits, qw.group, None)
+        got = torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, bits, qw.group, None)
         ref = quantized_linear_reference(x.double(), qw.to(torch.float64))
         terms = x.double().abs() @ ops.dequantize_weight(qw, torch.float64).abs().t() + 1
         assert float(((got.double() - ref).abs() / terms).max()) < 1e-5, (bits, group, m)
@@ -105,26 +105,26 @@ def test_the_portable_path_matches_too():
 def test_schema_and_fake_implementation():
     """opcheck runs the op through its schema, autograd registration, fake tensor and Dynamo checks."""
     qw, x, bias = _case(4, 32, False, 10, 64, (3,), seed=5)
-    torch.library.opcheck(torch.ops.fastformers.quant_linear.default,
+    torch.library.opcheck(torch.ops.fastformers_ext.quant_linear.default,
                           (x, qw.qweight, qw.scales, qw.mins, 4, 32, bias))
     with torch._subclasses.fake_tensor.FakeTensorMode():
-        fake = torch.ops.fastformers.quant_linear(torch.empty(2, 7, 64), torch.empty(10, 32, dtype=torch.uint8),
+        fake = torch.ops.fastformers_ext.quant_linear(torch.empty(2, 7, 64), torch.empty(10, 32, dtype=torch.uint8),
                                                   torch.empty(10, 2), torch.empty(10, 2), 4, 32, None)
     assert fake.shape == (2, 7, 10)
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda qw, x: torch.ops.fastformers.quant_linear(x.double(), qw.qweight, qw.scales, qw.mins, 4, 32, None),
+    (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x.double(), qw.qweight, qw.scales, qw.mins, 4, 32, None),
      "x and scales must be float32"),
-    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, 3, 32, None), "bits=3"),
-    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, 4, 48, None),
+    (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, 3, 32, None), "bits=3"),
+    (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, 4, 48, None),
      "multiples of 32"),
-    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, None, 4, 32, None), "need mins"),
-    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales[:, :1], qw.mins, 4, 32, None),
+    (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, None, 4, 32, None), "need mins"),
+    (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales[:, :1], qw.mins, 4, 32, None),
      "scales"),
-    (lambda qw, x: torch.ops.fastformers.quant_linear(x[:, :32], qw.qweight, qw.scales, qw.mins, 4, 32, None),
+    (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x[:, :32], qw.qweight, qw.scales, qw.mins, 4, 32, None),
      "does not hold 4-bit codes for 32 inputs"),
-    (lambda qw, x: torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, 4, 32, torch.ones(3)),
+    (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, 4, 32, torch.ones(3)),
      "bias must be float32 of shape"),
 ])
 def test_bad_arguments_are_refused_by_name(call, match):
@@ -138,15 +138,80 @@ def test_the_cpu_backend_runs_weight_only_formats_on_the_kernel(monkeypatch):
     assert ops.quantized_linear.choose("cpu", (x, qw, bias)) == "cpu"
     assert ops.quantized_linear.choose("cpu", (x.bfloat16(), qw.to(torch.bfloat16))) == "torch"  # float32 only
     calls = []
-    real = torch.ops.fastformers.quant_linear
+    real = torch.ops.fastformers_ext.quant_linear
 
     class Spy:
         def __call__(self, *args):
             calls.append(args[4])
             return real(*args)
 
-    monkeypatch.setattr(torch.ops.fastformers, "quant_linear", Spy())
+    monkeypatch.setattr(torch.ops.fastformers_ext, "quant_linear", Spy())
     with ops.use_backend("cpu"):
         got = ops.quantized_linear(x, qw, bias)
     assert calls == [4]
     _check(got, qw, x, bias)
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (3, 7, 96), (2, 5, 33), (4, 1)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_matches_the_float64_reference(shape, with_residual):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g) * 3 + 0.5
+    w = torch.randn(shape[-1], generator=g)
+    r = torch.randn(*shape, generator=g) if with_residual else None
+    with torch.no_grad(), ops.use_backend("cpu"):
+        got = ops.rms_norm(x, w, 1e-6, residual=r)
+    want = ops.rms_norm_reference(x.double(), w.double(), 1e-6, residual=None if r is None else r.double())
+    got, want = (got, want) if r is not None else ((got,), (want,))
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and a.shape == shape
+        assert float((a.double() - b).abs().max() / b.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("batch, heads, kv_heads, seq, head_dim, rot, batched_cos", [
+    (1, 9, 3, 1, 64, 64, False), (2, 4, 2, 5, 32, 32, True), (1, 3, 3, 7, 48, 16, False), (3, 2, 1, 2, 8, 8, True)])
+def test_rotary_matches_the_float64_reference_on_transposed_views(batch, heads, kv_heads, seq, head_dim, rot,
+                                                                   batched_cos):
+    g = torch.Generator().manual_seed(heads * seq + rot)
+    # (batch, seq, heads, head_dim) projections seen as (batch, heads, seq, head_dim), as a decoder hands them over
+    q = torch.randn(batch, seq, heads, head_dim, generator=g).transpose(1, 2)
+    k = torch.randn(batch, seq, kv_heads, head_dim, generator=g).transpose(1, 2)
+    angles = torch.rand(batch if batched_cos else 1, seq, rot // 2, generator=g) * 6
+    cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+    if not batched_cos:
+        cos, sin = cos[0], sin[0]
+    with torch.no_grad(), ops.use_backend("cpu"):
+        got = ops.rotary(q, k, cos, sin)
+    want = ops.rotary_reference(q.double(), k.double(), cos.double(), sin.double())
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.is_contiguous()
+        assert float((a.double() - b).abs().max()) < 1e-5
+
+
+def test_norm_and_rotary_kernels_refuse_what_they_cannot_run():
+    x, w = torch.randn(2, 8), torch.randn(8)
+    with pytest.raises(RuntimeError, match="does not match the last dimension"):
+        torch.ops.fastformers_ext.rms_norm(x, torch.randn(7), 1e-6)
+    with pytest.raises(RuntimeError, match="must be float32"):
+        torch.ops.fastformers_ext.rms_norm(x.double(), w.double(), 1e-6)
+    with pytest.raises(RuntimeError, match="residual"):
+        torch.ops.fastformers_ext.add_rms_norm(x, torch.randn(3, 8), w, 1e-6)
+    q = torch.randn(1, 2, 3, 8)
+    with pytest.raises(RuntimeError, match="do not fit"):
+        torch.ops.fastformers_ext.rotary(q, q, torch.randn(4, 8), torch.randn(4, 8))
+    # training (autograd) and other dtypes go to the reference in auto mode
+    wg = torch.randn(8, requires_grad=True)
+    assert ops.rms_norm.choose("cpu", (x, wg, 1e-6)) == "torch"
+    with torch.no_grad():
+        assert ops.rms_norm.choose("cpu", (x, wg, 1e-6)) == "cpu"
+    assert ops.rms_norm.choose("cpu", (x.bfloat16(), w.bfloat16(), 1e-6)) == "torch"
+    assert ops.rotary.choose("cpu", (q.double(), q.double(), torch.randn(3, 8).double(), torch.randn(3, 8).double())) \
+        == "torch"
+
+
+def test_fakes_of_norm_and_rotary():
+    x, w = torch.randn(2, 3, 16), torch.randn(16)
+    torch.library.opcheck(torch.ops.fastformers_ext.rms_norm.default, (x, w, 1e-5))
+    torch.library.opcheck(torch.ops.fastformers_ext.add_rms_norm.default, (x, torch.randn(2, 3, 16), w, 1e-5))
+    q = torch.randn(1, 3, 2, 8)
+    torch.library.opcheck(torch.ops.fastformers_ext.rotary.default, (q, q.clone(), torch.randn(2, 8), torch.randn(2, 8)))

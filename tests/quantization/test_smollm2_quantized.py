@@ -16,6 +16,7 @@ from torch import nn
 
 import fastformers
 from fastformers import QuantizationConfig
+from fastformers.ops import QuantizedWeight
 from fastformers.quantization import QuantizedLinear
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -142,6 +143,10 @@ def test_gguf_q4_1_kept_packed_computes_the_dequantized_model(measure):
     # the Q8_0 token embedding (tied to the head) is dequantized, as are the F32 norms
     assert kept.model.model.embed_tokens.weight.dtype == torch.float32
     assert kept.model.lm_head.weight is kept.model.model.embed_tokens.weight
+    # ... and the head's matmul reads the file's Q8_0 bytes instead (ops.linear's quantized twin, exact values)
+    from fastformers.ops.linear import packed_weight
+    twin = packed_weight(kept.model.lm_head.weight)
+    assert isinstance(twin, QuantizedWeight) and (twin.bits, twin.group_size) == (8, 32)
     print(f"\nGGUF Q4_1 kept packed vs dequantized: logits relative error {rel_err(kept.logits, full.logits):.2e}, "
           f"bytes {model_bytes(kept.model) / model_bytes(full.model):.3f}x")
     assert rel_err(kept.logits, full.logits) <= 1e-5

@@ -799,6 +799,22 @@ class GGUFCheckpoint:
         return {hf: info.type_name for name, info in self.tensors.items()
                 if (hf := _hf_name(name, self.architecture)) is not None}
 
+    def packed_tensor(self, is_wanted: Callable[[str], bool], dtype: torch.dtype = torch.float32):
+        """The tensor whose Hugging Face name `is_wanted`, kept packed (a QuantizedWeight, scales in `dtype`) when it
+        is a Q8_0 / Q4_0 / Q4_1 matrix the model uses unpermuted (not a rotary Q/K projection); else None."""
+        for name, info in self.tensors.items():
+            hf = _hf_name(name, self.architecture)
+            if hf is None or not is_wanted(hf):
+                continue
+            if info.type_name not in _KEPT_QUANT_TYPES or len(info.shape) != 2 or ".attn_q." in name or \
+                    ".attn_k." in name:
+                return None
+            from ..quantization.gguf import gguf_quantized_weight  # noqa: PLC0415 - optional path
+
+            return gguf_quantized_weight(self._raw(info), info.ggml_type, info.shape, dtype,
+                                         f"{self.path}: tensor {name!r}")
+        return None
+
     def iter_state_dict(self, dtype: torch.dtype = torch.float32,
                         keep_quantized: Optional[Callable[[str], bool]] = None) -> Iterator[Tuple[str, Any]]:
         """(Hugging Face name, tensor) for every tensor the model uses, in file order, one at a time.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import Op
-from .quant import QuantizedWeight, quantized_linear
+from .quant import QuantizedWeight, dequantize_weight, quantized_linear
 
 
 def linear_reference(x, weight, bias=None):
@@ -155,9 +155,37 @@ def packed_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
     return packed
 
 
+def attach_quantized_twin(weight: torch.Tensor, qw: QuantizedWeight) -> bool:
+    """Run `weight` from `qw`, a packed weight that dequantizes to exactly its values (a GGUF model's tied output
+    head, whose float weight the embedding lookup needs, from the file's Q8_0 bytes: a quarter of the bytes to
+    read per token). Kept like a oneDNN pack: a changed weight drops it (the float weight serves from then on).
+    Checked on a sample of rows; returns False (nothing attached) when they differ or the cpu kernel cannot run it."""
+    from . import native  # noqa: PLC0415
+
+    if (native.load_error() is not None or not isinstance(weight, torch.Tensor) or weight.dim() != 2
+            or tuple(qw.shape) != tuple(weight.shape) or weight.dtype != torch.float32
+            or quantized_linear.unsupported["cpu"](weight[:1], qw) is not None):
+        return False
+    rows = torch.linspace(0, weight.shape[0] - 1, 64).long().unique()
+    sample = QuantizedWeight(qw.qweight[rows], qw.scales[rows], None if qw.mins is None else qw.mins[rows], qw.bits,
+                             qw.group_size, qw.in_features, qw.method)
+    if not torch.equal(dequantize_weight(sample, weight.dtype), weight.detach()[rows]):
+        return False
+    key, positions = id(weight), _sample_positions(weight)
+    version, address, state = _state(weight, positions)
+    with _packs.lock:
+        old = _packs.entries.get(key)
+        _packs.entries[key] = (weakref.ref(weight, lambda _, key=key: _packs.drop(key)), version, address, positions,
+                               state, qw, qw.nbytes())
+        _packs.bytes += qw.nbytes() - (old[6] if old is not None else 0)
+    return True
+
+
 @linear.register("cpu", unsupported=_linear_cpu_unsupported)
 def linear_cpu(x, weight, bias=None):
     packed = packed_weight(weight)
     if packed is None:
         return F.linear(x, weight, bias)
+    if isinstance(packed, QuantizedWeight):  # a quantized twin: GEMVs read its bytes; many tokens run the float GEMM
+        return quantized_linear(x, packed, bias) if x.numel() <= 16 * x.shape[-1] else F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")

@@ -3,12 +3,11 @@
 
 `pip install --no-build-isolation -e .` builds it when torch and a C++ compiler are present (setup.py); without
 it the package is pure Python and the ops it would serve run on their other backends. Importing the library
-registers its ops as `torch.ops.fastformers.*`.
+registers its ops as `torch.ops.fastformers_ext.*`.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from typing import Optional
@@ -16,9 +15,7 @@ from typing import Optional
 import torch
 
 
-@functools.lru_cache(maxsize=None)
-def load_error() -> Optional[str]:
-    """None when fastformers._C is loaded (its ops registered), else why it is not."""
+def _load() -> Optional[str]:
     if os.environ.get("FASTFORMERS_NO_EXTENSION") == "1":
         return "FASTFORMERS_NO_EXTENSION=1"
     try:
@@ -28,10 +25,15 @@ def load_error() -> Optional[str]:
             return ("the extension fastformers._C was not built (pip install --no-build-isolation -e . with torch "
                     "and a C++ compiler present)")
         return f"fastformers._C does not load: {err}"  # built for another torch, say
-    if not hasattr(torch.ops.fastformers, "quant_linear"):
+    if not hasattr(torch.ops.fastformers_ext, "quant_linear"):
         return "fastformers._C loaded but registered no ops"
     _register_fakes()
     return None
+
+
+def load_error() -> Optional[str]:
+    """None when fastformers._C is loaded (its ops registered), else why it is not."""
+    return _LOAD_ERROR
 
 
 def available() -> bool:
@@ -40,7 +42,7 @@ def available() -> bool:
 
 def cpu_isa() -> Optional[str]:
     """The instruction set the CPU kernels run with here ("avx512", "avx2 ...", "portable"), None when not built."""
-    return torch.ops.fastformers.cpu_isa() if available() else None
+    return torch.ops.fastformers_ext.cpu_isa() if available() else None
 
 
 def kernels() -> dict:
@@ -48,10 +50,32 @@ def kernels() -> dict:
     reason = load_error()
     if reason is not None:
         return {"built": False, "reason": reason}
-    return {"built": True, "cpu_isa": cpu_isa(), "ops": ["fastformers::quant_linear (cpu)"]}
+    return {"built": True, "cpu_isa": cpu_isa(), "ops": [f"fastformers_ext::{name} (cpu)" for name in OPS]}
+
+
+#: the ops fastformers._C registers (all CPU kernels today)
+OPS = ("quant_linear", "rms_norm", "add_rms_norm", "rotary")
 
 
 def _register_fakes() -> None:
-    @torch.library.register_fake("fastformers::quant_linear")
+    @torch.library.register_fake("fastformers_ext::quant_linear")
     def _(x, qweight, scales, mins, bits, group_size, bias):
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+    @torch.library.register_fake("fastformers_ext::rms_norm")
+    def _(x, weight, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("fastformers_ext::rotary")
+    def _(q, k, cos, sin):
+        return q.new_empty(q.shape), k.new_empty(k.shape)
+
+    @torch.library.register_fake("fastformers_ext::add_rms_norm")
+    def _(x, residual, weight, eps):
+        return (torch.empty_like(x, memory_format=torch.contiguous_format),
+                torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+# loaded once, when fastformers.ops is imported: support predicates read this constant on every call, also
+# while torch.compile traces them (Dynamo cannot trace an import)
+_LOAD_ERROR = _load()

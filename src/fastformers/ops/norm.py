@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .backend import op
 
 
@@ -41,3 +42,24 @@ def rms_norm_reference(x, weight, eps: float, *, residual=None):
 
 rms_norm = op(rms_norm_reference)
 rms_norm.register_lazy("triton", "fastformers.kernels.norm")
+
+
+def _rms_norm_cpu_unsupported(x, weight, eps, *, residual=None):
+    reason = native.load_error()
+    if reason is not None:
+        return f"the cpu RMSNorm is in fastformers._C, which is unavailable: {reason}"
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or (residual is not None and
+                                                                     residual.dtype != torch.float32):
+        return f"the cpu RMSNorm takes float32 (got {x.dtype}, weight {weight.dtype})"
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (residual is not None and residual.requires_grad)):
+        return "the cpu RMSNorm has no backward (training runs the reference)"
+    return None
+
+
+@rms_norm.register("cpu", unsupported=_rms_norm_cpu_unsupported)
+def rms_norm_cpu(x, weight, eps: float, *, residual=None):
+    """csrc/cpu/norm.cpp: one pass per row (the residual add included), the reference's float32 arithmetic."""
+    if residual is None:
+        return torch.ops.fastformers_ext.rms_norm(x, weight, eps)
+    return torch.ops.fastformers_ext.add_rms_norm(x, residual, weight, eps)

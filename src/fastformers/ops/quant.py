@@ -231,7 +231,7 @@ def quantized_linear_cpu(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[to
     W8A8: the int8 x int8 products summed in int32 by torch._int_mm (oneDNN: VNNI or AMX where the CPU has them)
     -- the same integer sums the reference accumulates in float64 -- then scaled in float32."""
     if qw.method != "w8a8":
-        return torch.ops.fastformers.quant_linear(x, qw.qweight, qw.scales, qw.mins, qw.bits, qw.group, bias)
+        return torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, qw.bits, qw.group, bias)
     xq, sx = quantize_activations(x)
     acc = torch._int_mm(xq.reshape(-1, qw.in_features), qw.qweight.t())
     out = (acc.float() * sx.reshape(-1, 1)).mul_(qw.scales.float().reshape(1, -1)).reshape(*x.shape[:-1], qw.out_features)

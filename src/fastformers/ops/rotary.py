@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native
 from .backend import op
 
 
@@ -31,3 +32,22 @@ def rotary_reference(q, k, cos, sin):
 
 rotary = op(rotary_reference)
 rotary.register_lazy("triton", "fastformers.kernels.rotary")
+
+
+def _rotary_cpu_unsupported(q, k, cos, sin):
+    reason = native.load_error()
+    if reason is not None:
+        return f"the cpu rotary is in fastformers._C, which is unavailable: {reason}"
+    if any(t.dtype != torch.float32 for t in (q, k, cos, sin)):
+        return f"the cpu rotary takes float32 (got q {q.dtype}, cos {cos.dtype})"
+    if q.dim() != 4 or k.dim() != 4:
+        return "the cpu rotary takes (batch, heads, seq, head_dim) q and k"
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return "the cpu rotary has no backward (training runs the reference)"
+    return None
+
+
+@rotary.register("cpu", unsupported=_rotary_cpu_unsupported)
+def rotary_cpu(q, k, cos, sin):
+    """csrc/cpu/rotary.cpp: q and k in one call, read through their strides."""
+    return torch.ops.fastformers_ext.rotary(q, k, cos, sin)
