@@ -45,7 +45,8 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int kTokenBlock = 4;  // tokens sharing one pass over a pair of weight rows (their codes stay in registers)
 constexpr int64_t kTokenTile = 64;
-constexpr int kRowBlock = 4;  // weight rows per pass of the AVX-512 kernel  // tokens whose activations stay in L2 while every row pair passes by
+constexpr int kRowBlock = 4;  // weight rows per pass of the AVX-512 kernel
+constexpr int64_t kPrefetchRows = 8;  // how far ahead (in rows) the AVX-512 kernel prefetches  // tokens whose activations stay in L2 while every row pair passes by
 
 // ---- portable kernel: plain loops over 16 lanes, vectorized by the compiler for each clone ----------------------
 
@@ -112,6 +113,9 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
     for (int64_t c = g * w.G; c < end; c += 32) {
       __m512 lo[R], hi[R];  // int4: even / odd columns; int8: columns c..c+15 / c+16..c+31
       for (int r = 0; r < R; ++r) {
+        // the same bytes of the rows one block ahead: a single core's hardware prefetch alone leaves DRAM idle
+        _mm_prefetch(reinterpret_cast<const char*>(q[r] + kPrefetchRows * row_bytes + (w.bits == 4 ? c / 2 : c)),
+                     _MM_HINT_T0);
         if (w.bits == 4) {
           const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q[r] + c / 2)));
           lo[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(codes, low4)), d[r]);
