@@ -55,7 +55,11 @@ def test_attention_over_a_packing_equals_padded_attention_on_real_rows():
 
 def test_unpadding_pays_only_when_varlen_attention_runs_on_a_kernel():
     x, mask = torch.randn(2, 3, 4), torch.ones(2, 3)
-    assert not ops.unpadding_pays(x, mask)  # CPU, auto: torch runs it, padded as it is
+    assert not ops.unpadding_pays(x, mask)  # CPU, no padding: nothing to unpad
     assert not ops.unpadding_pays(x, None)
+    mask[1, 2] = 0
+    assert ops.unpadding_pays(x, mask)  # CPU, auto: the cpu backend's varlen attention
+    with ops.use_backend("cpu"):
+        assert ops.unpadding_pays(x, mask)
     with ops.use_backend("torch"):
-        assert not ops.unpadding_pays(x, mask)
+        assert not ops.unpadding_pays(x, mask)  # the reference: the padded batch as it is

@@ -151,6 +151,8 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
+    keep_padding = False  # True for a head that reads padded positions (run_encoder)
+
     def __init__(self, config) -> None:
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
@@ -158,7 +160,7 @@ class BertEncoder(nn.Module):
 
     def forward(self, x, attention_mask, output_attentions: bool, output_hidden_states: bool):
         return run_encoder(self.layer, x, attention_mask, output_attentions, output_hidden_states,
-                           self.attention_dropout)
+                           self.attention_dropout, self.keep_padding)
 
 
 class BertPooler(nn.Module):
