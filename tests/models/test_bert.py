@@ -53,6 +53,31 @@ def test_fused_qkv_inference_matches_autograd_path_and_saves(tmp_path, padded_ba
         assert rel_err(model(input_ids=ids, attention_mask=mask).logits, fused) <= 1e-5
 
 
+def test_padded_batch_runs_unpadded_on_the_cpu_backend(tmp_path, padded_batch, monkeypatch):
+    """On CPU tensors (auto mode) the parity tests' padded batches take the fast path: unpadded, attention by the
+    cpu backend's varlen attention, GELU inside the packed feed-forward GEMM; FASTFORMERS_BACKEND=torch keeps the
+    padded reference path."""
+    from fastformers import ops
+
+    calls = {"varlen": 0, "linear_gelu": 0}
+    for name, op in (("varlen", ops.varlen_attention), ("linear_gelu", ops.linear_gelu)):
+        def spy(*args, _name=name, _fn=op.impls["cpu"], **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+        monkeypatch.setitem(op.impls, "cpu", spy)
+        monkeypatch.setattr(op, "_resolved", {})  # bindings resolve afresh, to the spy
+    ids, mask = padded_batch()
+    model = check_against_transformers("bert", "AutoModel", tmp_path, dict(input_ids=ids, attention_mask=mask),
+                                       **TINY)
+    # output_attentions (the padded path: probabilities) and then the fast path: varlen attention in the second only
+    assert calls == {"varlen": TINY["num_hidden_layers"], "linear_gelu": 2 * TINY["num_hidden_layers"]}
+    with torch.no_grad(), ops.use_backend("torch"):
+        padded = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls["varlen"] == TINY["num_hidden_layers"]  # the torch backend did not unpad
+    assert torch.equal(padded, fast) and padded[~mask.bool()].abs().min() > 0
+
+
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
 def test_unpadded_encoder_matches_transformers(model_type, tmp_path, padded_batch, monkeypatch):
     """The unpadded path (taken on GPU kernels) gives the same real-position outputs as transformers."""

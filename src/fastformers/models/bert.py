@@ -130,7 +130,7 @@ class BertIntermediate(nn.Module):
         self.act = layers.Activation(config.hidden_act)
 
     def forward(self, x):
-        return self.act(self.dense(x))
+        return self.act.after(self.dense, x)
 
 
 class BertOutput(BertSelfOutput):
