@@ -63,3 +63,15 @@ def test_unpadding_pays_only_when_varlen_attention_runs_on_a_kernel():
         assert ops.unpadding_pays(x, mask)
     with ops.use_backend("torch"):
         assert not ops.unpadding_pays(x, mask)  # the reference: the padded batch as it is
+
+
+def test_unpadding_stays_off_under_torch_compile():
+    """A compiled encoder keeps the padded batch: unpadding reads the mask on the host (a graph break)."""
+    x, mask = torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert ops.unpadding_pays(x, mask)
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def scaled(x, mask):
+        return x * 2 if ops.unpadding_pays(x, mask) else x * 3
+
+    assert torch.equal(scaled(x, mask), x * 3)

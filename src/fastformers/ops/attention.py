@@ -133,7 +133,11 @@ varlen_attention.register_lazy("triton", "fastformers.kernels.attention")
 
 
 def _varlen_attention_cpu_unsupported(q, *args, **kwargs) -> Optional[str]:
-    return None if q.device.type == "cpu" else f"q is on {q.device.type}, not on the CPU"
+    if q.device.type != "cpu":
+        return f"q is on {q.device.type}, not on the CPU"
+    if torch.compiler.is_compiling():  # (ops.unpadding_pays asks too: a compiled encoder keeps the padded batch)
+        return "under torch.compile (the loop over sequences reads their offsets on the host: a graph break each)"
+    return None
 
 
 @varlen_attention.register("cpu", unsupported=_varlen_attention_cpu_unsupported)
