@@ -63,6 +63,10 @@ def test_unpadding_pays_only_when_varlen_attention_runs_on_a_kernel():
         assert ops.unpadding_pays(x, mask)
     with ops.use_backend("torch"):
         assert not ops.unpadding_pays(x, mask)  # the reference: the padded batch as it is
+    # autograd (training on a CPU): the padded path, so a loss sees padded positions as transformers' does
+    assert not ops.unpadding_pays(x.requires_grad_(), mask)
+    with torch.no_grad():
+        assert ops.unpadding_pays(x, mask)
 
 
 def test_unpadding_stays_off_under_torch_compile():

@@ -36,8 +36,9 @@ def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidde
     kernel, e.g. CUDA with Triton, or the cpu backend's): the layers then see (1, real tokens, hidden) and the
     packing as their attention mask, and the outputs are padded back (zeros at padded positions, where
     transformers computes the pad tokens through every layer). Not when attention probabilities are needed
-    (output_attentions, attention dropout in training), nor with `keep_padding` (a head that reads padded
-    positions, such as a mean over every position).
+    (output_attentions, attention dropout in training), nor with `keep_padding`: a head whose real outputs
+    depend on padded positions (question answering's span logits, a softmax over every position; a mean over
+    every position).
     """
     packing = None
     needs_probs = output_attentions or (layers.training and attention_dropout > 0)

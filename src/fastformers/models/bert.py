@@ -352,6 +352,9 @@ class BertForQuestionAnswering(_Head):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.qa_outputs = layers.Linear(config.hidden_size, config.num_labels)
+        # span logits are a distribution over every position, padded ones included (as in transformers): the
+        # encoder computes them (run_encoder)
+        self.base_model.encoder.keep_padding = True
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -178,14 +178,21 @@ def packed_attention(q, k, v, packing: Packing, *, scale=None):
 
 
 def unpadding_pays(x: torch.Tensor, attention_mask) -> bool:
-    """True when a padded batch should be packed (ops.unpad): there is padding and varlen attention would run on
-    a fused kernel for this tensor (CUDA with Triton, or a forced triton/cuda backend); on the torch backend the
-    padded batch goes through as it is."""
+    """True when a padded batch should be packed (ops.unpad): varlen attention would run on a fused kernel for this
+    tensor (CUDA with Triton, or a forced triton/cuda backend), or on the cpu backend (CPU tensors in auto mode)
+    at inference when the mask holds padding; on the torch backend the padded batch goes through as it is.
+
+    On the CPU any padding pays: MiniLM at 8 x 128 with 0.4% padding runs as fast unpadded as padded (one thread,
+    one run), with 3% padding 6% faster, and a corpus batch (~70% padding) 3x faster."""
     if attention_mask is None or x.dim() != 3:
         return False
     backend = varlen_attention.choose(x.device.type, (x,))
     if backend == "cpu":
-        # a batch without padding has nothing to unpad (one SDPA call beats one per sequence there); reading the
-        # mask on the host is cheap for a CPU tensor
+        # inference only, as the cpu backend's linear: with autograd (training on a CPU) the padded path keeps
+        # the loss identical to transformers' whatever the labels at padded positions. A batch without padding
+        # has nothing to unpad (one SDPA call beats one per sequence there); reading the mask on the host is
+        # cheap for a CPU tensor
+        if torch.is_grad_enabled() and x.requires_grad:
+            return False
         return not bool(attention_mask.all())
     return backend != "torch"
