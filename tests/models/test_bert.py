@@ -79,6 +79,23 @@ def test_padded_batch_runs_unpadded_on_the_cpu_backend(tmp_path, padded_batch, m
     assert torch.equal(padded, fast) and padded[~mask.bool()].abs().min() > 0
 
 
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_question_answering_keeps_the_padded_batch(model_type, tmp_path, padded_batch, monkeypatch):
+    """Span logits are a softmax over every position, padded ones included: a QA head never unpads, and its
+    logits equal transformers' at every position on the fast path too."""
+    import fastformers.ops
+
+    packed = []
+    unpad = fastformers.ops.unpad
+    monkeypatch.setattr(fastformers.ops, "unpad", lambda x, mask: packed.append(1) or unpad(x, mask))
+    ids, mask = padded_batch(vocab_size=99, lengths=(9, 5, 1))
+    config = dict(TINY, num_labels=2) if model_type == "bert" else dict(
+        vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64)
+    check_against_transformers(model_type, "AutoModelForQuestionAnswering", tmp_path,
+                               dict(input_ids=ids, attention_mask=mask), **config)
+    assert not packed, "a QA head unpadded its batch"
+
+
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
 def test_unpadded_encoder_matches_transformers(model_type, tmp_path, padded_batch, monkeypatch):
     """The unpadded path (taken on GPU kernels) gives the same real-position outputs as transformers."""
