@@ -41,8 +41,9 @@ def test_fused_qkv_inference_matches_autograd_path_and_saves(tmp_path, padded_ba
     attn = model.bert.encoder.layer[0].attention.self
     assert attn.query.weight.data_ptr() == attn.qkv.weight.data_ptr()  # the fused path ran
     labels = torch.where(mask.bool(), ids, -100)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)  # autograd on: separate GEMMs
-    assert rel_err(out.logits, fused) <= 1e-6
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)  # autograd on: separate GEMMs, padded batch
+    real = mask.bool()  # (inference unpadded it: ops.unpadding_pays)
+    assert rel_err(out.logits[real], fused[real]) <= 1e-6
     out.loss.backward()
     assert attn.query.weight.grad is not None and attn.value.bias.grad.abs().sum() > 0
     model.save_pretrained(tmp_path / "saved")
@@ -51,6 +52,48 @@ def test_fused_qkv_inference_matches_autograd_path_and_saves(tmp_path, padded_ba
         assert rel_err(back(input_ids=ids, attention_mask=mask).logits, hf(input_ids=ids, attention_mask=mask).logits) == 0
         model.double()
         assert rel_err(model(input_ids=ids, attention_mask=mask).logits, fused) <= 1e-5
+
+
+def test_padded_batch_runs_unpadded_on_the_cpu_backend(tmp_path, padded_batch, monkeypatch):
+    """On CPU tensors (auto mode) the parity tests' padded batches take the fast path: unpadded, attention by the
+    cpu backend's varlen attention, GELU inside the packed feed-forward GEMM; FASTFORMERS_BACKEND=torch keeps the
+    padded reference path."""
+    from fastformers import ops
+
+    calls = {"varlen": 0, "linear_gelu": 0}
+    for name, op in (("varlen", ops.varlen_attention), ("linear_gelu", ops.linear_gelu)):
+        def spy(*args, _name=name, _fn=op.impls["cpu"], **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+        monkeypatch.setitem(op.impls, "cpu", spy)
+        monkeypatch.setattr(op, "_resolved", {})  # bindings resolve afresh, to the spy
+    ids, mask = padded_batch()
+    model = check_against_transformers("bert", "AutoModel", tmp_path, dict(input_ids=ids, attention_mask=mask),
+                                       **TINY)
+    # output_attentions (the padded path: probabilities) and then the fast path: varlen attention in the second only
+    assert calls == {"varlen": TINY["num_hidden_layers"], "linear_gelu": 2 * TINY["num_hidden_layers"]}
+    with torch.no_grad(), ops.use_backend("torch"):
+        padded = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls["varlen"] == TINY["num_hidden_layers"]  # the torch backend did not unpad
+    assert torch.equal(padded, fast) and padded[~mask.bool()].abs().min() > 0
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_question_answering_keeps_the_padded_batch(model_type, tmp_path, padded_batch, monkeypatch):
+    """Span logits are a softmax over every position, padded ones included: a QA head never unpads, and its
+    logits equal transformers' at every position on the fast path too."""
+    import fastformers.ops
+
+    packed = []
+    unpad = fastformers.ops.unpad
+    monkeypatch.setattr(fastformers.ops, "unpad", lambda x, mask: packed.append(1) or unpad(x, mask))
+    ids, mask = padded_batch(vocab_size=99, lengths=(9, 5, 1))
+    config = dict(TINY, num_labels=2) if model_type == "bert" else dict(
+        vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64)
+    check_against_transformers(model_type, "AutoModelForQuestionAnswering", tmp_path,
+                               dict(input_ids=ids, attention_mask=mask), **config)
+    assert not packed, "a QA head unpadded its batch"
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])

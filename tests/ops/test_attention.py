@@ -90,6 +90,47 @@ def test_varlen_attention_matches_padded(causal):
         assert rel_err(out[s], ref) <= 1e-5, f"sequence {i}"
 
 
+VARLEN_CPU_CASES = [  # query lengths, key lengths (None: the same), heads, kv_heads, head_dim
+    ((1, 3, 17, 120), None, 12, 12, 32),   # MiniLM's heads; odd lengths
+    ((5, 1, 9, 3), None, 4, 2, 16),        # GQA 2:1
+    ((0, 4, 7, 0, 2), None, 3, 3, 8),      # empty sequences
+    ((2, 1, 6), (5, 9, 6), 4, 1, 24),      # queries shorter than keys (causal: aligned bottom right), MQA
+    ((3, 2), (0, 4), 2, 2, 8),             # a sequence without keys: zeros
+]
+
+
+@pytest.mark.parametrize("len_q, len_k, h, hk, d", VARLEN_CPU_CASES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_varlen_attention_cpu_matches_float64_reference(len_q, len_k, h, hk, d, causal, dtype, tol):
+    """The cpu backend (one SDPA call per sequence) against the reference in float64."""
+    seed = random.randrange(2**31)
+    g = torch.Generator().manual_seed(seed)
+    len_k = len_k or len_q
+    cu_q, cu_k = (torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()], dtype=torch.int32) for n in (len_q, len_k))
+    q = torch.randn(sum(len_q), h, d, generator=g, dtype=dtype)
+    k, v = (torch.randn(sum(len_k), hk, d, generator=g, dtype=dtype) for _ in range(2))
+    args = (q, k, v, cu_q, cu_k, max(len_q), max(len_k))
+    assert ops.varlen_attention.choose("cpu", args) == "cpu"
+    with ops.use_backend("cpu"):
+        out = ops.varlen_attention(*args, causal=causal, scale=0.3)
+    want = varlen_attention_reference(q.double(), k.double(), v.double(), cu_q, cu_k, max(len_q), max(len_k),
+                                      causal=causal, scale=0.3)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, want) <= tol, f"seed {seed}"
+    assert torch.isfinite(out).all()
+
+
+def test_varlen_attention_cpu_zeros_outside_the_sequences():
+    """Tokens past cu_seqlens[-1] belong to no sequence: zeros, as the reference writes."""
+    q = torch.randn(7, 2, 8, dtype=torch.float64)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    with ops.use_backend("cpu"):
+        out = ops.varlen_attention(q, q, q, cu, cu, 3, 3)
+    assert torch.equal(out[5:], torch.zeros(2, 2, 8, dtype=torch.float64))
+    assert rel_err(out, varlen_attention_reference(q, q, q, cu, cu, 3, 3)) <= 1e-12
+
+
 # -- Triton kernels (kernels/attention.py) --------------------------------------------------------
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}

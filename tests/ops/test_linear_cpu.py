@@ -157,3 +157,51 @@ def test_a_quantized_twin_runs_the_weight_from_its_packed_bytes_until_it_changes
         layer.weight.mul_(-1)  # a changed weight drops the twin: the float weight serves
         got = layer(x)
         assert calls == [qw] and rel_err(got, x.double() @ layer.weight.double().t()) < 1e-5
+
+# -- linear_gelu: the GELU as oneDNN's post-op of the packed GEMM ---------------------------------------------------
+
+def _gelu_layer(shape, out_features, dtype, with_bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    layer = Linear(shape[-1], out_features, bias=with_bias).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / shape[-1] ** 0.5)
+        if with_bias:
+            layer.bias.copy_(torch.randn(out_features, generator=g))
+    return layer, torch.randn(*shape, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("shape, out_features", [((1, 384), 1536), ((2, 13, 383), 7), ((3, 1, 5), 2), ((17, 64), 37)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_gelu_matches_reference(shape, out_features, dtype, tol, approximate, with_bias):
+    layer, x = _gelu_layer(shape, out_features, dtype, with_bias, sum(shape) + out_features)
+    args = (x, layer.weight, layer.bias)
+    assert ops.linear_gelu.choose("cpu", args, {"approximate": approximate}) == "torch"  # autograd: linear, gelu
+    with torch.no_grad():
+        assert ops.linear_gelu.choose("cpu", args, {"approximate": approximate}) == "cpu"
+        got = ops.linear_gelu(*args, approximate=approximate)
+        unfused = ops.gelu(ops.linear(*args), approximate=approximate)
+    expected = torch.nn.functional.gelu(
+        x.double() @ layer.weight.double().t() + (layer.bias.double() if with_bias else 0), approximate=approximate)
+    assert got.shape == (*shape[:-1], out_features) and got.dtype == dtype
+    assert rel_err(got, expected) < tol
+    assert rel_err(got, unfused.double()) < tol  # what ops.linear then ops.gelu give
+    assert linear_module._packs.entries.get(id(layer.weight)) is not None  # it ran packed
+
+
+def test_linear_gelu_off_the_packed_path_is_linear_then_gelu():
+    layer, x = _gelu_layer((4, 24), 10, torch.float32, True, 0)
+    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, layer.weight, layer.bias))
+    out = ops.linear_gelu(x, layer.weight, layer.bias)  # autograd on: F.linear and gelu, differentiable
+    out.sum().backward()
+    assert torch.allclose(out, expected, rtol=0, atol=1e-6) and layer.weight.grad is not None
+    with torch.no_grad(), ops.use_backend("torch"):
+        assert ops.linear_gelu.choose("cpu", (x, layer.weight, layer.bias)) == "torch"
+        assert torch.equal(ops.linear_gelu(x, layer.weight, layer.bias), expected)
+    with torch.no_grad(), pytest.raises(ValueError, match="approximate"):
+        ops.linear_gelu(x, layer.weight, layer.bias, approximate="sigmoid")
+    quantized = ops.quantize_weight(layer.weight.detach(), bits=8)  # a quantized weight: quantized_linear, gelu
+    with torch.no_grad():
+        want = torch.nn.functional.gelu(ops.quantized_linear(x, quantized, layer.bias))
+        assert torch.equal(ops.linear_gelu(x, quantized, layer.bias), want)

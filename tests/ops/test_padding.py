@@ -55,7 +55,27 @@ def test_attention_over_a_packing_equals_padded_attention_on_real_rows():
 
 def test_unpadding_pays_only_when_varlen_attention_runs_on_a_kernel():
     x, mask = torch.randn(2, 3, 4), torch.ones(2, 3)
-    assert not ops.unpadding_pays(x, mask)  # CPU, auto: torch runs it, padded as it is
+    assert not ops.unpadding_pays(x, mask)  # CPU, no padding: nothing to unpad
     assert not ops.unpadding_pays(x, None)
+    mask[1, 2] = 0
+    assert ops.unpadding_pays(x, mask)  # CPU, auto: the cpu backend's varlen attention
+    with ops.use_backend("cpu"):
+        assert ops.unpadding_pays(x, mask)
     with ops.use_backend("torch"):
-        assert not ops.unpadding_pays(x, mask)
+        assert not ops.unpadding_pays(x, mask)  # the reference: the padded batch as it is
+    # autograd (training on a CPU): the padded path, so a loss sees padded positions as transformers' does
+    assert not ops.unpadding_pays(x.requires_grad_(), mask)
+    with torch.no_grad():
+        assert ops.unpadding_pays(x, mask)
+
+
+def test_unpadding_stays_off_under_torch_compile():
+    """A compiled encoder keeps the padded batch: unpadding reads the mask on the host (a graph break)."""
+    x, mask = torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert ops.unpadding_pays(x, mask)
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def scaled(x, mask):
+        return x * 2 if ops.unpadding_pays(x, mask) else x * 3
+
+    assert torch.equal(scaled(x, mask), x * 3)

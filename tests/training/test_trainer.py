@@ -228,5 +228,7 @@ def test_trainer_checkpoints_models_with_tied_weights(name, tmp_path):
     ours = getattr(fastformers, task).from_pretrained(tmp_path / "trainer-saved")
     with torch.no_grad():
         trained = model(**batch).logits
-        assert rel_err(theirs(**batch).logits, trained) <= 1e-5
+        # an encoder unpads at inference (ops.unpadding_pays): its logits agree with transformers' on real positions
+        real = batch["attention_mask"].bool() if task == "AutoModelForMaskedLM" else slice(None)
+        assert rel_err(theirs(**batch).logits[real], trained[real]) <= 1e-5
         assert rel_err(ours(**batch).logits, trained) <= 1e-6

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .linear import Linear, _hooked
 
 _GELU = {"gelu": "none", "gelu_python": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_tanh": "tanh"}
 _PLAIN = {
@@ -30,12 +31,20 @@ class Activation(nn.Module):
         self.name = name
         self._approximate = _GELU.get(name)
         self._gelu = ops.gelu.binding() if name in _GELU else None
+        self._linear_gelu = ops.linear_gelu.binding() if name in _GELU else None
         self._fn = _PLAIN.get(name)
 
     def forward(self, x: torch.Tensor, bias=None) -> torch.Tensor:
         if self._gelu is not None:
             return self._gelu(x, bias=bias, approximate=self._approximate)
         return self._fn(x if bias is None else x + bias)
+
+    def after(self, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """self(linear(x)). A GELU after a plain `Linear` (not a subclass or a wrapper such as a peft LoRA layer,
+        not hooked) is one op, ops.linear_gelu: on the cpu backend the GELU runs inside the packed GEMM."""
+        if self._linear_gelu is not None and type(linear) is Linear and not _hooked((linear,)):
+            return self._linear_gelu(x, linear.weight, linear.bias, approximate=self._approximate)
+        return self(linear(x))
 
     def extra_repr(self) -> str:
         return self.name

@@ -29,17 +29,20 @@ def call_layer(layer: nn.Module, *args):
 
 
 def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidden_states: bool,
-                attention_dropout: float = 0.0):
+                attention_dropout: float = 0.0, keep_padding: bool = False):
     """Run encoder layers `layer(x, mask, output_attentions) -> (x, probs)` over a batch.
 
     A padded batch is unpadded first when that pays (`ops.unpadding_pays`: varlen attention on a fused
-    kernel, e.g. CUDA with Triton): the layers then see (1, real tokens, hidden) and the packing as
-    their attention mask, and the outputs are padded back (zeros at padded positions). Not when
-    attention probabilities are needed (output_attentions, attention dropout in training).
+    kernel, e.g. CUDA with Triton, or the cpu backend's): the layers then see (1, real tokens, hidden) and the
+    packing as their attention mask, and the outputs are padded back (zeros at padded positions, where
+    transformers computes the pad tokens through every layer). Not when attention probabilities are needed
+    (output_attentions, attention dropout in training), nor with `keep_padding`: a head whose real outputs
+    depend on padded positions (question answering's span logits, a softmax over every position; a mean over
+    every position).
     """
     packing = None
     needs_probs = output_attentions or (layers.training and attention_dropout > 0)
-    if not needs_probs and ops.unpadding_pays(x, attention_mask):
+    if not needs_probs and not keep_padding and ops.unpadding_pays(x, attention_mask):
         x, packing = ops.unpad(x, attention_mask)
         attention_mask = packing
     hidden_states = (x,) if output_hidden_states else None

@@ -130,7 +130,7 @@ class BertIntermediate(nn.Module):
         self.act = layers.Activation(config.hidden_act)
 
     def forward(self, x):
-        return self.act(self.dense(x))
+        return self.act.after(self.dense, x)
 
 
 class BertOutput(BertSelfOutput):
@@ -151,6 +151,8 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
+    keep_padding = False  # True for a head that reads padded positions (run_encoder)
+
     def __init__(self, config) -> None:
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
@@ -158,7 +160,7 @@ class BertEncoder(nn.Module):
 
     def forward(self, x, attention_mask, output_attentions: bool, output_hidden_states: bool):
         return run_encoder(self.layer, x, attention_mask, output_attentions, output_hidden_states,
-                           self.attention_dropout)
+                           self.attention_dropout, self.keep_padding)
 
 
 class BertPooler(nn.Module):
@@ -350,6 +352,9 @@ class BertForQuestionAnswering(_Head):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.qa_outputs = layers.Linear(config.hidden_size, config.num_labels)
+        # span logits are a distribution over every position, padded ones included (as in transformers): the
+        # encoder computes them (run_encoder)
+        self.base_model.encoder.keep_padding = True
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -149,6 +149,8 @@ class DistilBertTransformerBlock(nn.Module):
 
 
 class DistilBertTransformer(nn.Module):
+    keep_padding = False  # True for a head that reads padded positions (run_encoder)
+
     def __init__(self, config) -> None:
         super().__init__()
         self.layer = nn.ModuleList(DistilBertTransformerBlock(config) for _ in range(config.n_layers))
@@ -156,7 +158,7 @@ class DistilBertTransformer(nn.Module):
 
     def forward(self, x, attention_mask, output_attentions: bool, output_hidden_states: bool):
         return run_encoder(self.layer, x, attention_mask, output_attentions, output_hidden_states,
-                           self.attention_dropout)
+                           self.attention_dropout, self.keep_padding)
 
 
 class DistilBertPreTrainedModel(PreTrainedModel):
@@ -287,6 +289,7 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
             raise ValueError(f"config.num_labels should be 2, but it is {config.num_labels}")
         super().__init__(config)
         self.qa_outputs = layers.Linear(config.dim, config.num_labels)
+        self.base_model.transformer.keep_padding = True  # span logits span padded positions too (see BERT's)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, start_positions=None,

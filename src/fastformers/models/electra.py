@@ -241,6 +241,8 @@ class ElectraForMultipleChoice(_ElectraHead, bert.BertForMultipleChoice):
         _Head.__init__(self, config)
         self.sequence_summary = ElectraSequenceSummary(config)
         self.classifier = layers.Linear(config.hidden_size, 1)
+        # "last" and "mean" read padded positions (as transformers does): the encoder must compute them
+        self.base_model.encoder.keep_padding = self.sequence_summary.summary_type != "first"
         self.post_init()
 
     def classify(self, enc):

@@ -132,6 +132,43 @@ varlen_attention = op(varlen_attention_reference)
 varlen_attention.register_lazy("triton", "fastformers.kernels.attention")
 
 
+def _varlen_attention_cpu_unsupported(q, *args, **kwargs) -> Optional[str]:
+    if q.device.type != "cpu":
+        return f"q is on {q.device.type}, not on the CPU"
+    if torch.compiler.is_compiling():  # (ops.unpadding_pays asks too: a compiled encoder keeps the padded batch)
+        return "under torch.compile (the loop over sequences reads their offsets on the host: a graph break each)"
+    return None
+
+
+@varlen_attention.register("cpu", unsupported=_varlen_attention_cpu_unsupported)
+def varlen_attention_cpu(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal: bool = False,
+                         scale=None):
+    """The cpu backend: each sequence through torch's SDPA (its flash CPU kernel) on a (1, heads, len, head_dim)
+    view of the packed tokens, its output copied into place; no pad token is computed.
+
+    Measured against the alternatives at all-MiniLM-L6-v2's shapes (12 heads x 32 dims; 2-core AVX-512 CPU, one
+    thread), per layer: 32 sentences of 5..120 tokens (~1000 real tokens of ~3300 padded): 3.5-4.9 ms, against
+    11-17 ms for SDPA over the padded batch with its mask and 21-30 ms for re-padding around one SDPA call; a
+    (len, heads, head_dim) 3-D SDPA call per sequence is 1.6x slower than the 4-D view (math path). A
+    block-diagonal mask over all tokens costs total^2 scores. Batch 8 x 128 without padding: 4.3 ms against
+    3.7 ms for one padded call, which is why ops.unpadding_pays leaves a batch without padding as it is."""
+    out = torch.empty_like(q)
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    if bounds_q[0] > 0 or bounds_q[-1] < q.shape[0]:  # tokens outside every sequence: zeros, as the reference
+        out[:bounds_q[0]] = 0
+        out[bounds_q[-1]:] = 0
+    for q0, q1, k0, k1 in zip(bounds_q, bounds_q[1:], bounds_k, bounds_k[1:]):
+        if q1 == q0:
+            continue
+        if k1 == k0:
+            out[q0:q1] = 0  # no keys: zeros, as for a fully masked row
+            continue
+        o = attention_reference(q[q0:q1].transpose(0, 1)[None], k[k0:k1].transpose(0, 1)[None],
+                                v[k0:k1].transpose(0, 1)[None], causal=causal, scale=scale)
+        out[q0:q1] = o[0].transpose(0, 1)
+    return out
+
+
 def packed_attention(q, k, v, packing: Packing, *, scale=None):
     """Attention for q, k, v of shape (1, heads, total, head_dim) over the sequences of `packing` (ops.unpad)."""
     cu, n = packing.cu_seqlens, packing.max_seqlen
@@ -141,9 +178,21 @@ def packed_attention(q, k, v, packing: Packing, *, scale=None):
 
 
 def unpadding_pays(x: torch.Tensor, attention_mask) -> bool:
-    """True when a padded batch should be packed (ops.unpad): there is padding and varlen attention would run on
-    a fused kernel for this tensor (CUDA with Triton, or a forced triton/cuda backend); on the torch backend the
-    padded batch goes through as it is."""
+    """True when a padded batch should be packed (ops.unpad): varlen attention would run on a fused kernel for this
+    tensor (CUDA with Triton, or a forced triton/cuda backend), or on the cpu backend (CPU tensors in auto mode)
+    at inference when the mask holds padding; on the torch backend the padded batch goes through as it is.
+
+    On the CPU any padding pays: MiniLM at 8 x 128 with 0.4% padding runs as fast unpadded as padded (one thread,
+    one run), with 3% padding 6% faster, and a corpus batch (~70% padding) 3x faster."""
     if attention_mask is None or x.dim() != 3:
         return False
-    return varlen_attention.choose(x.device.type, (x,)) != "torch"
+    backend = varlen_attention.choose(x.device.type, (x,))
+    if backend == "cpu":
+        # inference only, as the cpu backend's linear: with autograd (training on a CPU) the padded path keeps
+        # the loss identical to transformers' whatever the labels at padded positions. A batch without padding
+        # has nothing to unpad (one SDPA call beats one per sequence there); reading the mask on the host is
+        # cheap for a CPU tensor
+        if torch.is_grad_enabled() and x.requires_grad:
+            return False
+        return not bool(attention_mask.all())
+    return backend != "torch"
