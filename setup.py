@@ -48,15 +48,17 @@ def extension():
     compiler = (sysconfig.get_config_var("CXX") or "c++").split()[0]
     if shutil.which(os.environ.get("CXX", compiler)) is None and shutil.which("c++") is None:
         return _skip(mode, "FASTFORMERS_BUILD_EXT", "no C++ compiler found")
-    cxx = ["-O3", "-ffp-contract=fast", "-std=c++17"]
+    # -fopenmp: at::parallel_for is an inline OpenMP region in torch's headers; compiled without it, it runs serially
+    cxx = ["-O3", "-ffp-contract=fast", "-std=c++17"] + (["-fopenmp"] if torch.backends.openmp.is_available() else [])
+    link = ["-fopenmp"] if torch.backends.openmp.is_available() else []
     with_cuda = bool(cu) and cuda_mode != "0" and torch.version.cuda is not None and CUDA_HOME is not None
     if cu and cuda_mode == "1" and not with_cuda:
         raise SystemExit("FASTFORMERS_BUILD_CUDA=1 but torch is a CPU build or nvcc / CUDA_HOME is missing")
     if with_cuda:
         ext = CUDAExtension("fastformers._C", cpp + cu,
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]})
+                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]}, extra_link_args=link)
     else:
-        ext = CppExtension("fastformers._C", cpp, extra_compile_args=cxx)
+        ext = CppExtension("fastformers._C", cpp, extra_compile_args=cxx, extra_link_args=link)
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
 
 

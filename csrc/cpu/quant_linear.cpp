@@ -12,9 +12,8 @@
 // Instruction sets, picked at run time: an AVX-512 kernel written with intrinsics (four weight rows and up to four
 // tokens per pass, so the codes are converted once and the multiply-adds do not wait on each other), and portable
 // loops over 16 lanes that GCC compiles twice (AVX2 + FMA and the baseline; the loader picks the clone).
-// FASTFORMERS_CPU_PORTABLE=1 forces the portable loops (tests run both). Many tokens (prefill) run through the same
-// kernel in tiles of 64 tokens: the codes of a row pair are converted once per 4 tokens, and the work is then the
-// multiply-adds a float32 matmul does.
+// FASTFORMERS_CPU_PORTABLE=1 forces the portable loops (tests run both). More than 16 tokens (prefill) dequantize the
+// weight once into a float buffer and run torch's GEMM on it: there the matmul, not the bytes, is the cost.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -45,6 +44,8 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int kTokenBlock = 4;  // tokens sharing one pass over a pair of weight rows (their codes stay in registers)
 constexpr int64_t kTokenTile = 64;
+// more tokens than this (prefill) dequantize the weight once and run torch's GEMM: 3x the kernel's speed there
+constexpr int64_t kMaxGemvTokens = 16;
 constexpr int kRowBlock = 4;  // weight rows per pass of the AVX-512 kernel
 constexpr int64_t kPrefetchRows = 8;  // how far ahead (in rows) the AVX-512 kernel prefetches  // tokens whose activations stay in L2 while every row pair passes by
 
@@ -81,6 +82,23 @@ void gemm_rows_portable(const QuantView& w, const float* x, int64_t M, const flo
         if (w.mins) total += w.mins[n * groups + g] * xsum[m * groups + g];
       }
       y[m * N + n] = bias ? total + bias[n] : total;
+    }
+  }
+}
+
+FF_CLONES
+void dequantize_rows_portable(const QuantView& w, float* out, int64_t n0, int64_t n1) {
+  const int64_t groups = (w.K + w.G - 1) / w.G;
+  const int64_t row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* q = w.q + n * row_bytes;
+    float* o = out + n * w.K;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float d = w.scales[n * groups + g], mn = w.mins ? w.mins[n * groups + g] : 0.f;
+      for (int64_t k = g * w.G; k < std::min((g + 1) * w.G, w.K); ++k) {
+        const int code = w.bits == 8 ? reinterpret_cast<const int8_t*>(q)[k] : (q[k / 2] >> (4 * (k & 1))) & 15;
+        o[k] = static_cast<float>(code) * d + mn;
+      }
     }
   }
 }
@@ -172,6 +190,37 @@ FF_AVX512 void gemm_rows_avx512(const QuantView& w, const float* x, int64_t M, c
   }
 }
 
+FF_AVX512 void dequantize_rows_avx512(const QuantView& w, float* out, int64_t n0, int64_t n1) {
+  const int64_t groups = (w.K + w.G - 1) / w.G;
+  const int64_t row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  const __m512i low4 = _mm512_set1_epi32(15);
+  // (low nibbles = even columns, high nibbles = odd columns) -> natural order
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* q = w.q + n * row_bytes;
+    float* o = out + n * w.K;
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m512 d = _mm512_set1_ps(w.scales[n * groups + g]);
+      const __m512 mn = _mm512_set1_ps(w.mins ? w.mins[n * groups + g] : 0.f);
+      for (int64_t c = g * w.G; c < std::min((g + 1) * w.G, w.K); c += 32) {
+        if (w.bits == 4) {
+          const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c / 2)));
+          const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(codes, low4)), d, mn);
+          const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(codes, 4)), d, mn);
+          _mm512_storeu_ps(o + c, _mm512_permutex2var_ps(lo, first, hi));
+          _mm512_storeu_ps(o + c + 16, _mm512_permutex2var_ps(lo, second, hi));
+        } else {
+          for (int h = 0; h < 32; h += 16) {
+            const __m512i codes = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c + h)));
+            _mm512_storeu_ps(o + c + h, _mm512_fmadd_ps(_mm512_cvtepi32_ps(codes), d, mn));
+          }
+        }
+      }
+    }
+  }
+}
+
 bool has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -186,6 +235,13 @@ bool use_avx512() {
 #else
   return false;
 #endif
+}
+
+void dequantize_rows(const QuantView& w, float* out, int64_t n0, int64_t n1) {
+#if FF_X86
+  if (use_avx512()) return dequantize_rows_avx512(w, out, n0, n1);
+#endif
+  dequantize_rows_portable(w, out, n0, n1);
 }
 
 void gemm_rows(const QuantView& w, const float* x, int64_t M, const float* xsum, const float* bias, float* y,
@@ -237,6 +293,12 @@ const char* selected_isa() {
 at::Tensor quant_linear_cpu(const at::Tensor& x2d, const QuantView& w, const c10::optional<at::Tensor>& bias) {
   const int64_t M = x2d.size(0), N = w.N, groups = (w.K + w.G - 1) / w.G;
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  if (M > kMaxGemvTokens) {  // prefill: a GEMM; dequantize once (a fraction of its time) and let torch run it
+    at::Tensor weight = at::empty({N, w.K}, x2d.options());
+    float* wp = weight.data_ptr<float>();
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) { dequantize_rows(w, wp, n0, n1); });
+    return at::linear(x2d, weight, bias.has_value() ? *bias : at::Tensor());
+  }
   at::Tensor y = at::empty({M, N}, x2d.options());
   // one scratch buffer: the reordered activations (int4) and the group sums (formats with mins)
   const int64_t reorder = w.bits == 4 ? M * w.K : 0, sums = w.mins ? M * groups : 0;

@@ -85,7 +85,7 @@ assert native.cpu_isa() != "avx512", native.cpu_isa()
 g = torch.Generator().manual_seed(0)
 for bits, group, sym in %r:
     qw = ops.quantize_weight(torch.randn(66, 192, generator=g), bits=bits, group_size=group, symmetric=sym)
-    for m in (1, 5):
+    for m in (1, 5, 20):
         x = torch.randn(m, 192, generator=g) + 0.2
         got = torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, bits, qw.group, None)
         ref = quantized_linear_reference(x.double(), qw.to(torch.float64))
