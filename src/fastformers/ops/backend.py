@@ -5,8 +5,9 @@ Backends:
   triton  kernels from `fastformers.kernels`; needs the `triton` package (and a CUDA device, or
           TRITON_INTERPRET=1 for the CPU interpreter used in tests).
   cuda    the compiled extension `fastformers._C`; needs a CUDA build of the package.
-  cpu     fastformers' fast paths for CPU tensors, built from torch's own CPU engines (oneDNN's int8 matmul
-          with VNNI / AMX, ...); always available.
+  cpu     fastformers' fast paths for CPU tensors: torch's own CPU engines (oneDNN's packed GEMM, its int8 matmul
+          with VNNI / AMX) and the C++ kernels of `fastformers._C` (quantized linear, RMSNorm, rotary; their
+          predicates send calls elsewhere when it is not built); always available.
 
 `FASTFORMERS_BACKEND=auto|torch|triton|cuda|cpu` sets the default; `use_backend(name)` overrides it in a
 block. In `auto` mode a CUDA tensor goes to the fastest backend that implements the op (cuda, then
