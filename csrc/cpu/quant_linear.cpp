@@ -1,5 +1,5 @@
 // Weight-only quantized linear on CPUs: y = x @ W^T + b with W kept packed (fastformers' QuantizedWeight format,
-// which GGUF Q8_0 / Q4_0 / Q4_1 tensors are loaded into): int8 codes (N, K), or int4 codes two per byte
+// which GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K tensors are loaded into): int8 codes (N, K), or int4 codes two per byte
 // (column 2j in the low nibble of byte j, 2j+1 in the high one), a float32 scale and (optionally) min per row and
 // group of G columns: w[n, k] = q[n, k] * scale[n, k / G] + min[n, k / G].
 //

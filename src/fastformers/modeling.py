@@ -421,7 +421,7 @@ class PreTrainedModel(nn.Module):
         quantization scheme (fastformers.quantization.registry), whose loader does the work. A checkpoint saved quantized (config.json `quantization_config` with quant_method
         "fastformers") loads packed as saved, and so do GPTQ and AutoAWQ checkpoints (quant_method "gptq" /
         "awq": repacked into fastformers' format as they load; save_pretrained then writes that format). With
-        a GGUF file, `QuantizationConfig.from_gguf()` keeps its Q8_0 / Q4_0 / Q4_1 linear weights packed
+        a GGUF file, `QuantizationConfig.from_gguf()` keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K linear weights packed
         instead of dequantizing them: the default when `device` is a GPU (`quantization_config=False`
         dequantizes everything there too).
         """

@@ -225,8 +225,8 @@ def _cpu_unsupported(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.
 
 @quantized_linear.register("cpu", unsupported=_cpu_unsupported)
 def quantized_linear_cpu(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Weight-only int8 / int4 (fastformers' formats and GGUF Q8_0 / Q4_0 / Q4_1 kept packed): the compiled kernel
-    (csrc/cpu/quant_linear.cpp) reads the packed codes, activations stay float32.
+    """Weight-only int8 / int4 (fastformers' formats and GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K kept packed): the compiled
+    kernel (csrc/cpu/quant_linear.cpp) reads the packed codes, activations stay float32.
 
     W8A8: the int8 x int8 products summed in int32 by torch._int_mm (oneDNN: VNNI or AMX where the CPU has them)
     -- the same integer sums the reference accumulates in float64 -- then scaled in float32."""

@@ -1,4 +1,4 @@
-"""GGUF Q8_0 / Q4_0 / Q4_1 tensors as `QuantizedWeight`s (ops/quant.py), kept packed instead of dequantized.
+"""GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K tensors as `QuantizedWeight`s (ops/quant.py), kept packed instead of dequantized.
 
 The block layouts (32 values a block, rows of whole blocks; loading/gguf.py dequantizes the same bytes):
 
@@ -6,26 +6,31 @@ The block layouts (32 values a block, rows of whole blocks; loading/gguf.py dequ
 - Q4_0, 18 bytes: d (float16), then 16 bytes of nibbles: value i in the low nibble of byte i, value 16 + i in
   the high nibble; w = (q - 8) * d -> int4, group 32, scales d, mins -8 * d.
 - Q4_1, 20 bytes: d, m (float16), then the nibbles as Q4_0; w = q * d + m -> int4, group 32, scales d, mins m.
+- Q4_K, 144 bytes for 256 values (8 sub-blocks of 32): d, dmin (float16), 12 bytes of six-bit scales sc and mins
+  mn per sub-block, then 128 bytes of nibbles (per 64 values, 32 bytes: the low nibbles are the first 32, the
+  high nibbles the next 32); w = q * (d * sc) - dmin * mn -> int4, group 32, scales d * sc, mins -dmin * mn.
 
 Dequantizing the result gives exactly what loading/gguf.py's dequantization gives in float32 (the products and
 sums involved are exact), so a model that keeps these tensors packed computes what the dequantized model does,
-up to float rounding in the matmuls. Scales and mins are cast to the model dtype (exact for float16 and float32).
+up to float rounding in the matmuls. Scales and mins are cast to the model dtype (exact for float16 and float32;
+Q4_K's products d * sc and dmin * mn are exact in float32 only, rounded in a half-precision model).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 from ..ops.quant import QuantizedWeight, pack_int4
 from .config import LinearFormat
 
-#: ggml type id -> (name, block bytes, the format it is kept in)
+#: ggml type id -> (name, block bytes, the format it is kept in); a block holds 32 values (Q4_K: 256)
 KEPT_TYPES: Dict[int, tuple] = {
     8: ("Q8_0", 34, LinearFormat(8, 32, True)),
     2: ("Q4_0", 18, LinearFormat(4, 32, True)),
     3: ("Q4_1", 20, LinearFormat(4, 32, False)),
+    12: ("Q4_K", 144, LinearFormat(4, 32, False)),
 }
 KEPT_TYPE_NAMES = tuple(name for name, _, _ in KEPT_TYPES.values())
 
@@ -37,20 +42,23 @@ def kept_format(type_name: str) -> Optional[LinearFormat]:
 
 def gguf_quantized_weight(raw: torch.Tensor, ggml_type: int, shape, dtype: torch.dtype = torch.float32,
                           name: str = "tensor") -> QuantizedWeight:
-    """Raw bytes of a 2-D Q8_0 / Q4_0 / Q4_1 tensor of `shape` (rows, columns) -> a checked QuantizedWeight."""
+    """Raw bytes of a 2-D Q8_0 / Q4_0 / Q4_1 / Q4_K tensor of `shape` (rows, columns) -> a checked QuantizedWeight."""
     if ggml_type not in KEPT_TYPES:
         raise ValueError(f"{name}: ggml type {ggml_type} is not kept quantized (supported: "
                          f"{', '.join(KEPT_TYPE_NAMES)})")
     type_name, size, _ = KEPT_TYPES[ggml_type]
-    if len(shape) != 2 or shape[1] % 32:
-        raise ValueError(f"{name}: a {type_name} matrix must be 2-D with rows of whole 32-value blocks, got shape "
-                         f"{tuple(shape)}")
+    block = 256 if type_name == "Q4_K" else 32
+    if len(shape) != 2 or shape[1] % block:
+        raise ValueError(f"{name}: a {type_name} matrix must be 2-D with rows of whole {block}-value blocks, got "
+                         f"shape {tuple(shape)}")
     rows, cols = (int(s) for s in shape)
     raw = raw.reshape(-1)
     if raw.data_ptr() % 2:  # the float16 fields must be aligned to be reinterpreted
         raw = raw.clone()
-    if raw.numel() != rows * cols // 32 * size:
+    if raw.numel() != rows * cols // block * size:
         raise ValueError(f"{name}: {raw.numel()} bytes of {type_name} blocks do not hold shape {tuple(shape)}")
+    if type_name == "Q4_K":
+        return _q4_k(raw.view(rows, cols // 256, size), rows, cols, dtype).check(name)
     blocks = raw.view(rows, cols // 32, size)
     d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(rows, cols // 32)
     if type_name == "Q8_0":
@@ -61,6 +69,28 @@ def gguf_quantized_weight(raw: torch.Tensor, ggml_type: int, shape, dtype: torch
     mins = blocks[..., 2:4].contiguous().view(torch.float16).reshape(rows, cols // 32).float() \
         if type_name == "Q4_1" else -8 * d.float()
     return QuantizedWeight(pack_int4(codes), d.to(dtype), mins.to(dtype), 4, 32, cols).check(name)
+
+
+def k_scale_min(scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 8 six-bit scales and mins packed in the 12 scale bytes of Q4_K / Q5_K blocks."""
+    s = scales.reshape(-1, 3, 4)
+    d, m, md = s[:, 0], s[:, 1], s[:, 2]
+    sc = torch.cat((d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)), dim=-1)
+    mn = torch.cat((m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)), dim=-1)
+    return sc, mn
+
+
+def _q4_k(blocks: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> QuantizedWeight:
+    n = rows * (cols // 256)
+    b = blocks.reshape(n, 144)
+    sc, mn = k_scale_min(b[:, 4:16])  # (n, 8) each
+    d = b[:, 0:2].contiguous().view(torch.float16).float()
+    dmin = b[:, 2:4].contiguous().view(torch.float16).float()
+    scales = (d * sc.float()).reshape(rows, cols // 32)  # float16 x a six-bit integer: exact in float32
+    mins = -(dmin * mn.float()).reshape(rows, cols // 32)
+    qs = b[:, 16:144].reshape(n, 4, 1, 32)
+    codes = torch.cat((qs & 0xF, qs >> 4), dim=2).reshape(rows, cols)  # per 64 values: low nibbles, then high
+    return QuantizedWeight(pack_int4(codes), scales.to(dtype), mins.to(dtype), 4, 32, cols)
 
 
 def map_rows(qw: QuantizedWeight, fn: Callable[[torch.Tensor], torch.Tensor]) -> QuantizedWeight:

@@ -161,7 +161,7 @@ class PackedMethod(QuantizationMethod):
 
 
 class GGUFMethod(PackedMethod):
-    """A GGUF file's Q8_0 / Q4_0 / Q4_1 matrix kept packed (quantization/gguf.py): loading/gguf.py hands its
+    """A GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K matrix kept packed (quantization/gguf.py): loading/gguf.py hands its
     weight over as a QuantizedWeight of this format, taken as it is."""
 
     quant_method = "gguf"
@@ -169,7 +169,7 @@ class GGUFMethod(PackedMethod):
 
     @classmethod
     def plan_format(cls, config, module_name, gguf_types):
-        """Q8_0 / Q4_0 / Q4_1 weights are kept in their own format; other types are dequantized (float)."""
+        """Q8_0 / Q4_0 / Q4_1 / Q4_K weights are kept in their own format; other types are dequantized (float)."""
         return kept_format((gguf_types or {}).get(f"{module_name}.weight", ""))
 
     def __init__(self, fmt: LinearFormat, packed: bool = False) -> None:
