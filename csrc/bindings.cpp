@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "cpu/attention.h"
 #include "cpu/norm.h"
 #include "cpu/quant_linear.h"
 #include "cpu/rotary.h"
@@ -64,6 +65,7 @@ TORCH_LIBRARY(fastformers_ext, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> (Tensor, Tensor)");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? keep, float scale) -> Tensor");
   m.def("cpu_isa() -> str", &fastformers::cpu_isa);
 }
 
@@ -72,6 +74,7 @@ TORCH_LIBRARY_IMPL(fastformers_ext, CPU, m) {
   m.impl("rms_norm", &fastformers::rms_norm_cpu);
   m.impl("add_rms_norm", &fastformers::add_rms_norm_cpu);
   m.impl("rotary", &fastformers::rotary_cpu);
+  m.impl("decode_attention", &fastformers::decode_attention_cpu);
 }
 
 // Importing fastformers._C loads this library, which registers the ops above; the module itself is empty.

@@ -215,3 +215,36 @@ def test_fakes_of_norm_and_rotary():
     torch.library.opcheck(torch.ops.fastformers_ext.add_rms_norm.default, (x, torch.randn(2, 3, 16), w, 1e-5))
     q = torch.randn(1, 3, 2, 8)
     torch.library.opcheck(torch.ops.fastformers_ext.rotary.default, (q, q.clone(), torch.randn(2, 8), torch.randn(2, 8)))
+
+
+@pytest.mark.parametrize("batch, heads, kv_heads, kv_len, head_dim, mask", [
+    (1, 9, 3, 80, 64, "none"), (2, 4, 2, 33, 32, "batched"), (3, 2, 1, 5, 8, "shared"), (2, 4, 4, 17, 16, "empty-row")])
+def test_decode_attention_matches_the_float64_reference(batch, heads, kv_heads, kv_len, head_dim, mask):
+    g = torch.Generator().manual_seed(kv_len * heads)
+    q = torch.randn(batch, heads, 1, head_dim, generator=g)
+    k, v = (torch.randn(batch, kv_heads, kv_len, head_dim, generator=g) for _ in range(2))
+    keep = None
+    if mask != "none":
+        keep = torch.rand(batch if mask != "shared" else 1, kv_len, generator=g) > 0.3
+        keep[:, 0] = True
+        if mask == "empty-row":
+            keep[1] = False  # a sequence that keeps no key: zeros
+    with torch.no_grad(), ops.use_backend("cpu"):
+        assert ops.attention.choose("cpu", (q, k, v), {"attention_mask": keep, "causal": True}) == "cpu"
+        got = ops.attention(q, k, v, attention_mask=keep, causal=True, scale=0.3)
+    want = ops.attention_reference(q.double(), k.double(), v.double(), attention_mask=keep, causal=True, scale=0.3)
+    assert got.shape == (batch, heads, 1, head_dim)
+    if mask == "empty-row":
+        assert torch.equal(got[1], torch.zeros_like(got[1]))
+        got, want = got[:1], want[:1]
+    assert float((got.double() - want).abs().max()) < 1e-5
+
+
+def test_decode_attention_declines_what_it_does_not_serve():
+    q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8)
+    assert ops.attention.choose("cpu", (q, k, k)) == "torch"  # three queries: not a decode step
+    assert ops.attention.choose("cpu", (q[:, :, :1].double(), k.double(), k.double())) == "torch"
+    with pytest.raises(RuntimeError, match="keep-mask must be"):
+        torch.ops.fastformers_ext.decode_attention(q[:, :, :1], k, k, torch.ones(1, 4, dtype=torch.bool), 1.0)
+    torch.library.opcheck(torch.ops.fastformers_ext.decode_attention.default,
+                          (q[:, :, :1].contiguous(), k, k.clone(), torch.ones(1, 5, dtype=torch.bool), 0.5))

@@ -86,6 +86,29 @@ attention = _AttentionOp("attention", attention_reference)
 attention.register_lazy("triton", "fastformers.kernels.attention")
 
 
+def _attention_cpu_unsupported(q, k, v, *, causal: bool = False, attention_mask=None, scale=None) -> Optional[str]:
+    from . import native  # noqa: PLC0415 - loaded with fastformers.ops; a module attribute read here
+
+    if q.shape[-2] != 1:
+        return "the cpu attention kernel is the decode step's (one query per sequence)"
+    if native.load_error() is not None:
+        return f"the cpu decode attention is in fastformers._C, which is unavailable: {native.load_error()}"
+    if q.dtype != torch.float32 or k.dtype != torch.float32 or v.dtype != torch.float32:
+        return f"the cpu decode attention takes float32 (got {q.dtype})"
+    if attention_mask is not None and attention_mask.dim() != 2:
+        return "the cpu decode attention takes a (batch, kv_len) keep-mask"
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return "the cpu decode attention has no backward"
+    return None
+
+
+@attention.register("cpu", unsupported=_attention_cpu_unsupported)
+def attention_cpu(q, k, v, *, causal: bool = False, attention_mask=None, scale=None):
+    """csrc/cpu/attention.cpp: one query against the KV cache (a single query sees every kept key, causal or not)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.fastformers_ext.decode_attention(q, k, v, attention_mask, scale)
+
+
 def attention_with_probs(q, k, v, *, causal: bool = False, attention_mask=None, scale=None,
                          dropout_p: float = 0.0, training: bool = False, attn_bias=None):
     """Explicit softmax(q k^T * scale + attn_bias) v that also returns the probabilities (batch, heads, q_len,

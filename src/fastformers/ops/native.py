@@ -54,7 +54,7 @@ def kernels() -> dict:
 
 
 #: the ops fastformers._C registers (all CPU kernels today)
-OPS = ("quant_linear", "rms_norm", "add_rms_norm", "rotary")
+OPS = ("quant_linear", "rms_norm", "add_rms_norm", "rotary", "decode_attention")
 
 
 def _register_fakes() -> None:
@@ -69,6 +69,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastformers_ext::rotary")
     def _(q, k, cos, sin):
         return q.new_empty(q.shape), k.new_empty(k.shape)
+
+    @torch.library.register_fake("fastformers_ext::decode_attention")
+    def _(q, k, v, keep, scale):
+        return q.new_empty(q.shape)
 
     @torch.library.register_fake("fastformers_ext::add_rms_norm")
     def _(x, residual, weight, eps):
