@@ -90,7 +90,9 @@ def test_checkpointing_under_lora_reaches_the_adapters(use_reentrant, tmp_path):
     calls = count_block_calls(model)
     ckpt_loss, ckpt_grads = train_step(lora, batch)
     assert len(calls) == 2 * len(model._layers())
-    assert rel_err(ckpt_loss, loss) == 0
+    # the reentrant variant runs its first forward without autograd, where the cpu backend's inference kernels
+    # (csrc/: RMSNorm, rotary) serve: the same loss up to float32 rounding
+    assert rel_err(ckpt_loss, loss) <= (1e-6 if use_reentrant else 0)
     assert grads.keys() == ckpt_grads.keys() and all("lora_" in n for n in grads) and len(grads) == 8
     for pname, g in grads.items():
         assert rel_err(ckpt_grads[pname], g) <= 1e-6, pname
