@@ -57,16 +57,22 @@ def test_bad_input_is_named():
         gguf_quantized_weight(torch.zeros(68, dtype=torch.uint8), 8, (2, 48), name="w")
 
 
-def test_gguf_kept_packed_by_default_on_gpu_only():
-    """from_pretrained(gguf_file=...) keeps Q8_0 / Q4_0 / Q4_1 packed when it loads onto a GPU (decided before any
-    weight is read; checked here without one); quantization_config=False turns that off."""
+def test_gguf_kept_packed_by_default_on_gpu_and_on_cpu_with_the_extension(monkeypatch):
+    """from_pretrained(gguf_file=...) keeps Q8_0 / Q4_0 / Q4_1 / Q4_K packed when it loads onto a GPU, or onto a CPU
+    where fastformers._C runs them (decided before any weight is read; checked here without a GPU);
+    quantization_config=False turns that off."""
     from fastformers.modeling import _quantization_request
     from fastformers.models.llama import LlamaConfig
+    from fastformers.ops import native
 
     gguf, cuda, cpu = object(), torch.device("cuda"), torch.device("cpu")
     qconfig, packed = _quantization_request(LlamaConfig(), None, False, False, "x", {}, gguf, cuda)
     assert qconfig.source == "gguf" and not packed
+    on_cpu = _quantization_request(LlamaConfig(), None, False, False, "x", {}, gguf, cpu)
+    assert (on_cpu is not None and on_cpu[0].source == "gguf") == native.available()
+    monkeypatch.setattr(native, "_LOAD_ERROR", "not built")  # without the extension a CPU dequantizes
     assert _quantization_request(LlamaConfig(), None, False, False, "x", {}, gguf, cpu) is None
     assert _quantization_request(LlamaConfig(), False, False, False, "x", {}, gguf, cuda) is None
+    assert _quantization_request(LlamaConfig(), False, False, False, "x", {}, gguf, cpu) is None
     qconfig, _ = _quantization_request(LlamaConfig(), None, True, False, "x", {}, gguf, cuda)  # load_in_8bit wins
     assert (qconfig.bits, qconfig.source) == (8, None)

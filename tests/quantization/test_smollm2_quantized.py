@@ -46,6 +46,9 @@ def smollm2_dir() -> str:
 
 
 def load(**kwargs):
+    """The GGUF model; float32 (dequantized) unless a quantization_config says otherwise (on a CPU with
+    fastformers._C the file would stay packed by default)."""
+    kwargs.setdefault("quantization_config", False)
     return fastformers.AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=GGUF, **kwargs)
 
 

@@ -96,7 +96,7 @@ class QuantizationConfig:
     def from_gguf(cls, skip: Optional[Iterable[str]] = None) -> "QuantizationConfig":
         """Keep a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K linear weights packed as they are stored (int8 / int4, groups
         of 32) instead of dequantizing them; weights of other types, and skipped modules, are dequantized.
-        The default for GGUF files loaded onto a GPU."""
+        The default for GGUF files loaded onto a GPU, or onto a CPU where fastformers._C is built."""
         return cls(bits=None, group_size=None, source="gguf", skip=skip)
 
     @classmethod

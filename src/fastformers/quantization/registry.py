@@ -85,8 +85,9 @@ def resolve_request(quantization_config: Any = None, load_in_8bit: bool = False,
     quantization_config / load_in_8bit / load_in_4bit: the caller's (quantization_config=False: no
     quantization, not even GGUF's default). saved: the checkpoint's own quantization_config (config.json):
     such a checkpoint loads as saved (packed), and a different request is ignored with a warning for
-    fastformers' format, refused for another. gguf_on_gpu: a GGUF file loading onto a GPU keeps its Q8_0 /
-    Q4_0 / Q4_1 weights packed unless asked otherwise."""
+    fastformers' format, refused for another. gguf_on_gpu: a GGUF file loading where kernels run its packed
+    weights (a GPU, or a CPU with fastformers._C: modeling._gguf_runs_packed) keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K
+    weights packed unless asked otherwise."""
     off = quantization_config is False
     if off and (load_in_8bit or load_in_4bit):
         raise ValueError("quantization_config=False (no quantization) contradicts load_in_8bit / load_in_4bit")
