@@ -11,24 +11,9 @@
 #include <vector>
 
 #include "attention.h"
+#include "vec.h"
 
 namespace fastformers {
-namespace {
-
-constexpr int kLanes = 16;
-
-float dot(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {0};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  float total = 0;
-  for (int j = 0; j < kLanes; ++j) total += acc[j];
-  for (; i < n; ++i) total += a[i] * b[i];
-  return total;
-}
-
-}  // namespace
 
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& keep, double scale) {

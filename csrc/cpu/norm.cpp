@@ -9,11 +9,10 @@
 #include <cmath>
 
 #include "norm.h"
+#include "vec.h"
 
 namespace fastformers {
 namespace {
-
-constexpr int kLanes = 16;
 
 // out = rms_norm(x + residual) (residual may be null; sum, when given, receives x + residual).
 void rows(const float* x, const float* residual, const float* weight, float eps, int64_t D, float* out, float* sum,
@@ -28,13 +27,7 @@ void rows(const float* x, const float* residual, const float* weight, float eps,
       for (int64_t k = 0; k < D; ++k) s[k] = xr[k] + rr[k];
       h = s;
     }
-    float acc[kLanes] = {0};
-    int64_t k = 0;
-    for (; k + kLanes <= D; k += kLanes)
-      for (int j = 0; j < kLanes; ++j) acc[j] += h[k + j] * h[k + j];
-    float ss = 0;
-    for (int j = 0; j < kLanes; ++j) ss += acc[j];
-    for (; k < D; ++k) ss += h[k] * h[k];
+    const float ss = dot(h, h, D);
     const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
     for (int64_t i = 0; i < D; ++i) o[i] = h[i] * inv * weight[i];
   }

@@ -43,7 +43,6 @@ namespace {
 
 constexpr int kLanes = 16;
 constexpr int kTokenBlock = 4;  // tokens sharing one pass over a pair of weight rows (their codes stay in registers)
-constexpr int64_t kTokenTile = 64;
 // more tokens than this (prefill) dequantize the weight once and run torch's GEMM: 3x the kernel's speed there
 constexpr int64_t kMaxGemvTokens = 16;
 constexpr int kRowBlock = 4;  // weight rows per pass of the AVX-512 kernel
@@ -165,13 +164,13 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
 
 template <int R>
 FF_AVX512 void rows_tokens_avx512(const QuantView& w, const float* x, int64_t M, const float* xsum,
-                                  const float* bias, float* y, int64_t n, int64_t N, int64_t t0, int64_t t1) {
+                                  const float* bias, float* y, int64_t n, int64_t N) {
   const int64_t groups = (w.K + w.G - 1) / w.G;
-  for (int64_t t = t0; t < t1; t += kTokenBlock) {  // the rows' bytes stay in L1 across token blocks
+  for (int64_t t = 0; t < M; t += kTokenBlock) {  // the rows' bytes stay in L1 across token blocks
     const float* xt = x + t * w.K;
     const float* st = xsum ? xsum + t * groups : nullptr;
     float* yt = y + t * N;
-    switch (std::min<int64_t>(kTokenBlock, t1 - t)) {
+    switch (std::min<int64_t>(kTokenBlock, M - t)) {
       case 1: rows_avx512<R, 1>(w, xt, st, bias, yt, n, N); break;
       case 2: rows_avx512<R, 2>(w, xt, st, bias, yt, n, N); break;
       case 3: rows_avx512<R, 3>(w, xt, st, bias, yt, n, N); break;
@@ -182,12 +181,10 @@ FF_AVX512 void rows_tokens_avx512(const QuantView& w, const float* x, int64_t M,
 
 FF_AVX512 void gemm_rows_avx512(const QuantView& w, const float* x, int64_t M, const float* xsum,
                                 const float* bias, float* y, int64_t n0, int64_t n1, int64_t N) {
-  for (int64_t t0 = 0; t0 < M; t0 += kTokenTile) {  // a tile of tokens stays in L2 while the rows pass by
-    const int64_t t1 = std::min(M, t0 + kTokenTile);
-    int64_t n = n0;
-    for (; n + kRowBlock <= n1; n += kRowBlock) rows_tokens_avx512<kRowBlock>(w, x, M, xsum, bias, y, n, N, t0, t1);
-    for (; n < n1; ++n) rows_tokens_avx512<1>(w, x, M, xsum, bias, y, n, N, t0, t1);
-  }
+  // at most kMaxGemvTokens tokens come here: their activations stay in L1 while the rows pass by
+  int64_t n = n0;
+  for (; n + kRowBlock <= n1; n += kRowBlock) rows_tokens_avx512<kRowBlock>(w, x, M, xsum, bias, y, n, N);
+  for (; n < n1; ++n) rows_tokens_avx512<1>(w, x, M, xsum, bias, y, n, N);
 }
 
 FF_AVX512 void dequantize_rows_avx512(const QuantView& w, float* out, int64_t n0, int64_t n1) {
