@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cpu/attention.h"
+#include "cpu/decode_step.h"
 #include "cpu/norm.h"
 #include "cpu/quant_linear.h"
 #include "cpu/rotary.h"
@@ -17,44 +18,61 @@
 namespace fastformers {
 namespace {
 
-at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                        const c10::optional<at::Tensor>& mins, int64_t bits, int64_t group_size,
-                        const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(bits == 4 || bits == 8, "fastformers_ext::quant_linear: bits=", bits, "; expected 4 or 8");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && scales.scalar_type() == at::kFloat,
-              "fastformers_ext::quant_linear: x and scales must be float32, got ", x.scalar_type(), " and ",
+// Checks the packed weight and runs `kernel` (float or int8 activations) on it.
+template <typename Kernel>
+at::Tensor run_quant_linear(const char* op, Kernel kernel, const at::Tensor& x, const at::Tensor& qweight,
+                            const at::Tensor& scales, const c10::optional<at::Tensor>& mins, int64_t bits,
+                            int64_t group_size, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(bits == 4 || bits == 8, op, ": bits=", bits, "; expected 4 or 8");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && (scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kHalf),
+              op, ": x must be float32 and scales float32 or float16, got ", x.scalar_type(), " and ",
               scales.scalar_type());
-  TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2, "fastformers_ext::quant_linear: qweight and scales must be 2-D");
+  TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2, op, ": qweight and scales must be 2-D");
   const int64_t N = qweight.size(0), K = x.size(-1);
   TORCH_CHECK(qweight.scalar_type() == (bits == 8 ? at::kChar : at::kByte) &&
                   qweight.size(1) == (bits == 8 ? K : K / 2),
-              "fastformers_ext::quant_linear: qweight ", qweight.sizes(), " ", qweight.scalar_type(), " does not hold ",
+              op, ": qweight ", qweight.sizes(), " ", qweight.scalar_type(), " does not hold ",
               bits, "-bit codes for ", K, " inputs");
-  TORCH_CHECK(K % 32 == 0 && group_size > 0 && group_size % 32 == 0, "fastformers_ext::quant_linear: in_features=", K,
+  TORCH_CHECK(K % 32 == 0 && group_size > 0 && group_size % 32 == 0, op, ": in_features=", K,
               " and group_size=", group_size, " must be multiples of 32");
   const int64_t groups = (K + group_size - 1) / group_size;
-  TORCH_CHECK(scales.size(0) == N && scales.size(1) == groups, "fastformers_ext::quant_linear: scales ", scales.sizes(),
+  TORCH_CHECK(scales.size(0) == N && scales.size(1) == groups, op, ": scales ", scales.sizes(),
               " should be (", N, ", ", groups, ")");
   if (mins.has_value())
-    TORCH_CHECK(mins->scalar_type() == at::kFloat && mins->sizes() == scales.sizes(),
-                "fastformers_ext::quant_linear: mins must be float32 of the scales' shape, got ", mins->scalar_type(),
+    TORCH_CHECK(mins->scalar_type() == scales.scalar_type() && mins->sizes() == scales.sizes(),
+                op, ": mins must have the scales' dtype and shape, got ", mins->scalar_type(),
                 " ", mins->sizes());
-  TORCH_CHECK(bits == 8 || mins.has_value(), "fastformers_ext::quant_linear: 4-bit weights need mins");
+  TORCH_CHECK(bits == 8 || mins.has_value(), op, ": 4-bit weights need mins");
   if (bias.has_value())
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N,
-                "fastformers_ext::quant_linear: bias must be float32 of shape (", N, ")");
+                op, ": bias must be float32 of shape (", N, ")");
   const at::Tensor q = qweight.contiguous(), s = scales.contiguous();
   const c10::optional<at::Tensor> mn = mins.has_value() ? c10::optional<at::Tensor>(mins->contiguous()) : c10::nullopt;
   const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : c10::nullopt;
-  QuantView w{static_cast<const uint8_t*>(q.data_ptr()), s.data_ptr<float>(),
-              mn.has_value() ? mn->data_ptr<float>() : nullptr, static_cast<int>(bits), N, K, group_size};
+  QuantView w{static_cast<const uint8_t*>(q.data_ptr()), s.data_ptr(), mn.has_value() ? mn->data_ptr() : nullptr,
+              static_cast<int>(bits), N, K, group_size, s.scalar_type() == at::kHalf};
   const at::Tensor x2d = x.reshape({-1, K}).contiguous();
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = N;
-  return quant_linear_cpu(x2d, w, b).view(shape);
+  return kernel(x2d, w, b).view(shape);
+}
+
+at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& mins, int64_t bits, int64_t group_size,
+                        const c10::optional<at::Tensor>& bias) {
+  return run_quant_linear("fastformers_ext::quant_linear", quant_linear_cpu, x, qweight, scales, mins, bits, group_size,
+                          bias);
+}
+
+at::Tensor quant_linear_a8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                           const c10::optional<at::Tensor>& mins, int64_t bits, int64_t group_size,
+                           const c10::optional<at::Tensor>& bias) {
+  return run_quant_linear("fastformers_ext::quant_linear_a8", quant_linear_a8_cpu, x, qweight, scales, mins, bits,
+                          group_size, bias);
 }
 
 std::string cpu_isa() { return selected_isa(); }
+std::string cpu_a8_isa() { return selected_a8_isa(); }
 
 }  // namespace
 }  // namespace fastformers
@@ -62,19 +80,27 @@ std::string cpu_isa() { return selected_isa(); }
 TORCH_LIBRARY(fastformers_ext, m) {
   m.def("quant_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? mins, int bits, int group_size, "
         "Tensor? bias) -> Tensor");
+  m.def("quant_linear_a8(Tensor x, Tensor qweight, Tensor scales, Tensor? mins, int bits, int group_size, "
+        "Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> (Tensor, Tensor)");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? keep, float scale) -> Tensor");
+  m.def("decode_layers(Tensor x, Tensor?[] weights, int[] formats, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, "
+        "Tensor cache_position, Tensor? keep, Tensor cos, Tensor sin, int num_heads, int num_kv_heads, float eps, "
+        "float scale) -> Tensor");
   m.def("cpu_isa() -> str", &fastformers::cpu_isa);
+  m.def("cpu_a8_isa() -> str", &fastformers::cpu_a8_isa);
 }
 
 TORCH_LIBRARY_IMPL(fastformers_ext, CPU, m) {
   m.impl("quant_linear", &fastformers::quant_linear);
+  m.impl("quant_linear_a8", &fastformers::quant_linear_a8);
   m.impl("rms_norm", &fastformers::rms_norm_cpu);
   m.impl("add_rms_norm", &fastformers::add_rms_norm_cpu);
   m.impl("rotary", &fastformers::rotary_cpu);
   m.impl("decode_attention", &fastformers::decode_attention_cpu);
+  m.impl("decode_layers", &fastformers::decode_layers_cpu);
 }
 
 // Importing fastformers._C loads this library, which registers the ops above; the module itself is empty.

@@ -15,6 +15,28 @@
 
 namespace fastformers {
 
+void attend_row(const float* q, const float* k, int64_t k_step, const float* v, int64_t v_step, const bool* keep,
+                int64_t L, int64_t D, float scale, float* score, float* out) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < L; ++j) {
+    if (keep && !keep[j]) continue;
+    score[j] = dot(q, k + j * k_step, D) * scale;
+    best = std::max(best, score[j]);
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+  if (best == -std::numeric_limits<float>::infinity()) return;  // no key kept: zeros
+  float total = 0;
+  for (int64_t j = 0; j < L; ++j) {
+    if (keep && !keep[j]) continue;
+    const float p = std::exp(score[j] - best);
+    total += p;
+    const float* vj = v + j * v_step;
+    for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
+  }
+  const float inv = 1.f / total;
+  for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+}
+
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& keep, double scale) {
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
@@ -53,25 +75,7 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
       const float* kbase = kp + b * kb + g * kh;
       const float* vbase = vp + b * vb + g * vh;
       const bool* mrow = mp ? mp + (mask_batched ? b : 0) * L : nullptr;
-      float best = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < L; ++j) {
-        if (mrow && !mrow[j]) continue;
-        score[j] = dot(qi, kbase + j * kl, D) * s;
-        best = std::max(best, score[j]);
-      }
-      float* o = op + i * D;
-      for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
-      if (best == -std::numeric_limits<float>::infinity()) continue;  // no key kept: zeros
-      float total = 0;
-      for (int64_t j = 0; j < L; ++j) {
-        if (mrow && !mrow[j]) continue;
-        const float p = std::exp(score[j] - best);
-        total += p;
-        const float* vj = vbase + j * vl;
-        for (int64_t d = 0; d < D; ++d) o[d] += p * vj[d];
-      }
-      const float inv = 1.f / total;
-      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+      attend_row(qi, kbase, kl, vbase, vl, mrow, L, D, s, score.data(), op + i * D);
     }
   });
   return out;

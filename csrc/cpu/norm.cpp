@@ -27,9 +27,7 @@ void rows(const float* x, const float* residual, const float* weight, float eps,
       for (int64_t k = 0; k < D; ++k) s[k] = xr[k] + rr[k];
       h = s;
     }
-    const float ss = dot(h, h, D);
-    const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
-    for (int64_t i = 0; i < D; ++i) o[i] = h[i] * inv * weight[i];
+    rms_row(h, weight, eps, D, o);
   }
 }
 

@@ -12,7 +12,7 @@ namespace {
 
 // x: (B, H, S, D) with unit stride along D; cos / sin: (Bc, S, R) contiguous, Bc 1 or B.
 at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t B = x.size(0), H = x.size(1), S = x.size(2), D = x.size(3), R = cos.size(2), half = R / 2;
+  const int64_t B = x.size(0), H = x.size(1), S = x.size(2), D = x.size(3), R = cos.size(2);
   const bool batched = cos.size(0) > 1;
   at::Tensor out = at::empty({B, H, S, D}, x.options());
   const float* xp = x.data_ptr<float>();
@@ -27,11 +27,7 @@ at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
       const float* c = cp + ((batched ? b : 0) * S + s) * R;
       const float* n = sp + ((batched ? b : 0) * S + s) * R;
       float* o = op + i * D;
-      for (int64_t j = 0; j < half; ++j) {
-        o[j] = in[j] * c[j] + (-in[j + half]) * n[j];
-        o[j + half] = in[j + half] * c[j + half] + in[j] * n[j + half];
-      }
-      for (int64_t j = R; j < D; ++j) o[j] = in[j];
+      rotate_row(in, c, n, R, D, o);
     }
   });
   return out;

@@ -7,6 +7,8 @@ lacks are allocated and initialised, and they are reported by name, as transform
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import json
 import logging
@@ -471,7 +473,7 @@ class PreTrainedModel(nn.Module):
         if quantizer is not None:
             config.quantization_config = quantizer.describe()
             if gguf is not None and getattr(quantizer.base, "source", None) == "gguf" and device.type == "cpu":
-                _run_tied_head_packed(model, gguf, target_dtype)
+                _run_tied_head_packed(model, gguf, target_dtype, getattr(quantizer.base, "method", "weight_only"))
         config._name_or_path = os.fspath(name_or_path)
         if hasattr(model, "generate"):
             model.generation_config = _generation_config(name_or_path, config, gguf_file is not None, hub)
@@ -686,16 +688,19 @@ def _gguf_runs_packed(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and native.available())
 
 
-def _run_tied_head_packed(model, gguf, dtype: torch.dtype) -> None:
+def _run_tied_head_packed(model, gguf, dtype: torch.dtype, method: str = "weight_only") -> None:
     """A GGUF file kept packed (QuantizationConfig.from_gguf()) whose output head is tied to the embeddings: the
     embedding lookup keeps the dequantized float weight, and the head's matmul runs from the file's packed bytes
-    (ops.linear's quantized twin; the same values, a quarter of the bytes read per token for a Q8_0 table)."""
+    (ops.linear's quantized twin; the same values, a quarter of the bytes read per token for a Q8_0 table), with
+    the config's method (blockwise_a8: int8 activations, as the other linears)."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     if head is None or embed is None or getattr(head, "weight", None) is not getattr(embed, "weight", None):
         return
     name = next((n for n, p in model.named_parameters() if p is embed.weight), None)
     key_map = model._key_mapper()
     qw = None if name is None else gguf.packed_tensor(lambda hf: key_map(hf) == name, dtype)
+    if qw is not None and method != qw.method:
+        qw = dataclasses.replace(qw, method=method)
     if qw is not None and attach_quantized_twin(embed.weight, qw):
         logger.info("%s: the tied output head runs from the file's packed %d-bit table", gguf.path, qw.bits)
 

@@ -110,3 +110,116 @@ def test_llama_family_on_triton_kernels_matches_transformers(variant, tmp_path, 
         expected, got = theirs.generate(**settings), ours.generate(**settings)
     assert torch.equal(got, expected)
     assert triton_backend["attention_decode"] > 0
+
+
+# -- the one-call decode step (ops.decode_layers, csrc/cpu/decode_step.cpp) ------------------------------------------
+ONE_CALL = dict(TINY, hidden_size=64, intermediate_size=96)  # multiples of 32: the packed kernels take every linear
+ONE_CALL_CASES = {
+    "llama-float": ("llama", {}, None),
+    "llama-mqa-bias-float": ("llama", dict(num_key_value_heads=1, attention_bias=True, mlp_bias=True), None),
+    "qwen2-int8": ("qwen2", {}, dict(bits=8)),
+    "qwen3-int4": ("qwen3", dict(head_dim=32), dict(bits=4, group_size=32)),
+    "llama3-rope-int4-per-channel": ("llama", VARIANTS["llama-llama3-rope"], dict(bits=4, group_size=None)),
+}
+
+
+def _decode_steps(model, ids, mask, prefill: int):
+    """Logits of a prefill of `prefill` tokens then one-token steps over a static cache, and the cache."""
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = model.make_static_cache(ids.shape[0], ids.shape[1] + 3)
+    out = model(ids[:, :prefill], attention_mask=mask[:, :prefill], position_ids=positions[:, :prefill],
+                past_key_values=cache)
+    steps = [out.logits]
+    for t in range(prefill, ids.shape[1]):
+        out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=positions[:, t:t + 1],
+                    past_key_values=cache)
+        steps.append(out.logits)
+    return torch.cat(steps, dim=1), cache
+
+
+@pytest.fixture
+def one_call_counter(monkeypatch):
+    """How many decode steps ran as one call."""
+    from fastformers.models import llama
+
+    calls = []
+    real = llama.decode_layers_cpu
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(llama, "decode_layers_cpu", counted)
+    return calls
+
+
+@pytest.mark.parametrize("case", list(ONE_CALL_CASES))
+def test_one_call_decode_step_equals_the_layers_one_by_one(case, tmp_path, padded_batch, one_call_counter):
+    from fastformers.ops import native
+    from fastformers.quantization import QuantizationConfig
+
+    assert native.available(), native.load_error()
+    model_type, extra, quant = ONE_CALL_CASES[case]
+    path, _ = build_reference(model_type, "AutoModelForCausalLM", tmp_path, **{**ONE_CALL, **extra})
+    kwargs = {} if quant is None else dict(quantization_config=QuantizationConfig(**quant))
+    model = fastformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    ids, mask = padded_batch(lengths=(8, 5, 3), left=True)
+    with torch.no_grad():
+        fast, fast_cache = _decode_steps(model, ids, mask, prefill=4)
+        assert len(one_call_counter) == 4
+        # a forward pre-hook on one layer: every step runs the layers one by one (and the hook sees each)
+        seen = []
+        handle = model.model.layers[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+        slow, slow_cache = _decode_steps(model, ids, mask, prefill=4)
+        handle.remove()
+    assert len(one_call_counter) == 4 and len(seen) == 5
+    real = mask.bool()
+    assert rel_err(fast[real], slow[real]) <= 1e-5
+    for a, b in zip(fast_cache.keys + fast_cache.values, slow_cache.keys + slow_cache.values):
+        assert rel_err(a, b) <= 1e-5
+    assert fast_cache.get_seq_length() == slow_cache.get_seq_length() == ids.shape[1]
+
+
+def test_one_call_step_follows_hooks_module_swaps_and_new_weights_between_steps(tmp_path, one_call_counter):
+    path, _ = build_reference("llama", "AutoModelForCausalLM", tmp_path, **ONE_CALL)
+    model = fastformers.AutoModelForCausalLM.from_pretrained(path)
+    ids = torch.randint(1, 99, (1, 6))
+    cache = model.make_static_cache(1, 12)
+
+    def step(t):
+        return model(ids[:, t:t + 1], past_key_values=cache, cache_position=torch.tensor([t])).logits
+
+    with torch.no_grad():
+        model(ids[:, :3], past_key_values=cache)
+        step(3)
+        assert len(one_call_counter) == 1
+        # a hook registered between steps is honoured at once
+        calls = []
+        handle = model.model.layers[0].mlp.register_forward_hook(lambda *a: calls.append(1))
+        step(4)
+        assert calls == [1] and len(one_call_counter) == 1
+        handle.remove()
+        # a swapped module (a wrapper, as peft makes) runs as itself
+        attn = model.model.layers[1].self_attn
+        inner = attn.o_proj
+
+        class Doubled(torch.nn.Module):
+            def forward(self, x):
+                return 2 * inner(x)
+
+        attn.o_proj = Doubled()
+        doubled = step(5)
+        assert len(one_call_counter) == 1
+        attn.o_proj = inner
+        # a replaced norm weight is read by the next one-call step
+        norm = model.model.norm
+        cache.crop(5)
+        before = step(5)
+        assert len(one_call_counter) == 2
+        norm.weight = torch.nn.Parameter(norm.weight.detach() * 3)
+        cache.crop(5)
+        after = step(5)
+        assert len(one_call_counter) == 3
+    assert not torch.allclose(doubled, before)
+    # logits = lm_head(final norm): tripling the norm weight triples them exactly (up to float rounding)
+    assert rel_err(after, 3 * before) <= 1e-5

@@ -8,6 +8,7 @@ machine that opts out of building it (FASTFORMERS_BUILD_EXT=0) skips them, sayin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -67,6 +68,87 @@ def test_quant_linear_matches_the_float64_reference(bits, group, symmetric, n, k
     _check(torch.ops.fastformers_ext.quant_linear(x, *args, None), qw, x, None)
 
 
+def _check_a8(got, qw, x, bias):
+    """blockwise_a8 against its float64 reference: the activations quantized per block of 32 (in float32, as the
+    kernel does), then the dequantized product; rounding measured against the size of the terms summed."""
+    from fastformers.ops.quant import quantize_activations_blockwise
+
+    a8 = dataclasses.replace(qw, method="blockwise_a8")
+    expected = quantized_linear_reference(x.double(), a8.to(torch.float64), None if bias is None else bias.double())
+    assert got.shape == expected.shape and got.dtype == torch.float32 and torch.isfinite(got).all()
+    terms = quantize_activations_blockwise(x.double()).abs() @ ops.dequantize_weight(qw, torch.float64).abs().t()
+    err = float(((got.double() - expected).abs() / (terms + 1e-30)).max())
+    assert err < 1e-5, err
+
+
+@pytest.mark.parametrize("bits, group, symmetric", FORMATS)
+@pytest.mark.parametrize("n, k", [(1, 32), (7, 96), (130, 160), (64, 576)])
+@pytest.mark.parametrize("lead", [(1,), (3,), (2, 5), (17,)])
+def test_quant_linear_a8_matches_the_float64_reference(bits, group, symmetric, n, k, lead):
+    qw, x, bias = _case(bits, group, symmetric, n, k, lead, seed=n * 1000 + k + len(lead))
+    args = (qw.qweight, qw.scales, qw.mins, qw.bits, qw.group)
+    _check_a8(torch.ops.fastformers_ext.quant_linear_a8(x, *args, bias), qw, x, bias)
+    _check_a8(torch.ops.fastformers_ext.quant_linear_a8(x, *args, None), qw, x, None)
+
+
+def test_quant_linear_a8_on_zero_blocks_outliers_and_the_cpu_backend(monkeypatch):
+    qw, x, bias = _case(4, 32, False, 20, 128, (3,), seed=13)
+    x[0, :32] = 0  # a block of zeros: its scale is the smallest normal float, its codes 0
+    x[1, 40] = 1e4  # an outlier: its block's other values round to 0
+    x[2] = -x[2]
+    _check_a8(torch.ops.fastformers_ext.quant_linear_a8(x, qw.qweight, qw.scales, qw.mins, 4, 32, bias), qw, x, bias)
+    a8 = dataclasses.replace(qw, method="blockwise_a8")
+    assert ops.quantized_linear.choose("cpu", (x, a8, bias)) == "cpu"
+    calls = []
+    real = torch.ops.fastformers_ext.quant_linear_a8
+    monkeypatch.setattr(torch.ops.fastformers_ext, "quant_linear_a8", lambda *a: calls.append(a[4]) or real(*a))
+    with ops.use_backend("cpu"):
+        got = ops.quantized_linear(x, a8, bias)
+    assert calls == [4]
+    _check_a8(got, qw, x, bias)
+
+
+def test_quant_linear_a8_schema_fake_and_errors():
+    qw, x, bias = _case(8, 32, True, 10, 64, (3,), seed=17)
+    torch.library.opcheck(torch.ops.fastformers_ext.quant_linear_a8.default,
+                          (x, qw.qweight, qw.scales, qw.mins, 8, 32, bias))
+    with pytest.raises(RuntimeError, match="fastformers_ext::quant_linear_a8: bits=3"):
+        torch.ops.fastformers_ext.quant_linear_a8(x, qw.qweight, qw.scales, qw.mins, 3, 32, None)
+
+
+def _half_exact(qw):
+    """qw with its scales and mins rounded to float16 values (kept float32), as GGUF's Q8_0 / Q4_0 / Q4_1 hold them."""
+    return dataclasses.replace(qw, scales=qw.scales.half().float(),
+                               mins=None if qw.mins is None else qw.mins.half().float())
+
+
+@pytest.mark.parametrize("bits, group, symmetric", FORMATS)
+@pytest.mark.parametrize("lead", [(1,), (5,), (20,)])
+def test_both_kernels_read_float16_scales_and_mins(bits, group, symmetric, lead):
+    from fastformers.ops.quant import with_half_scales
+
+    qw, x, bias = _case(bits, group, symmetric, 70, 160, lead, seed=23 + bits)
+    qw = _half_exact(qw)
+    half = with_half_scales(qw)
+    assert half.scales.dtype == torch.float16 and (half.mins is None or half.mins.dtype == torch.float16)
+    args = (half.qweight, half.scales, half.mins, bits, qw.group, bias)
+    _check(torch.ops.fastformers_ext.quant_linear(x, *args), qw, x, bias)
+    _check_a8(torch.ops.fastformers_ext.quant_linear_a8(x, *args), qw, x, bias)
+    assert ops.quantized_linear.choose("cpu", (x, half, bias)) == "cpu"
+
+
+def test_with_half_scales_only_where_exact():
+    from fastformers.ops.quant import with_half_scales
+
+    qw = ops.quantize_weight(torch.randn(8, 64), bits=4, group_size=32)
+    assert with_half_scales(qw) is qw  # float32 scales that float16 would round
+    exact = _half_exact(qw)
+    half = with_half_scales(exact)
+    assert torch.equal(ops.dequantize_weight(half, torch.float32), ops.dequantize_weight(exact))
+    with pytest.raises(RuntimeError, match="mins must have the scales' dtype"):
+        torch.ops.fastformers_ext.quant_linear(torch.randn(2, 64), half.qweight, half.scales, exact.mins, 4, 32, None)
+
+
 def test_an_empty_batch_and_non_contiguous_inputs():
     qw, x, bias = _case(4, 32, False, 9, 64, (6,), seed=3)
     empty = torch.ops.fastformers_ext.quant_linear(x[:0], qw.qweight, qw.scales, qw.mins, 4, 32, bias)
@@ -77,6 +159,7 @@ def test_an_empty_batch_and_non_contiguous_inputs():
 
 
 _PORTABLE = """
+import dataclasses
 import torch
 from fastformers import ops
 from fastformers.ops import native
@@ -91,6 +174,21 @@ for bits, group, sym in %r:
         ref = quantized_linear_reference(x.double(), qw.to(torch.float64))
         terms = x.double().abs() @ ops.dequantize_weight(qw, torch.float64).abs().t() + 1
         assert float(((got.double() - ref).abs() / terms).max()) < 1e-5, (bits, group, m)
+        a8 = dataclasses.replace(qw, method="blockwise_a8")
+        got = torch.ops.fastformers_ext.quant_linear_a8(x, qw.qweight, qw.scales, qw.mins, bits, qw.group, None)
+        ref = quantized_linear_reference(x.double(), a8.to(torch.float64))
+        assert float(((got.double() - ref).abs() / terms).max()) < 1e-5, ("a8", bits, group, m)
+        exact = dataclasses.replace(qw, scales=qw.scales.half().float(),
+                                    mins=None if qw.mins is None else qw.mins.half().float())
+        ref = quantized_linear_reference(x.double(), exact.to(torch.float64))
+        mins = None if qw.mins is None else qw.mins.half()
+        for kernel in (torch.ops.fastformers_ext.quant_linear, torch.ops.fastformers_ext.quant_linear_a8):
+            got = kernel(x, qw.qweight, qw.scales.half(), mins, bits, qw.group, None)
+            if kernel is torch.ops.fastformers_ext.quant_linear_a8:
+                ref = quantized_linear_reference(x.double(), dataclasses.replace(exact, method="blockwise_a8").to(
+                    torch.float64))
+            assert float(((got.double() - ref).abs() / terms).max()) < 1e-5, ("half", bits, group, m)
+assert torch.ops.fastformers_ext.cpu_a8_isa() == "portable"
 print("ok", native.cpu_isa())
 """ % (FORMATS,)
 
@@ -115,7 +213,7 @@ def test_schema_and_fake_implementation():
 
 @pytest.mark.parametrize("call, match", [
     (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x.double(), qw.qweight, qw.scales, qw.mins, 4, 32, None),
-     "x and scales must be float32"),
+     "x must be float32 and scales float32 or float16"),
     (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, 3, 32, None), "bits=3"),
     (lambda qw, x: torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, 4, 48, None),
      "multiples of 32"),

@@ -97,7 +97,9 @@ def measure(text_ids, chat_ids, tokenizer):
                 return cache[name]
             kwargs = {"float32": {}, "int8": dict(quantization_config=QuantizationConfig(bits=8, group_size=None)),
                       "int4-g128": dict(quantization_config=QuantizationConfig(bits=4, group_size=128)),
-                      "gguf-q4_1": dict(quantization_config=QuantizationConfig.from_gguf())}[name]
+                      "gguf-q4_1": dict(quantization_config=QuantizationConfig.from_gguf()),
+                      "gguf-q4_1-a8": dict(quantization_config=QuantizationConfig.from_gguf(method="blockwise_a8"))
+                      }[name]
             cache[name] = Measured(load(**kwargs), text_ids, chat_ids, tokenizer)
         return cache[name]
 
@@ -116,7 +118,8 @@ def model_bytes(model: nn.Module) -> int:
 # unrelated to this one, test_calibrate.py; measured +12.2%). Round-to-nearest (int4-g128) costs this small model
 # much (measured +71.7%, symmetric +54%, g64 +37%, and g32 0%: the float32 model is the Q4_1 file dequantized,
 # whose weights lie on an int4 grid of groups of 32 already).
-@pytest.mark.parametrize("name, limit", [("int8", 0.02), ("int4-g128", 0.80), ("int4-g128-gptq", 0.25)])
+@pytest.mark.parametrize("name, limit", [("int8", 0.02), ("int4-g128", 0.80), ("int4-g128-gptq", 0.25),
+                                         ("gguf-q4_1-a8", 0.01)])
 def test_perplexity_close_to_float32(measure, name, limit):
     full, quantized = measure("float32"), measure(name)
     assert 5 < full.perplexity < 50, full.perplexity  # the model reads plain English well
@@ -125,7 +128,7 @@ def test_perplexity_close_to_float32(measure, name, limit):
     assert abs(ratio - 1) <= limit
 
 
-@pytest.mark.parametrize("name", ["int8", "int4-g128", "int4-g128-gptq"])
+@pytest.mark.parametrize("name", ["int8", "int4-g128", "int4-g128-gptq", "gguf-q4_1-a8"])
 def test_greedy_chat_answer_still_knows_paris(measure, name):
     assert "Paris" in measure("float32").answer
     assert "Paris" in measure(name).answer, measure(name).answer
@@ -154,3 +157,18 @@ def test_gguf_q4_1_kept_packed_computes_the_dequantized_model(measure):
           f"bytes {model_bytes(kept.model) / model_bytes(full.model):.3f}x")
     assert rel_err(kept.logits, full.logits) <= 1e-5
     assert kept.answer_ids == full.answer_ids and "Paris" in kept.answer
+
+
+def test_gguf_q4_1_with_int8_activations_runs_every_matmul_that_way(measure):
+    """QuantizationConfig.from_gguf(method="blockwise_a8"): the file's codes as they are, the activations quantized
+    per block of 32 (llama.cpp's arithmetic) in every linear and in the tied head; the decode step runs in one call."""
+    from fastformers.models import llama
+    from fastformers.ops.linear import packed_weight
+
+    model = measure("gguf-q4_1-a8").model
+    linears = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(linears) == 210 and {m.weight.method for m in linears} == {"blockwise_a8"}
+    twin = packed_weight(model.lm_head.weight)
+    assert twin.method == "blockwise_a8" and twin.scales.dtype == torch.float16  # Q8_0's float16 scales, exact
+    plan = llama._decode_plans[model.model]  # built by the generate() of Measured
+    assert plan.reason is None and set(plan.weights.formats[2::3]) == {1}

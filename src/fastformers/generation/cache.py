@@ -54,13 +54,18 @@ class StaticCache:
         keys.index_copy_(2, cache_position, k)
         values.index_copy_(2, cache_position, v)
         if layer_idx == 0:
-            self._end.copy_(torch.maximum(self._end, cache_position[-1] + 1))
+            self.mark_written(cache_position)
         if k.shape[2] == 1:
             return keys, values  # fixed shape: the caller masks the slots after cache_position
         # a multi-token write (prefill): its keys, causal from slot 0. A host read, so a compiled
         # multi-token step breaks the graph here: compile the one-token step.
         end = int(cache_position[-1]) + 1
         return keys[:, :, :end], values[:, :, :end]
+
+    def mark_written(self, cache_position: torch.Tensor) -> None:
+        """Count the positions written (by `update`, or by a one-call decode step that writes every layer's buffers
+        itself: ops.decode_layers)."""
+        self._end.copy_(torch.maximum(self._end, cache_position[-1] + 1))
 
     def crop(self, length: int) -> None:
         self._end.clamp_(max=length)

@@ -477,6 +477,8 @@ def _weight_reason(qw) -> str | None:
         qw.check()
     except ValueError as e:
         return str(e)
+    if qw.method == "blockwise_a8":
+        return "method blockwise_a8 (int8 activations per block of 32) has no Triton kernel"
     if qw.in_features < 1:
         return f"in_features={qw.in_features}; the kernels need at least one input column"
     for part, t in (("scales", qw.scales), ("mins", qw.mins)):

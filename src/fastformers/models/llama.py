@@ -4,20 +4,26 @@ Pre-norm decoder layers: RMSNorm (fused with the residual add) -> grouped-query 
 embeddings -> RMSNorm -> SwiGLU. Qwen2 adds biases to q/k/v; Qwen3 normalises q and k per head.
 Weight names are those of Hugging Face checkpoints (model.layers.N.self_attn.q_proj.weight ...).
 At inference q/k/v and gate/up run as one GEMM each (layers.FusedLinear), the decode step reads a static
-KV cache with fixed shapes (generation/cache.py).
+KV cache with fixed shapes (generation/cache.py). On a CPU with fastformers._C, a one-token step over a static cache
+runs every layer in one call (ops.decode_layers) when the layers are this file's own, unhooked, and in formats its
+kernels take; otherwise (and on other backends) the layers run one by one.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from .. import layers
+from .. import layers, ops
 from ..configuration import PretrainedConfig
-from ..generation.cache import DynamicCache, cache_step
+from ..generation.cache import DynamicCache, StaticCache, cache_step
+from ..layers.linear import _assignments, _hooked, _plain
+from ..ops.decode import DecodeWeights, decode_layers_cpu, linear_slots
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
@@ -254,20 +260,126 @@ class LlamaModel(LlamaPreTrainedModel):
 
         hidden_states = () if output_hidden_states else None
         attentions = () if output_attentions else None
-        residual = None
-        for layer in self.layers:
-            if output_hidden_states:
-                hidden_states += (x if residual is None else x + residual,)
-            x, residual, probs = call_layer(layer, x, residual, cos, sin, cache, cache_position, key_mask,
-                                            output_attentions)
-            if output_attentions:
-                attentions += (probs,)
-        x = self.norm(x) if residual is None else self.norm(x, residual)[0]
+        one_call = None
+        if seq == 1 and isinstance(cache, StaticCache) and not (output_attentions or output_hidden_states):
+            one_call = self._one_call_step(x, cos, sin, cache, step)
+        if one_call is not None:
+            x = one_call
+        else:
+            residual = None
+            for layer in self.layers:
+                if output_hidden_states:
+                    hidden_states += (x if residual is None else x + residual,)
+                x, residual, probs = call_layer(layer, x, residual, cos, sin, cache, cache_position, key_mask,
+                                                output_attentions)
+                if output_attentions:
+                    attentions += (probs,)
+            x = self.norm(x) if residual is None else self.norm(x, residual)[0]
         if output_hidden_states:
             hidden_states += (x,)
         out = BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache if use_cache else None,
                                       hidden_states=hidden_states, attentions=attentions)
         return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+
+    def _one_call_step(self, x, cos, sin, cache: StaticCache, step):
+        """A one-token step over a static cache through ops.decode_layers when its cpu kernel takes it (every layer
+        in one C++ call), else None: the layers run one by one."""
+        if self.training:
+            return None
+        plan = _decode_plan(self)
+        if plan.weights is None:
+            return None
+        cfg = self.config
+        args = (x, plan.weights.weights, plan.weights.formats, cache.keys, cache.values, step.cache_position,
+                step.key_mask, cos, sin, cfg.num_attention_heads, cfg.num_key_value_heads, plan.eps, plan.scale)
+        if ops.decode_layers.choose(x.device.type, args) != "cpu":
+            return None
+        out = decode_layers_cpu(*args)
+        cache.mark_written(step.cache_position)
+        return out
+
+
+# -- the one-call decode step: what ops.decode_layers reads from a LlamaModel's modules ---------------------------
+class _DecodePlan:
+    """DecodeWeights of a model's layers (None: they cannot run in one call, `reason` says why), and what tells that
+    they still describe the model: the Linear-assignment epoch (layers/linear.py), the number of hook handles ever
+    made (a new forward hook anywhere bumps it), and the identity of every module and tensor read."""
+
+    def __init__(self, model: "LlamaModel") -> None:
+        self.epoch, self.handles = _assignments[0], RemovableHandle.next_id
+        self.checks: list = []
+        self.weights: Optional[DecodeWeights] = None
+        self.eps = self.scale = None
+        self.lasting = True  # valid while current() holds
+        self.reason = self._build(model)
+
+    def current(self) -> bool:
+        return (self.epoch == _assignments[0] and self.handles == RemovableHandle.next_id
+                and all(d.get(k) is v for d, k, v in self.checks))
+
+    def _watch(self, module: nn.Module, *names: str, kind: str = "_modules") -> None:
+        table = getattr(module, kind)
+        self.checks += [(table, name, table.get(name)) for name in names]
+
+    def _build(self, model) -> Optional[str]:
+        self._watch(model, "layers", "norm")
+        self._watch(model.layers, *model.layers._modules)
+        self._watch(model.norm, "weight", kind="_parameters")
+        weights, eps, scales = DecodeWeights(), {model.norm.variance_epsilon}, set()
+        for layer in model.layers:
+            attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+            norms = [layer.input_layernorm, layer.post_attention_layernorm,
+                     getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)]
+            if (type(layer) is not LlamaDecoderLayer or type(attn) is not LlamaAttention or type(mlp) is not LlamaMLP
+                    or any(n is not None and type(n) is not RMSNorm for n in norms)):
+                return "a layer is not the Llama family's own"
+            if _hooked(tuple(layer.modules())):
+                self.lasting = False  # removing a hook leaves no trace to watch: look again at the next step
+                return "a module of a layer has forward hooks"
+            self._watch(layer, *layer._modules)
+            self._watch(attn, *attn._modules)
+            self._watch(mlp, *mlp._modules)
+            for norm in norms:
+                if norm is not None:
+                    self._watch(norm, "weight", kind="_parameters")
+                    eps.add(norm.variance_epsilon)
+            linears = []
+            for group, single in ((attn.qkv, None), (None, attn.o_proj), (mlp.gate_up, None), (None, mlp.down_proj)):
+                if group is not None:
+                    self.checks.append((group.__dict__, "weight", group.weight))  # fused later: build again
+                    if group._members != group.modules_now() or group._epoch != _assignments[0] or group.weight is None:
+                        return "q/k/v or gate/up are not fused (formats differ, or no inference call yet)"
+                    slots = linear_slots(group.weight, group.bias)
+                else:
+                    if not _plain(single):
+                        return f"{type(single).__name__} is not a plain linear"
+                    self._watch(single, *single._parameters, kind="_parameters")
+                    self._watch(single, *single._buffers, kind="_buffers")
+                    slots = linear_slots(single.weight, single.bias)
+                if slots is None:
+                    return "a weight format the one-call step does not take (float32, or int8 / int4 weight-only)"
+                linears.append(slots)
+            weights.add_layer([None if n is None else n.weight for n in norms], linears)
+            scales.add(attn.attn.scale)
+        if len(eps) != 1 or len(scales) != 1:
+            return "the norms' eps or the attention scales differ between layers"
+        self.weights, self.eps, self.scale = weights.finish(model.norm.weight), eps.pop(), scales.pop()
+        return None
+
+
+_decode_plans: "weakref.WeakKeyDictionary[LlamaModel, _DecodePlan]" = weakref.WeakKeyDictionary()
+
+
+def _decode_plan(model: "LlamaModel") -> _DecodePlan:
+    plan = _decode_plans.get(model)
+    if plan is None or not plan.current():
+        plan = _DecodePlan(model)
+        if plan.lasting:
+            _decode_plans[model] = plan
+        else:
+            _decode_plans.pop(model, None)
+    return plan
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

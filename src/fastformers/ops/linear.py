@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .activation import gelu
 from .backend import Op
-from .quant import QuantizedWeight, dequantize_weight, quantized_linear
+from .quant import QuantizedWeight, dequantize_weight, quantized_linear, with_half_scales
 
 
 def linear_reference(x, weight, bias=None):
@@ -165,14 +165,16 @@ def packed_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
 def attach_quantized_twin(weight: torch.Tensor, qw: QuantizedWeight) -> bool:
     """Run `weight` from `qw`, a packed weight that dequantizes to exactly its values (a GGUF model's tied output
     head, whose float weight the embedding lookup needs, from the file's Q8_0 bytes: a quarter of the bytes to
-    read per token). Kept like a oneDNN pack: a changed weight drops it (the float weight serves from then on).
-    Checked on a sample of rows; returns False (nothing attached) when they differ or the cpu kernel cannot run it."""
+    read per token; its scales as float16 where exact, ops.quant.with_half_scales). Kept like a oneDNN pack: a
+    changed weight drops it (the float weight serves from then on). Checked on a sample of rows; returns False
+    (nothing attached) when they differ or the cpu kernel cannot run it."""
     from . import native  # noqa: PLC0415
 
     if (native.load_error() is not None or not isinstance(weight, torch.Tensor) or weight.dim() != 2
             or tuple(qw.shape) != tuple(weight.shape) or weight.dtype != torch.float32
             or quantized_linear.unsupported["cpu"](weight[:1], qw) is not None):
         return False
+    qw = with_half_scales(qw)
     rows = torch.linspace(0, weight.shape[0] - 1, 64).long().unique()
     sample = QuantizedWeight(qw.qweight[rows], qw.scales[rows], None if qw.mins is None else qw.mins[rows], qw.bits,
                              qw.group_size, qw.in_features, qw.method)

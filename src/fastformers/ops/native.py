@@ -50,15 +50,20 @@ def kernels() -> dict:
     reason = load_error()
     if reason is not None:
         return {"built": False, "reason": reason}
-    return {"built": True, "cpu_isa": cpu_isa(), "ops": [f"fastformers_ext::{name} (cpu)" for name in OPS]}
+    return {"built": True, "cpu_isa": cpu_isa(), "cpu_int8_activations_isa": torch.ops.fastformers_ext.cpu_a8_isa(),
+            "ops": [f"fastformers_ext::{name} (cpu)" for name in OPS]}
 
 
 #: the ops fastformers._C registers (all CPU kernels today)
-OPS = ("quant_linear", "rms_norm", "add_rms_norm", "rotary", "decode_attention")
+OPS = ("quant_linear", "quant_linear_a8", "rms_norm", "add_rms_norm", "rotary", "decode_attention", "decode_layers")
 
 
 def _register_fakes() -> None:
     @torch.library.register_fake("fastformers_ext::quant_linear")
+    def _(x, qweight, scales, mins, bits, group_size, bias):
+        return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+    @torch.library.register_fake("fastformers_ext::quant_linear_a8")
     def _(x, qweight, scales, mins, bits, group_size, bias):
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
@@ -73,6 +78,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastformers_ext::decode_attention")
     def _(q, k, v, keep, scale):
         return q.new_empty(q.shape)
+
+    @torch.library.register_fake("fastformers_ext::decode_layers")
+    def _(x, weights, formats, k_caches, v_caches, cache_position, keep, cos, sin, num_heads, num_kv_heads, eps,
+          scale):
+        return x.new_empty(x.shape)
 
     @torch.library.register_fake("fastformers_ext::add_rms_norm")
     def _(x, residual, weight, eps):

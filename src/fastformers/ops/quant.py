@@ -15,6 +15,9 @@ The format (one `QuantizedWeight` per (out_features, in_features) weight matrix)
   (symmetric quantization stores mins = -8 * scales).
 - method "w8a8" (bits 8, symmetric, per output channel): activations are quantized per token at run
   time, `x ~ xq * sx` with `sx = max|x_row| / 127`, and the product accumulates int8 x int8 in int32.
+- method "blockwise_a8" (any of the formats above, llama.cpp's arithmetic): activations are quantized at run time
+  per token and block of 32 columns (`sx = max|x_block| / 127`, in float32), and the result is that of the
+  dequantized activations `xq * sx` times the dequantized weight; the integer products sum exactly.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from . import native
 from .backend import op
 
-METHODS = ("weight_only", "w8a8")
+METHODS = ("weight_only", "w8a8", "blockwise_a8")
 
 
 @dataclass(eq=False)
@@ -188,15 +191,40 @@ def dequantize_weight(qw: QuantizedWeight, dtype: Optional[torch.dtype] = None) 
     return w.to(dtype or qw.dtype)
 
 
+def with_half_scales(qw: QuantizedWeight) -> QuantizedWeight:
+    """The same weight with float16 copies of its scales and mins when they hold float16 values exactly (GGUF's
+    Q8_0 / Q4_0 / Q4_1 store them so), else `qw` itself. The CPU kernels read them as they are: for a group of 32
+    int4 codes (16 bytes), 4 bytes of scale and min instead of 8, a sixth fewer bytes per token. Internal: a model's
+    weights keep their float32 scales (what state_dict and dequantize_weight see)."""
+    parts = [t for t in (qw.scales, qw.mins) if t is not None]
+    if qw.scales.dtype != torch.float32 or not all(torch.equal(t.half().float(), t) for t in parts):
+        return qw
+    return QuantizedWeight(qw.qweight, qw.scales.half(), None if qw.mins is None else qw.mins.half(), qw.bits,
+                           qw.group_size, qw.in_features, qw.method)
+
+
 def quantize_activations(x: torch.Tensor):
     """Per-token symmetric int8: (xq int8, sx float32 (..., 1)) with x ~ xq * sx (W8A8's activations)."""
     sx = (x.float().abs().amax(-1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
     return torch.round(x.float() / sx).clamp(-127, 127).to(torch.int8), sx
 
 
+def quantize_activations_blockwise(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """The dequantized activations of method "blockwise_a8": x quantized per block of `block` columns to int8 in
+    float32 (`sx = max|x_block| / 127`, `xq = round(x / sx)`), returned as xq * sx in x's dtype (exact in float64)."""
+    k = x.shape[-1]
+    xf = F.pad(x.float(), (0, -k % block))
+    xb = xf.view(*xf.shape[:-1], -1, block)
+    sx = (xb.abs().amax(-1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    xq = torch.round(xb / sx).clamp(-127, 127)
+    return (xq.to(x.dtype) * sx.to(x.dtype)).flatten(-2)[..., :k]
+
+
 def quantized_linear_reference(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None):
     """x @ W^T + b for a quantized W: dequantize, then a dense matmul (W8A8: quantize x per token first,
-    integer products accumulated exactly in float64)."""
+    integer products accumulated exactly in float64; blockwise_a8: x quantized per block of 32 first)."""
+    if qw.method == "blockwise_a8":
+        return F.linear(quantize_activations_blockwise(x), dequantize_weight(qw, x.dtype), bias)
     if qw.method == "w8a8":
         xq, sx = quantize_activations(x)
         acc = xq.double() @ qw.qweight.double().t()  # exact: |sum| < 2^53
@@ -214,10 +242,11 @@ def _cpu_unsupported(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.
         return None if hasattr(torch, "_int_mm") else "this torch has no torch._int_mm"
     reason = native.load_error()
     if reason is not None:
-        return f"weight-only formats run on fastformers._C, which is unavailable: {reason}"
+        return f"weight-only and blockwise_a8 formats run on fastformers._C, which is unavailable: {reason}"
     group = qw.group
-    if x.dtype != torch.float32 or qw.scales.dtype != torch.float32:
-        return f"the cpu kernels take float32 activations and scales (got {x.dtype}, scales {qw.scales.dtype})"
+    if x.dtype != torch.float32 or qw.scales.dtype not in (torch.float32, torch.float16):
+        return (f"the cpu kernels take float32 activations and float32 or float16 scales (got {x.dtype}, scales "
+                f"{qw.scales.dtype})")
     if qw.in_features % 32 or group % 32:
         return f"the cpu kernels need in_features ({qw.in_features}) and the group ({group}) to be multiples of 32"
     return None
@@ -226,12 +255,15 @@ def _cpu_unsupported(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.
 @quantized_linear.register("cpu", unsupported=_cpu_unsupported)
 def quantized_linear_cpu(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weight-only int8 / int4 (fastformers' formats and GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K kept packed): the compiled
-    kernel (csrc/cpu/quant_linear.cpp) reads the packed codes, activations stay float32.
+    kernel (csrc/cpu/quant_linear.cpp) reads the packed codes, activations stay float32. blockwise_a8: the same
+    codes against activations quantized per block of 32 (csrc/cpu/quant_linear_a8.cpp: VNNI integer dot products).
 
     W8A8: the int8 x int8 products summed in int32 by torch._int_mm (oneDNN: VNNI or AMX where the CPU has them)
     -- the same integer sums the reference accumulates in float64 -- then scaled in float32."""
-    if qw.method != "w8a8":
+    if qw.method == "weight_only":
         return torch.ops.fastformers_ext.quant_linear(x, qw.qweight, qw.scales, qw.mins, qw.bits, qw.group, bias)
+    if qw.method == "blockwise_a8":
+        return torch.ops.fastformers_ext.quant_linear_a8(x, qw.qweight, qw.scales, qw.mins, qw.bits, qw.group, bias)
     xq, sx = quantize_activations(x)
     acc = torch._int_mm(xq.reshape(-1, qw.in_features), qw.qweight.t())
     out = (acc.float() * sx.reshape(-1, 1)).mul_(qw.scales.float().reshape(1, -1)).reshape(*x.shape[:-1], qw.out_features)

@@ -16,6 +16,8 @@ so neither the model files nor modeling.py branch on the scheme: the loader (loa
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -169,8 +171,10 @@ class GGUFMethod(PackedMethod):
 
     @classmethod
     def plan_format(cls, config, module_name, gguf_types):
-        """Q8_0 / Q4_0 / Q4_1 / Q4_K weights are kept in their own format; other types are dequantized (float)."""
-        return kept_format((gguf_types or {}).get(f"{module_name}.weight", ""))
+        """Q8_0 / Q4_0 / Q4_1 / Q4_K weights are kept in their own format (run with the config's method); other
+        types are dequantized (float)."""
+        fmt = kept_format((gguf_types or {}).get(f"{module_name}.weight", ""))
+        return None if fmt is None else fmt._replace(method=getattr(config, "method", None) or fmt.method)
 
     def __init__(self, fmt: LinearFormat, packed: bool = False) -> None:
         super().__init__(fmt, packed=False)  # a GGUF file is never a fastformers packed checkpoint
@@ -178,6 +182,8 @@ class GGUFMethod(PackedMethod):
     def load(self, layer, part, tensor, *, key, module, dtype, device):
         if part == "weight" and not isinstance(tensor, QuantizedWeight):
             raise ValueError(f"{key}: expected a packed GGUF tensor ({self.format.describe()}), got a float one")
+        if part == "weight" and tensor.method != self.format.method:  # the file's codes, run with the config's method
+            tensor = dataclasses.replace(tensor, method=self.format.method)
         return super().load(layer, part, tensor, key=key, module=module, dtype=dtype, device=device)
 
 
