@@ -117,6 +117,13 @@ FF_AVX512 inline float at(const QuantView& w, const void* p, int64_t i) {
 // R weight rows times T tokens. The codes of a 32-column chunk are converted to float and multiplied by their
 // group's scale once, then serve all T tokens; R x T accumulators run independent multiply-add chains and carry
 // across groups (no per-group reduction), so the loop is bound by the conversions, not by FMA latency.
+// p[i .. i + count) of a scales / mins array (count <= 16) as 16 floats, zeros after count
+FF_AVX512 inline __m512 load16(const QuantView& w, const void* p, int64_t i, int64_t count) {
+  const __mmask16 m = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+  if (w.half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
+  return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
+}
+
 template <int R, int T>
 FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum, const float* bias, float* y,
                            int64_t n, int64_t N) {
@@ -128,9 +135,14 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi32(15);
+  __m512 row_scales[R];  // each row's scales, 16 groups at a time: one permute per group instead of load + broadcast
   for (int64_t g = 0; g < groups; ++g) {
+    if (g % 16 == 0)
+      for (int r = 0; r < R; ++r)
+        row_scales[r] = load16(w, w.scales, (n + r) * groups + g, std::min<int64_t>(16, groups - g));
+    const __m512i which = _mm512_set1_epi32(static_cast<int>(g % 16));
     __m512 d[R];
-    for (int r = 0; r < R; ++r) d[r] = _mm512_set1_ps(at(w, w.scales, (n + r) * groups + g));
+    for (int r = 0; r < R; ++r) d[r] = _mm512_permutexvar_ps(which, row_scales[r]);
     const int64_t end = std::min((g + 1) * w.G, w.K);
     for (int64_t c = g * w.G; c < end; c += 32) {
       __m512 lo[R], hi[R];  // int4: even / odd columns; int8: columns c..c+15 / c+16..c+31
@@ -159,7 +171,13 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
       float out = _mm512_reduce_add_ps(acc[r][t]);
       if (w.mins) {
         const float* xs = xsum + t * groups;
-        for (int64_t g = 0; g < groups; ++g) out += at(w, w.mins, (n + r) * groups + g) * xs[g];
+        __m512 m = _mm512_setzero_ps();
+        for (int64_t g = 0; g < groups; g += 16) {
+          const int64_t count = std::min<int64_t>(16, groups - g);
+          const __mmask16 k = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+          m = _mm512_fmadd_ps(load16(w, w.mins, (n + r) * groups + g, count), _mm512_maskz_loadu_ps(k, xs + g), m);
+        }
+        out += _mm512_reduce_add_ps(m);
       }
       y[t * N + n + r] = bias ? out + bias[n + r] : out;
     }

@@ -125,11 +125,22 @@ FF_VNNI inline float at(const QuantView& w, const void* p, int64_t i) {
   return w.half ? _cvtsh_ss(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
 }
 
+// p[i .. i + count) of a scales / mins array (count <= 16) as 16 floats, zeros after count
+FF_VNNI inline __m512 load16(const QuantView& w, const void* p, int64_t i, int64_t count) {
+  const __mmask16 m = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+  if (w.half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
+  return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
+}
+
 // sum over groups of scales or mins [row, g] times the token's gsum[g]
 FF_VNNI inline float group_dot(const QuantView& w, const void* p, int64_t row, const float* gsum, int64_t groups) {
-  float total = 0.f;
-  for (int64_t g = 0; g < groups; ++g) total += at(w, p, row * groups + g) * gsum[g];
-  return total;
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; g += 16) {
+    const int64_t count = std::min<int64_t>(16, groups - g);
+    const __mmask16 m = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+    acc = _mm512_fmadd_ps(load16(w, p, row * groups + g, count), _mm512_maskz_loadu_ps(m, gsum + g), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
 }
 
 // R rows x T tokens over 64 columns at a time: the rows' codes are loaded and made unsigned bytes once, each token's
@@ -147,9 +158,19 @@ FF_VNNI void rows_vnni(const QuantView& w, const Activations& a, int64_t m0, con
   const __m256i low4 = _mm256_set1_epi8(15);
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
   const __mmask16 second = w.bits == 4 ? 0xF0F0 : 0xFF00;  // the lanes that sum the chunk's second block
+  // groups of 32 (GGUF's): each row's scales 16 groups (8 chunks) at a time, and per chunk one permute puts its two
+  // groups' scales on the lanes that sum them, instead of two scalar loads, conversions and broadcasts
+  const bool g32 = w.G == 32;
+  const __m512i pair = w.bits == 4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
+                                   : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  __m512 row_scales[R];
   for (int64_t c = 0; c < chunks; ++c) {
     const bool full = 64 * c + 64 <= w.K;
     const int64_t g0 = 64 * c / w.G, g1 = full ? (64 * c + 32) / w.G : g0;
+    if (g32 && c % 8 == 0)
+      for (int r = 0; r < R; ++r)
+        row_scales[r] = load16(w, w.scales, (n + r) * groups + g0, std::min<int64_t>(16, groups - g0));
+    const __m512i which = _mm512_add_epi32(pair, _mm512_set1_epi32(static_cast<int>(2 * (c % 8))));
     __m512i codes[R];
     __m512 scale[R];
     for (int r = 0; r < R; ++r) {
@@ -164,9 +185,13 @@ FF_VNNI void rows_vnni(const QuantView& w, const Activations& a, int64_t m0, con
         const __m512i b = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p);
         codes[r] = _mm512_xor_si512(b, offset);  // q + 128 as an unsigned byte
       }
-      const int64_t s = (n + r) * groups;
-      const __m512 s0 = _mm512_set1_ps(at(w, w.scales, s + g0));
-      scale[r] = g0 == g1 ? s0 : _mm512_mask_blend_ps(second, s0, _mm512_set1_ps(at(w, w.scales, s + g1)));
+      if (g32) {
+        scale[r] = _mm512_permutexvar_ps(which, row_scales[r]);
+      } else {
+        const int64_t s = (n + r) * groups;
+        const __m512 s0 = _mm512_set1_ps(at(w, w.scales, s + g0));
+        scale[r] = g0 == g1 ? s0 : _mm512_mask_blend_ps(second, s0, _mm512_set1_ps(at(w, w.scales, s + g1)));
+      }
     }
     for (int t = 0; t < T; ++t) {
       const int64_t m = m0 + t;
