@@ -144,6 +144,10 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
     __m512 d[R];
     for (int r = 0; r < R; ++r) d[r] = _mm512_permutexvar_ps(which, row_scales[r]);
     const int64_t end = std::min((g + 1) * w.G, w.K);
+    // one token: the group's products summed unscaled, then scaled once (one multiply per row and group instead of
+    // one per 16 codes); more tokens share the scaled codes instead
+    __m512 part[R];
+    for (int r = 0; r < R; ++r) part[r] = _mm512_setzero_ps();
     for (int64_t c = g * w.G; c < end; c += 32) {
       __m512 lo[R], hi[R];  // int4: even / odd columns; int8: columns c..c+15 / c+16..c+31
       for (int r = 0; r < R; ++r) {
@@ -152,19 +156,30 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
                      _MM_HINT_T0);
         if (w.bits == 4) {
           const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q[r] + c / 2)));
-          lo[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(codes, low4)), d[r]);
-          hi[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(codes, 4)), d[r]);
+          lo[r] = _mm512_cvtepi32_ps(_mm512_and_si512(codes, low4));
+          hi[r] = _mm512_cvtepi32_ps(_mm512_srli_epi32(codes, 4));
         } else {
           const __m128i* p = reinterpret_cast<const __m128i*>(q[r] + c);
-          lo[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))), d[r]);
-          hi[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1))), d[r]);
+          lo[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p)));
+          hi[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1)));
+        }
+        if (T > 1) {
+          lo[r] = _mm512_mul_ps(lo[r], d[r]);
+          hi[r] = _mm512_mul_ps(hi[r], d[r]);
         }
       }
-      for (int t = 0; t < T; ++t) {
-        const __m512 x0 = _mm512_loadu_ps(x + t * w.K + c), x1 = _mm512_loadu_ps(x + t * w.K + c + 16);
-        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(hi[r], x1, _mm512_fmadd_ps(lo[r], x0, acc[r][t]));
+      if (T == 1) {
+        const __m512 x0 = _mm512_loadu_ps(x + c), x1 = _mm512_loadu_ps(x + c + 16);
+        for (int r = 0; r < R; ++r) part[r] = _mm512_fmadd_ps(hi[r], x1, _mm512_fmadd_ps(lo[r], x0, part[r]));
+      } else {
+        for (int t = 0; t < T; ++t) {
+          const __m512 x0 = _mm512_loadu_ps(x + t * w.K + c), x1 = _mm512_loadu_ps(x + t * w.K + c + 16);
+          for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(hi[r], x1, _mm512_fmadd_ps(lo[r], x0, acc[r][t]));
+        }
       }
     }
+    if (T == 1)
+      for (int r = 0; r < R; ++r) acc[r][0] = _mm512_fmadd_ps(part[r], d[r], acc[r][0]);
   }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
