@@ -27,13 +27,8 @@
 #include <vector>
 
 #include "quant_linear.h"
+#include "quant_x86.h"
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define FF_X86 1
-#include <immintrin.h>
-#else
-#define FF_X86 0
-#endif
 #if FF_X86 && !defined(__clang__) && defined(__linux__)
 #define FF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
@@ -107,23 +102,11 @@ void dequantize_rows_portable(const QuantView& w, float* out, int64_t n0, int64_
 // ---- AVX-512 kernel -------------------------------------------------------------------------------------------
 
 #if FF_X86
-#define FF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
-
-// p[i] of a scales / mins array as a float: one F16C conversion for float16
-FF_AVX512 inline float at(const QuantView& w, const void* p, int64_t i) {
-  return w.half ? _cvtsh_ss(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
-}
 
 // R weight rows times T tokens. The codes of a 32-column chunk are converted to float and multiplied by their
-// group's scale once, then serve all T tokens; R x T accumulators run independent multiply-add chains and carry
-// across groups (no per-group reduction), so the loop is bound by the conversions, not by FMA latency.
-// p[i .. i + count) of a scales / mins array (count <= 16) as 16 floats, zeros after count
-FF_AVX512 inline __m512 load16(const QuantView& w, const void* p, int64_t i, int64_t count) {
-  const __mmask16 m = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
-  if (w.half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
-  return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
-}
-
+// group's scale once, then serve all T tokens (one token: scaled once per group instead); R x T accumulators run
+// independent multiply-add chains and carry across groups (no per-group reduction), so the loop is bound by the
+// conversions, not by FMA latency.
 template <int R, int T>
 FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum, const float* bias, float* y,
                            int64_t n, int64_t N) {
@@ -184,16 +167,7 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float out = _mm512_reduce_add_ps(acc[r][t]);
-      if (w.mins) {
-        const float* xs = xsum + t * groups;
-        __m512 m = _mm512_setzero_ps();
-        for (int64_t g = 0; g < groups; g += 16) {
-          const int64_t count = std::min<int64_t>(16, groups - g);
-          const __mmask16 k = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
-          m = _mm512_fmadd_ps(load16(w, w.mins, (n + r) * groups + g, count), _mm512_maskz_loadu_ps(k, xs + g), m);
-        }
-        out += _mm512_reduce_add_ps(m);
-      }
+      if (w.mins) out += group_dot(w, w.mins, n + r, xsum + t * groups, groups);
       y[t * N + n + r] = bias ? out + bias[n + r] : out;
     }
   }
@@ -235,8 +209,8 @@ FF_AVX512 void dequantize_rows_avx512(const QuantView& w, float* out, int64_t n0
     const uint8_t* q = w.q + n * row_bytes;
     float* o = out + n * w.K;
     for (int64_t g = 0; g < groups; ++g) {
-      const __m512 d = _mm512_set1_ps(at(w, w.scales, n * groups + g));
-      const __m512 mn = _mm512_set1_ps(w.mins ? at(w, w.mins, n * groups + g) : 0.f);
+      const __m512 d = _mm512_set1_ps(scale_at(w, w.scales, n * groups + g));
+      const __m512 mn = _mm512_set1_ps(w.mins ? scale_at(w, w.mins, n * groups + g) : 0.f);
       for (int64_t c = g * w.G; c < std::min((g + 1) * w.G, w.K); c += 32) {
         if (w.bits == 4) {
           const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c / 2)));
@@ -255,21 +229,11 @@ FF_AVX512 void dequantize_rows_avx512(const QuantView& w, float* out, int64_t n0
   }
 }
 
-bool has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-}
 #endif  // FF_X86
 
 bool use_avx512() {
-#if FF_X86
-  static const bool yes = has_avx512() && !std::getenv("FASTFORMERS_CPU_PORTABLE");
+  static const bool yes = avx512_usable(false);
   return yes;
-#else
-  return false;
-#endif
 }
 
 void dequantize_rows(const QuantView& w, float* out, int64_t n0, int64_t n1) {

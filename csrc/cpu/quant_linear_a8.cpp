@@ -22,13 +22,7 @@
 #include <vector>
 
 #include "quant_linear.h"
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define FF_X86 1
-#include <immintrin.h>
-#else
-#define FF_X86 0
-#endif
+#include "quant_x86.h"
 
 namespace fastformers {
 namespace {
@@ -121,27 +115,6 @@ void rows_portable(const QuantView& w, const Activations& a, int64_t M, const fl
 #if FF_X86
 #define FF_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 
-FF_VNNI inline float at(const QuantView& w, const void* p, int64_t i) {
-  return w.half ? _cvtsh_ss(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
-}
-
-// p[i .. i + count) of a scales / mins array (count <= 16) as 16 floats, zeros after count
-FF_VNNI inline __m512 load16(const QuantView& w, const void* p, int64_t i, int64_t count) {
-  const __mmask16 m = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
-  if (w.half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
-  return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
-}
-
-// sum over groups of scales or mins [row, g] times the token's gsum[g]
-FF_VNNI inline float group_dot(const QuantView& w, const void* p, int64_t row, const float* gsum, int64_t groups) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; g += 16) {
-    const int64_t count = std::min<int64_t>(16, groups - g);
-    const __mmask16 m = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
-    acc = _mm512_fmadd_ps(load16(w, p, row * groups + g, count), _mm512_maskz_loadu_ps(m, gsum + g), acc);
-  }
-  return _mm512_reduce_add_ps(acc);
-}
 
 // R rows x T tokens over 64 columns at a time: the rows' codes are loaded and made unsigned bytes once, each token's
 // quantized activations once; every (row, token) runs one vpdpbusd, one conversion and one multiply-add per 64 columns.
@@ -189,8 +162,8 @@ FF_VNNI void rows_vnni(const QuantView& w, const Activations& a, int64_t m0, con
         scale[r] = _mm512_permutexvar_ps(which, row_scales[r]);
       } else {
         const int64_t s = (n + r) * groups;
-        const __m512 s0 = _mm512_set1_ps(at(w, w.scales, s + g0));
-        scale[r] = g0 == g1 ? s0 : _mm512_mask_blend_ps(second, s0, _mm512_set1_ps(at(w, w.scales, s + g1)));
+        const __m512 s0 = _mm512_set1_ps(scale_at(w, w.scales, s + g0));
+        scale[r] = g0 == g1 ? s0 : _mm512_mask_blend_ps(second, s0, _mm512_set1_ps(scale_at(w, w.scales, s + g1)));
       }
     }
     for (int t = 0; t < T; ++t) {
@@ -234,21 +207,11 @@ FF_VNNI void gemm_rows_vnni(const QuantView& w, const Activations& a, int64_t M,
   for (; n < n1; ++n) rows_tokens_vnni<1>(w, a, M, bias, y, n, N);
 }
 
-bool has_vnni() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
 #endif  // FF_X86
 
 bool use_vnni() {
-#if FF_X86
-  static const bool yes = has_vnni() && !std::getenv("FASTFORMERS_CPU_PORTABLE");
+  static const bool yes = avx512_usable(true);
   return yes;
-#else
-  return false;
-#endif
 }
 
 }  // namespace
