@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .linear import Linear, _hooked
+from .linear import Linear, hooked
 
 _GELU = {"gelu": "none", "gelu_python": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_tanh": "tanh"}
 _PLAIN = {
@@ -42,7 +42,7 @@ class Activation(nn.Module):
     def after(self, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """self(linear(x)). A GELU after a plain `Linear` (not a subclass or a wrapper such as a peft LoRA layer,
         not hooked) is one op, ops.linear_gelu: on the cpu backend the GELU runs inside the packed GEMM."""
-        if self._linear_gelu is not None and type(linear) is Linear and not _hooked((linear,)):
+        if self._linear_gelu is not None and type(linear) is Linear and not hooked((linear,)):
             return self._linear_gelu(x, linear.weight, linear.bias, approximate=self._approximate)
         return self(linear(x))
 

@@ -23,6 +23,12 @@ from ..ops.linear import forget_packed_weights
 _assignments = [0]
 
 
+def assignments() -> int:
+    """How many times a Linear's weight or bias was assigned or replaced so far (FusedLinear fuses again when it
+    moves; so does the one-call decode step's plan, models/llama.py)."""
+    return _assignments[0]
+
+
 def weights_changed() -> None:
     """Say that Linear weights were changed behind the module's back (`param.data = ...`, which no hook sees, or
     edits through `.data`): fused groups fuse again from the siblings' current weights on their next call, and
@@ -35,7 +41,7 @@ class Linear(nn.Linear):
     """nn.Linear whose forward goes through `ops.linear`, bound once (a forced backend that cannot run here
     raises BackendUnavailableError at the first call)."""
 
-    fusable = True  # FusedLinear may run it inside a fused GEMM (not inherited: see _plain)
+    fusable = True  # FusedLinear may run it inside a fused GEMM (not inherited: see plain)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -54,7 +60,7 @@ class Linear(nn.Linear):
         return self._linear(x, self.weight, self.bias)
 
 
-def _hooked(members: tuple) -> bool:
+def hooked(members: tuple) -> bool:
     """Whether a sibling must run as itself: it has forward hooks, or its forward was replaced on the instance
     (accelerate's offloading hooks do that)."""
     for m in members:
@@ -63,10 +69,10 @@ def _hooked(members: tuple) -> bool:
     return False
 
 
-def _plain(module: nn.Module) -> bool:
+def plain(module: nn.Module) -> bool:
     """A sibling the fused GEMM may stand in for: a class that says `fusable = True` itself (Linear,
     QuantizedLinear; not a subclass, not a wrapper such as a peft LoRA layer), not hooked."""
-    return vars(type(module)).get("fusable", False) and not _hooked((module,))
+    return vars(type(module)).get("fusable", False) and not hooked((module,))
 
 
 class FusedLinear(nn.Module):
@@ -117,7 +123,7 @@ class FusedLinear(nn.Module):
     def forward(self, x: torch.Tensor):
         members = self.modules_now()
         if members != self._members or self._epoch != _assignments[0]:  # identity compare, then one int
-            if not all(_plain(m) for m in members):
+            if not all(plain(m) for m in members):
                 # e.g. peft LoRA wrappers: they may rewrite the wrapped weights (merging assigns `.data`, which
                 # no hook sees), so fuse afresh once the siblings are plain again
                 self._members = ()
@@ -125,7 +131,7 @@ class FusedLinear(nn.Module):
             if x.is_meta or torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False):
                 return [m(x) for m in members]
             self._fuse(members)
-        elif torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False) or _hooked(members):
+        elif torch.is_grad_enabled() and getattr(members[0].weight, "requires_grad", False) or hooked(members):
             return [m(x) for m in members]  # training, or a hook to honour
         if self.weight is None:
             return [m(x) for m in members]

@@ -23,7 +23,7 @@ from torch.utils.hooks import RemovableHandle
 from .. import layers, ops
 from ..configuration import PretrainedConfig
 from ..generation.cache import DynamicCache, StaticCache, cache_step
-from ..layers.linear import _assignments, _hooked, _plain
+from ..layers.linear import assignments, hooked, plain
 from ..ops.decode import DecodeWeights, decode_layers_cpu, linear_slots
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
@@ -308,7 +308,7 @@ class _DecodePlan:
     made (a new forward hook anywhere bumps it), and the identity of every module and tensor read."""
 
     def __init__(self, model: "LlamaModel") -> None:
-        self.epoch, self.handles = _assignments[0], RemovableHandle.next_id
+        self.epoch, self.handles = assignments(), RemovableHandle.next_id
         self._tables: list = []  # (table, name, expected): table.get(name) must be expected
         self._names: list = []
         self._expected: list = []
@@ -319,7 +319,7 @@ class _DecodePlan:
 
     def current(self) -> bool:
         # the identity checks in C loops (map over dict.get and operator.is_): ~800 of them per step
-        return (self.epoch == _assignments[0] and self.handles == RemovableHandle.next_id
+        return (self.epoch == assignments() and self.handles == RemovableHandle.next_id
                 and all(map(operator.is_, map(dict.get, self._tables, self._names), self._expected)))
 
     @property
@@ -348,7 +348,7 @@ class _DecodePlan:
             if (type(layer) is not LlamaDecoderLayer or type(attn) is not LlamaAttention or type(mlp) is not LlamaMLP
                     or any(n is not None and type(n) is not RMSNorm for n in norms)):
                 return "a layer is not the Llama family's own"
-            if _hooked(tuple(layer.modules())):
+            if hooked(tuple(layer.modules())):
                 self.lasting = False  # removing a hook leaves no trace to watch: look again at the next step
                 return "a module of a layer has forward hooks"
             self._watch(layer, *layer._modules)
@@ -362,11 +362,11 @@ class _DecodePlan:
             for group, single in ((attn.qkv, None), (None, attn.o_proj), (mlp.gate_up, None), (None, mlp.down_proj)):
                 if group is not None:
                     self._check(group.__dict__, "weight", group.weight)  # fused later: build again
-                    if group._members != group.modules_now() or group._epoch != _assignments[0] or group.weight is None:
+                    if group._members != group.modules_now() or group._epoch != assignments() or group.weight is None:
                         return "q/k/v or gate/up are not fused (formats differ, or no inference call yet)"
                     slots = linear_slots(group.weight, group.bias)
                 else:
-                    if not _plain(single):
+                    if not plain(single):
                         return f"{type(single).__name__} is not a plain linear"
                     self._watch(single, *single._parameters, kind="_parameters")
                     self._watch(single, *single._buffers, kind="_buffers")
