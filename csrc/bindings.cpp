@@ -33,8 +33,9 @@ at::Tensor run_quant_linear(const char* op, Kernel kernel, const at::Tensor& x, 
                   qweight.size(1) == (bits == 8 ? K : K / 2),
               op, ": qweight ", qweight.sizes(), " ", qweight.scalar_type(), " does not hold ",
               bits, "-bit codes for ", K, " inputs");
-  TORCH_CHECK(K % 32 == 0 && group_size > 0 && group_size % 32 == 0, op, ": in_features=", K,
-              " and group_size=", group_size, " must be multiples of 32");
+  TORCH_CHECK(K % 32 == 0 && group_size > 0 && (group_size % 32 == 0 || (group_size == 16 && bits == 8)), op,
+              ": in_features=", K, " and group_size=", group_size, " must be multiples of 32 (or group_size 16 for "
+              "8-bit codes)");
   const int64_t groups = (K + group_size - 1) / group_size;
   TORCH_CHECK(scales.size(0) == N && scales.size(1) == groups, op, ": scales ", scales.sizes(),
               " should be (", N, ", ", groups, ")");

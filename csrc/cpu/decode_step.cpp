@@ -78,8 +78,9 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
     TORCH_CHECK(l.bits == 4 || l.bits == 8, OP "layer ", layer, " ", name, ": bits=", l.bits, "; expected 0, 4 or 8");
     TORCH_CHECK(l.a8 == 0 || l.a8 == 1, OP "layer ", layer, " ", name, ": the int8-activation flag is ", l.a8,
                 "; expected 0 or 1");
-    TORCH_CHECK(K % 32 == 0 && l.group > 0 && l.group % 32 == 0, OP "layer ", layer, " ", name, ": in_features=", K,
-                " and group=", l.group, " must be multiples of 32");
+    TORCH_CHECK(K % 32 == 0 && l.group > 0 && (l.group % 32 == 0 || (l.group == 16 && l.bits == 8)), OP "layer ",
+                layer, " ", name, ": in_features=", K, " and group=", l.group, " must be multiples of 32 (or group 16 "
+                "for 8-bit codes)");
     TORCH_CHECK(l.w.scalar_type() == (l.bits == 8 ? at::kChar : at::kByte) && l.w.size(0) == N &&
                     l.w.size(1) == (l.bits == 8 ? K : K / 2) && l.w.is_contiguous(),
                 OP "layer ", layer, " ", name, ": codes ", l.w.scalar_type(), " ", l.w.sizes(), " do not hold ",

@@ -1,7 +1,8 @@
 // Weight-only quantized linear on CPUs: y = x @ W^T + b with W kept packed (fastformers' QuantizedWeight format,
-// which GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K tensors are loaded into): int8 codes (N, K), or int4 codes two per byte
-// (column 2j in the low nibble of byte j, 2j+1 in the high one), a float32 scale and (optionally) min per row and
-// group of G columns: w[n, k] = q[n, k] * scale[n, k / G] + min[n, k / G].
+// which GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K tensors are loaded into): int8 codes (N, K), or int4 codes two per
+// byte (column 2j in the low nibble of byte j, 2j+1 in the high one), a scale and (optionally) min per row and
+// group of G columns: w[n, k] = q[n, k] * scale[n, k / G] + min[n, k / G]. G is a multiple of 32, or 16 for int8
+// codes (Q6_K's sub-blocks).
 //
 // Activations stay float32, so the result is the dequantized model's up to the order of float additions. Each
 // group's sum is factored, sum_k w x = scale * sum_k q x + min * sum_k x, so the inner loop is one multiply-add
@@ -173,6 +174,45 @@ FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum
   }
 }
 
+// int8 codes in groups of 16 (GGUF's Q6_K): each 32-column chunk spans two groups, each half scaled by its own
+template <int R, int T>
+FF_AVX512 void rows16_avx512(const QuantView& w, const float* x, const float* xsum, const float* bias, float* y,
+                             int64_t n, int64_t N) {
+  const int64_t groups = w.K / 16;
+  const uint8_t* q[R];
+  for (int r = 0; r < R; ++r) q[r] = w.q + (n + r) * w.K;
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  __m512 row_scales[R];
+  for (int64_t c = 0; c < w.K; c += 32) {
+    const int64_t g = c / 16;
+    if (g % 16 == 0)
+      for (int r = 0; r < R; ++r)
+        row_scales[r] = load16(w, w.scales, (n + r) * groups + g, std::min<int64_t>(16, groups - g));
+    const __m512i first = _mm512_set1_epi32(static_cast<int>(g % 16)), second = _mm512_set1_epi32(static_cast<int>(g % 16 + 1));
+    __m512 lo[R], hi[R];
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(q[r] + kPrefetchRows * w.K + c), _MM_HINT_T0);
+      const __m128i* p = reinterpret_cast<const __m128i*>(q[r] + c);
+      lo[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))),
+                            _mm512_permutexvar_ps(first, row_scales[r]));
+      hi[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1))),
+                            _mm512_permutexvar_ps(second, row_scales[r]));
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m512 x0 = _mm512_loadu_ps(x + t * w.K + c), x1 = _mm512_loadu_ps(x + t * w.K + c + 16);
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(hi[r], x1, _mm512_fmadd_ps(lo[r], x0, acc[r][t]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      float out = _mm512_reduce_add_ps(acc[r][t]);
+      if (w.mins) out += group_dot(w, w.mins, n + r, xsum + t * groups, groups);
+      y[t * N + n + r] = bias ? out + bias[n + r] : out;
+    }
+}
+
 template <int R>
 FF_AVX512 void rows_tokens_avx512(const QuantView& w, const float* x, int64_t M, const float* xsum,
                                   const float* bias, float* y, int64_t n, int64_t N) {
@@ -181,11 +221,12 @@ FF_AVX512 void rows_tokens_avx512(const QuantView& w, const float* x, int64_t M,
     const float* xt = x + t * w.K;
     const float* st = xsum ? xsum + t * groups : nullptr;
     float* yt = y + t * N;
+    const bool g16 = w.G == 16;
     switch (std::min<int64_t>(kTokenBlock, M - t)) {
-      case 1: rows_avx512<R, 1>(w, xt, st, bias, yt, n, N); break;
-      case 2: rows_avx512<R, 2>(w, xt, st, bias, yt, n, N); break;
-      case 3: rows_avx512<R, 3>(w, xt, st, bias, yt, n, N); break;
-      default: rows_avx512<R, 4>(w, xt, st, bias, yt, n, N); break;
+      case 1: (g16 ? rows16_avx512<R, 1> : rows_avx512<R, 1>)(w, xt, st, bias, yt, n, N); break;
+      case 2: (g16 ? rows16_avx512<R, 2> : rows_avx512<R, 2>)(w, xt, st, bias, yt, n, N); break;
+      case 3: (g16 ? rows16_avx512<R, 3> : rows_avx512<R, 3>)(w, xt, st, bias, yt, n, N); break;
+      default: (g16 ? rows16_avx512<R, 4> : rows_avx512<R, 4>)(w, xt, st, bias, yt, n, N); break;
     }
   }
 }
@@ -218,8 +259,8 @@ FF_AVX512 void dequantize_rows_avx512(const QuantView& w, float* out, int64_t n0
           const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(codes, 4)), d, mn);
           _mm512_storeu_ps(o + c, _mm512_permutex2var_ps(lo, first, hi));
           _mm512_storeu_ps(o + c + 16, _mm512_permutex2var_ps(lo, second, hi));
-        } else {
-          for (int h = 0; h < 32; h += 16) {
+        } else {  // 16 columns at a time: groups of 16 (Q6_K) end every 16
+          for (int h = 0; h < 32 && c + h < std::min((g + 1) * w.G, w.K); h += 16) {
             const __m512i codes = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c + h)));
             _mm512_storeu_ps(o + c + h, _mm512_fmadd_ps(_mm512_cvtepi32_ps(codes), d, mn));
           }

@@ -63,17 +63,18 @@ Activations quantize(const float* x, int64_t M, int64_t K, int bits, int64_t G) 
       for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xm[b * 32 + j]));
       // the reference's arithmetic: sx = max|x| / 127 (at least the smallest normal float), xq = round(x / sx)
       const float s = std::max(amax / 127.f, kTiny);
-      int sum = 0;
+      int sum[2] = {0, 0};  // per 16 columns: groups of 16 (Q6_K) end there
       const int64_t chunk = b / 2 * 64, half = b % 2;
       for (int j = 0; j < 32; ++j) {
         const int v = static_cast<int>(std::nearbyint(std::min(std::max(xm[b * 32 + j] / s, -127.f), 127.f)));
-        sum += v;
+        sum[j / 16] += v;
         // int4: column j of the block is nibble j % 2 of byte j / 2: even columns first, then odd
         const int64_t at = bits == 4 ? chunk + (j % 2) * 32 + half * 16 + j / 2 : b * 32 + j;
         q[at] = static_cast<int8_t>(v);
       }
       a.sx[m * a.blocks + b] = s;
-      a.gsum[m * a.groups + b * 32 / G] += s * static_cast<float>(sum);
+      a.gsum[m * a.groups + b * 32 / G] += s * static_cast<float>(sum[0]);
+      a.gsum[m * a.groups + (b * 32 + 16) / G] += s * static_cast<float>(sum[1]);
       float* lane = a.lane.data() + (m * (a.Kp / 64) + b / 2) * 16;
       for (int l = 0; l < 16; ++l)  // int4: lanes 0-3 and 8-11 sum block 2c, 4-7 and 12-15 block 2c+1; int8: 0-7, 8-15
         if ((bits == 4 ? (l / 4) % 2 : l / 8) == half) lane[l] = s;
@@ -94,14 +95,15 @@ void rows_portable(const QuantView& w, const Activations& a, int64_t M, const fl
       const float* sx = a.sx.data() + m * a.blocks;
       float out = 0.f;
       for (int64_t b = 0; b < a.blocks; ++b) {
-        int dot = 0;
+        int dot[2] = {0, 0};  // per 16 columns: groups of 16 (Q6_K) end there
         const int64_t chunk = b / 2 * 64, half = b % 2;
         for (int j = 0; j < 32; ++j) {
           const int64_t k = b * 32 + j;
           const int code = w.bits == 8 ? reinterpret_cast<const int8_t*>(q)[k] : (q[k / 2] >> (4 * (k & 1))) & 15;
-          dot += code * xq[w.bits == 4 ? chunk + (j % 2) * 32 + half * 16 + j / 2 : k];
+          dot[j / 16] += code * xq[w.bits == 4 ? chunk + (j % 2) * 32 + half * 16 + j / 2 : k];
         }
-        out += w.scale(n * groups + b * 32 / w.G) * sx[b] * static_cast<float>(dot);
+        out += sx[b] * (w.scale(n * groups + b * 32 / w.G) * static_cast<float>(dot[0]) +
+                        w.scale(n * groups + (b * 32 + 16) / w.G) * static_cast<float>(dot[1]));
       }
       if (w.mins)
         for (int64_t g = 0; g < groups; ++g) out += w.min(n * groups + g) * a.gsum[m * groups + g];
@@ -131,19 +133,22 @@ FF_VNNI void rows_vnni(const QuantView& w, const Activations& a, int64_t m0, con
   const __m256i low4 = _mm256_set1_epi8(15);
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
   const __mmask16 second = w.bits == 4 ? 0xF0F0 : 0xFF00;  // the lanes that sum the chunk's second block
-  // groups of 32 (GGUF's): each row's scales 16 groups (8 chunks) at a time, and per chunk one permute puts its two
-  // groups' scales on the lanes that sum them, instead of two scalar loads, conversions and broadcasts
-  const bool g32 = w.G == 32;
-  const __m512i pair = w.bits == 4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
-                                   : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  // groups of 32 or 16 (GGUF's): each row's scales 16 groups (8 or 4 chunks) at a time, and per chunk one permute
+  // puts its groups' scales on the lanes that sum them, instead of scalar loads, conversions and broadcasts. The
+  // group of lane l: int4 (G 32): (l / 4) % 2 (the lanes interleave even and odd columns); int8: 4 l / G.
+  const bool small_groups = w.G == 32 || w.G == 16;
+  const __m512i lane_group =
+      w.bits == 4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
+      : w.G == 16 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+                  : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   __m512 row_scales[R];
   for (int64_t c = 0; c < chunks; ++c) {
     const bool full = 64 * c + 64 <= w.K;
     const int64_t g0 = 64 * c / w.G, g1 = full ? (64 * c + 32) / w.G : g0;
-    if (g32 && c % 8 == 0)
+    if (small_groups && g0 % 16 == 0)
       for (int r = 0; r < R; ++r)
         row_scales[r] = load16(w, w.scales, (n + r) * groups + g0, std::min<int64_t>(16, groups - g0));
-    const __m512i which = _mm512_add_epi32(pair, _mm512_set1_epi32(static_cast<int>(2 * (c % 8))));
+    const __m512i which = _mm512_add_epi32(lane_group, _mm512_set1_epi32(static_cast<int>(g0 % 16)));
     __m512i codes[R];
     __m512 scale[R];
     for (int r = 0; r < R; ++r) {
@@ -158,7 +163,7 @@ FF_VNNI void rows_vnni(const QuantView& w, const Activations& a, int64_t m0, con
         const __m512i b = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p);
         codes[r] = _mm512_xor_si512(b, offset);  // q + 128 as an unsigned byte
       }
-      if (g32) {
+      if (small_groups) {
         scale[r] = _mm512_permutexvar_ps(which, row_scales[r]);
       } else {
         const int64_t s = (n + r) * groups;

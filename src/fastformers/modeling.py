@@ -423,7 +423,7 @@ class PreTrainedModel(nn.Module):
         quantization scheme (fastformers.quantization.registry), whose loader does the work. A checkpoint saved quantized (config.json `quantization_config` with quant_method
         "fastformers") loads packed as saved, and so do GPTQ and AutoAWQ checkpoints (quant_method "gptq" /
         "awq": repacked into fastformers' format as they load; save_pretrained then writes that format). With
-        a GGUF file, `QuantizationConfig.from_gguf()` keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K linear weights packed
+        a GGUF file, `QuantizationConfig.from_gguf()` keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K linear weights packed
         instead of dequantizing them: the default when `device` is a GPU (`quantization_config=False`
         dequantizes everything there too).
         """
@@ -679,7 +679,7 @@ def _quantization_request(config, quantization_config, load_in_8bit: bool, load_
 
 
 def _gguf_runs_packed(device: torch.device) -> bool:
-    """Where a GGUF file keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K matrices packed unless told otherwise
+    """Where a GGUF file keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrices packed unless told otherwise
     (quantization_config=False dequantizes, as transformers does): on a GPU (the Triton kernels), and on a CPU
     where fastformers._C is built (its kernels read them with float32 activations: the dequantized model's greedy
     tokens, 2.5x its decode speed on SmolLM2-135M)."""

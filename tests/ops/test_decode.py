@@ -26,6 +26,7 @@ FORMATS = {
     "mixed": [(4, 32, False), None, (8, 32, True), None],
     "int8-activations": [(4, 32, False, "blockwise_a8"), (8, 32, True, "blockwise_a8"), (4, 64, False, "blockwise_a8"),
                          (8, None, False, "blockwise_a8")],
+    "q6_k-like": [(8, 16, True), (8, 16, True, "blockwise_a8"), (4, 32, False), (8, 16, True)],
     "some-int8-activations": [(4, 32, False, "blockwise_a8"), None, (8, 32, True), (4, 32, False, "blockwise_a8")],
 }
 
@@ -113,6 +114,7 @@ CASES = {
     "llama-int8": dict(formats="int8"),
     "llama-float": dict(formats="float"),
     "llama-int8-activations": dict(formats="int8-activations", batch=3),
+    "int8-groups-of-16": dict(formats="q6_k-like"),
     "mixed-activations": dict(formats="some-int8-activations", bias=True),
     "mixed-formats-batch-3": dict(formats="mixed", batch=3),
     "qwen2-bias": dict(bias=True, formats="int8"),

@@ -31,7 +31,8 @@ def test_the_extension_is_built_and_loads():
 
 
 # (bits, group_size, symmetric): fastformers' formats and those GGUF's Q8_0 / Q4_0 / Q4_1 load into
-FORMATS = [(8, None, True), (8, 32, True), (8, 64, False), (4, 32, False), (4, 32, True), (4, 128, False)]
+FORMATS = [(8, None, True), (8, 32, True), (8, 64, False), (4, 32, False), (4, 32, True), (4, 128, False),
+           (8, 16, True), (8, 16, False)]  # int8 in groups of 16: GGUF's Q6_K (and the same with mins)
 
 
 def _case(bits, group, symmetric, n, k, lead, seed):

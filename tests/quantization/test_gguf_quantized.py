@@ -10,18 +10,20 @@ from fastformers import ops
 from fastformers.loading.gguf import dequantize, unpermute_qk
 from fastformers.quantization.gguf import gguf_quantized_weight, map_rows
 
-TYPES = {"Q8_0": (8, 34), "Q4_0": (2, 18), "Q4_1": (3, 20), "Q4_K": (12, 144)}
+TYPES = {"Q8_0": (8, 34), "Q4_0": (2, 18), "Q4_1": (3, 20), "Q4_K": (12, 144), "Q6_K": (14, 210)}
+SUPER = ("Q4_K", "Q6_K")  # 256 values a block
 
 
 def random_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     """Raw bytes of a (rows, cols) tensor of random blocks with finite float16 scales (and mins)."""
     g = torch.Generator().manual_seed(seed)
     _, size = TYPES[type_name]
-    n = rows * cols // (256 if type_name == "Q4_K" else 32)
-    raw = torch.randint(0, 256, (n, size), generator=g, dtype=torch.uint8)  # Q4_K: random six-bit scales, mins
+    n = rows * cols // (256 if type_name in SUPER else 32)
+    raw = torch.randint(0, 256, (n, size), generator=g, dtype=torch.uint8)  # K types: random sub-block scales
     halves = 2 if type_name in ("Q4_1", "Q4_K") else 1
     scales = (torch.randn(n, halves, generator=g) * 0.01).to(torch.float16)
-    raw[:, :2 * halves] = scales.view(torch.uint8).view(n, 2 * halves)
+    at = 208 if type_name == "Q6_K" else 0  # Q6_K keeps its d last
+    raw[:, at:at + 2 * halves] = scales.view(torch.uint8).view(n, 2 * halves)
     return raw.reshape(-1)
 
 
@@ -29,14 +31,16 @@ def random_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> torch.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_kept_weight_dequantizes_exactly_like_gguf(type_name, dtype):
     ggml_type, _ = TYPES[type_name]
-    rows, cols = 48, 512 if type_name == "Q4_K" else 96
+    rows, cols = 48, 512 if type_name in SUPER else 96
     raw = random_blocks(type_name, rows, cols)
     qw = gguf_quantized_weight(raw, ggml_type, (rows, cols), dtype)
-    assert qw.group_size == 32 and qw.bits == (8 if type_name == "Q8_0" else 4) and qw.scales.dtype == dtype
-    assert (qw.mins is None) == (type_name == "Q8_0")
+    assert qw.group_size == (16 if type_name == "Q6_K" else 32) and qw.scales.dtype == dtype
+    assert qw.bits == (8 if type_name in ("Q8_0", "Q6_K") else 4)
+    assert (qw.mins is None) == (type_name in ("Q8_0", "Q6_K"))
     want = dequantize(raw, ggml_type, (rows, cols), torch.float32).to(dtype)
-    if type_name == "Q4_K" and dtype != torch.float32:
-        # Q4_K's scales are products d * sc (float16 x six bits): exact in float32, rounded in a half-precision model
+    if type_name in SUPER and dtype != torch.float32:
+        # the K types' scales are products d * sc (float16 x six or eight bits): exact in float32, rounded in a
+        # half-precision model
         assert float((ops.dequantize_weight(qw).float() - want.float()).abs().max()) <= 2e-3 * float(want.abs().max())
         return
     assert torch.equal(ops.dequantize_weight(qw), want)
@@ -47,8 +51,8 @@ def test_kept_weight_dequantizes_exactly_like_gguf(type_name, dtype):
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="blk.0.attn_q.weight: ggml type 14 is not kept quantized"):
-        gguf_quantized_weight(torch.zeros(210, dtype=torch.uint8), 14, (1, 256), name="blk.0.attn_q.weight")
+    with pytest.raises(ValueError, match="blk.0.attn_q.weight: ggml type 13 is not kept quantized"):  # Q5_K
+        gguf_quantized_weight(torch.zeros(176, dtype=torch.uint8), 13, (1, 256), name="blk.0.attn_q.weight")
     with pytest.raises(ValueError, match="rows of whole 256-value blocks"):
         gguf_quantized_weight(torch.zeros(144, dtype=torch.uint8), 12, (2, 128), name="w")
     with pytest.raises(ValueError, match="w: 68 bytes of Q8_0 blocks do not hold shape"):

@@ -16,7 +16,7 @@ Qwen2 and Qwen3 files go through in transformers 5):
 
 * Q and K projections of `llama` files are stored with llama.cpp's rotary row permutation, undone on load.
 * Weights are dequantized to float32 (then cast to the dtype asked for); the config states no dtype (transformers
-  loads GGUF models in float32 whatever the file's types). fastformers can also keep Q8_0 / Q4_0 / Q4_1 / Q4_K linear
+  loads GGUF models in float32 whatever the file's types). fastformers can also keep Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K linear
   weights packed (`iter_state_dict(keep_quantized=...)`, used by `QuantizationConfig.from_gguf()`; see
   fastformers/quantization/gguf.py).
 * The config keeps only what the metadata states (plus `tie_word_embeddings`, true when the file has no
@@ -245,7 +245,7 @@ _DEQUANT = {2: _deq_q4_0, 3: _deq_q4_1, 6: _deq_q5_0, 7: _deq_q5_1, 8: _deq_q8_0
             11: _deq_q3_k, 12: _deq_q4_k, 13: _deq_q5_k, 14: _deq_q6_k}
 _FLOAT_TYPES = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
 # types iter_state_dict(keep_quantized=...) can hand over packed (fastformers.quantization.gguf)
-_KEPT_QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K")
+_KEPT_QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 # rows of blocks dequantized at once: bounds the temporaries for very large tensors
 _CHUNK_BLOCKS = 1 << 18
 
@@ -794,7 +794,7 @@ class GGUFCheckpoint:
 
     def packed_tensor(self, is_wanted: Callable[[str], bool], dtype: torch.dtype = torch.float32):
         """The tensor whose Hugging Face name `is_wanted`, kept packed (a QuantizedWeight, scales in `dtype`) when it
-        is a Q8_0 / Q4_0 / Q4_1 / Q4_K matrix the model uses unpermuted (not a rotary Q/K projection); else None."""
+        is a Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix the model uses unpermuted (not a rotary Q/K projection); else None."""
         for name, info in self.tensors.items():
             hf = _hf_name(name, self.architecture)
             if hf is None or not is_wanted(hf):
@@ -812,7 +812,7 @@ class GGUFCheckpoint:
                         keep_quantized: Optional[Callable[[str], bool]] = None) -> Iterator[Tuple[str, Any]]:
         """(Hugging Face name, tensor) for every tensor the model uses, in file order, one at a time.
 
-        keep_quantized: a predicate on Hugging Face names; a Q8_0 / Q4_0 / Q4_1 / Q4_K matrix it accepts comes as a
+        keep_quantized: a predicate on Hugging Face names; a Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix it accepts comes as a
         packed `QuantizedWeight` (fastformers.quantization.gguf) with scales in `dtype`, not dequantized."""
         self._check_architecture()
         permute = self.architecture == "llama"

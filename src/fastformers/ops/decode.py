@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import native
 from .backend import Op
 from .norm import rms_norm_reference
-from .quant import QuantizedWeight, quantized_linear_reference, with_half_scales
+from .quant import QuantizedWeight, cpu_kernel_layout, quantized_linear_reference, with_half_scales
 from .rotary import rotary_reference
 
 SLOTS = 20  # weights per layer
@@ -117,10 +117,10 @@ def decode_layers_cpu(x, weights, formats, k_caches, v_caches, cache_position, k
 
 def linear_slots(weight, bias) -> Optional[tuple]:
     """(4 weight slots, (bits, group, int8 activations)) of one linear for `decode_layers`, None when its format is
-    not one the step runs (w8a8, half-precision scales, groups that are not multiples of 32)."""
+    not one the step runs (w8a8, half-precision scales, groups the kernels do not take)."""
     if isinstance(weight, QuantizedWeight):
         if (weight.method not in ("weight_only", "blockwise_a8") or weight.scales.dtype != torch.float32
-                or weight.in_features % 32 or weight.group % 32):
+                or not cpu_kernel_layout(weight)):
             return None
         # the kernel reads codes, scales and mins contiguous (a GPTQ import may hold views): copied once, not per step;
         # scales and mins as float16 where that is exact (fewer bytes per token)

@@ -237,6 +237,12 @@ quantized_linear = op(quantized_linear_reference)
 quantized_linear.register_lazy("triton", "fastformers.kernels.quant_matmul")
 
 
+def cpu_kernel_layout(qw: QuantizedWeight) -> bool:
+    """Whether fastformers._C's kernels read this weight's layout: in_features a multiple of 32, groups of a multiple
+    of 32 columns, or of 16 for 8-bit codes (GGUF's Q6_K)."""
+    return qw.in_features % 32 == 0 and (qw.group % 32 == 0 or (qw.group == 16 and qw.bits == 8))
+
+
 def _cpu_unsupported(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> Optional[str]:
     if qw.method == "w8a8":
         return None if hasattr(torch, "_int_mm") else "this torch has no torch._int_mm"
@@ -247,14 +253,15 @@ def _cpu_unsupported(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.
     if x.dtype != torch.float32 or qw.scales.dtype not in (torch.float32, torch.float16):
         return (f"the cpu kernels take float32 activations and float32 or float16 scales (got {x.dtype}, scales "
                 f"{qw.scales.dtype})")
-    if qw.in_features % 32 or group % 32:
-        return f"the cpu kernels need in_features ({qw.in_features}) and the group ({group}) to be multiples of 32"
+    if not cpu_kernel_layout(qw):
+        return (f"the cpu kernels need in_features ({qw.in_features}) and the group ({group}) to be multiples of 32 "
+                f"(or groups of 16 for 8-bit codes)")
     return None
 
 
 @quantized_linear.register("cpu", unsupported=_cpu_unsupported)
 def quantized_linear_cpu(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Weight-only int8 / int4 (fastformers' formats and GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K kept packed): the compiled
+    """Weight-only int8 / int4 (fastformers' formats and GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K kept packed): the compiled
     kernel (csrc/cpu/quant_linear.cpp) reads the packed codes, activations stay float32. blockwise_a8: the same
     codes against activations quantized per block of 32 (csrc/cpu/quant_linear_a8.cpp: VNNI integer dot products).
 

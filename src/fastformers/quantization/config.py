@@ -95,7 +95,7 @@ class QuantizationConfig:
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def from_gguf(cls, skip: Optional[Iterable[str]] = None, method: str = "weight_only") -> "QuantizationConfig":
-        """Keep a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K linear weights packed as they are stored (int8 / int4, groups
+        """Keep a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K linear weights packed as they are stored (int8 / int4, groups
         of 32) instead of dequantizing them; weights of other types, and skipped modules, are dequantized.
         The default for GGUF files loaded onto a GPU, or onto a CPU where fastformers._C is built.
 

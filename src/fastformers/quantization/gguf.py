@@ -1,4 +1,5 @@
-"""GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K tensors as `QuantizedWeight`s (ops/quant.py), kept packed instead of dequantized.
+"""GGUF Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K tensors as `QuantizedWeight`s (ops/quant.py), kept packed instead of
+dequantized.
 
 The block layouts (32 values a block, rows of whole blocks; loading/gguf.py dequantizes the same bytes):
 
@@ -9,6 +10,10 @@ The block layouts (32 values a block, rows of whole blocks; loading/gguf.py dequ
 - Q4_K, 144 bytes for 256 values (8 sub-blocks of 32): d, dmin (float16), 12 bytes of six-bit scales sc and mins
   mn per sub-block, then 128 bytes of nibbles (per 64 values, 32 bytes: the low nibbles are the first 32, the
   high nibbles the next 32); w = q * (d * sc) - dmin * mn -> int4, group 32, scales d * sc, mins -dmin * mn.
+- Q6_K, 210 bytes for 256 values (16 sub-blocks of 16): 128 bytes of low nibbles, 64 bytes of two-bit high parts,
+  16 int8 scales sc, d (float16); per 128 values, value l < 32 takes the low nibble of ql[l] and bits 0-1 of qh[l],
+  l + 32 those of ql[l + 32] and bits 2-3, l + 64 the high nibble of ql[l] and bits 4-5, l + 96 the high nibble of
+  ql[l + 32] and bits 6-7; w = (q - 32) * (d * sc) -> int8 codes in [-32, 31], group 16, scales d * sc, no mins.
 
 Dequantizing the result gives exactly what loading/gguf.py's dequantization gives in float32 (the products and
 sums involved are exact), so a model that keeps these tensors packed computes what the dequantized model does,
@@ -25,12 +30,13 @@ import torch
 from ..ops.quant import QuantizedWeight, pack_int4
 from .config import LinearFormat
 
-#: ggml type id -> (name, block bytes, the format it is kept in); a block holds 32 values (Q4_K: 256)
+#: ggml type id -> (name, block bytes, the format it is kept in); a block holds 32 values (Q4_K, Q6_K: 256)
 KEPT_TYPES: Dict[int, tuple] = {
     8: ("Q8_0", 34, LinearFormat(8, 32, True)),
     2: ("Q4_0", 18, LinearFormat(4, 32, True)),
     3: ("Q4_1", 20, LinearFormat(4, 32, False)),
     12: ("Q4_K", 144, LinearFormat(4, 32, False)),
+    14: ("Q6_K", 210, LinearFormat(8, 16, True)),
 }
 KEPT_TYPE_NAMES = tuple(name for name, _, _ in KEPT_TYPES.values())
 
@@ -42,12 +48,12 @@ def kept_format(type_name: str) -> Optional[LinearFormat]:
 
 def gguf_quantized_weight(raw: torch.Tensor, ggml_type: int, shape, dtype: torch.dtype = torch.float32,
                           name: str = "tensor") -> QuantizedWeight:
-    """Raw bytes of a 2-D Q8_0 / Q4_0 / Q4_1 / Q4_K tensor of `shape` (rows, columns) -> a checked QuantizedWeight."""
+    """Raw bytes of a 2-D Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K tensor of `shape` (rows, columns) -> a checked QuantizedWeight."""
     if ggml_type not in KEPT_TYPES:
         raise ValueError(f"{name}: ggml type {ggml_type} is not kept quantized (supported: "
                          f"{', '.join(KEPT_TYPE_NAMES)})")
     type_name, size, _ = KEPT_TYPES[ggml_type]
-    block = 256 if type_name == "Q4_K" else 32
+    block = 256 if type_name in ("Q4_K", "Q6_K") else 32
     if len(shape) != 2 or shape[1] % block:
         raise ValueError(f"{name}: a {type_name} matrix must be 2-D with rows of whole {block}-value blocks, got "
                          f"shape {tuple(shape)}")
@@ -59,6 +65,8 @@ def gguf_quantized_weight(raw: torch.Tensor, ggml_type: int, shape, dtype: torch
         raise ValueError(f"{name}: {raw.numel()} bytes of {type_name} blocks do not hold shape {tuple(shape)}")
     if type_name == "Q4_K":
         return _q4_k(raw.view(rows, cols // 256, size), rows, cols, dtype).check(name)
+    if type_name == "Q6_K":
+        return _q6_k(raw.view(rows, cols // 256, size), rows, cols, dtype).check(name)
     blocks = raw.view(rows, cols // 32, size)
     d = blocks[..., 0:2].contiguous().view(torch.float16).reshape(rows, cols // 32)
     if type_name == "Q8_0":
@@ -91,6 +99,19 @@ def _q4_k(blocks: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> Qua
     qs = b[:, 16:144].reshape(n, 4, 1, 32)
     codes = torch.cat((qs & 0xF, qs >> 4), dim=2).reshape(rows, cols)  # per 64 values: low nibbles, then high
     return QuantizedWeight(pack_int4(codes), scales.to(dtype), mins.to(dtype), 4, 32, cols)
+
+
+def _q6_k(blocks: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> QuantizedWeight:
+    n = rows * (cols // 256)
+    b = blocks.reshape(n, 210)
+    ql = b[:, :128].reshape(n, 2, 64)  # per 128 values
+    qh = b[:, 128:192].reshape(n, 2, 32)
+    low = torch.cat((ql & 15, ql >> 4), dim=-1)  # values 0-31, 32-63 (low nibbles), 64-95, 96-127 (high nibbles)
+    high = torch.cat([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], dim=-1)
+    codes = (low | (high << 4)).to(torch.int8).sub_(32).reshape(rows, cols)
+    d = b[:, 208:210].contiguous().view(torch.float16).float()
+    scales = (d * b[:, 192:208].contiguous().view(torch.int8).float()).reshape(rows, cols // 16)  # exact in float32
+    return QuantizedWeight(codes, scales.to(dtype), None, 8, 16, cols)
 
 
 def map_rows(qw: QuantizedWeight, fn: Callable[[torch.Tensor], torch.Tensor]) -> QuantizedWeight:

@@ -163,7 +163,7 @@ class PackedMethod(QuantizationMethod):
 
 
 class GGUFMethod(PackedMethod):
-    """A GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K matrix kept packed (quantization/gguf.py): loading/gguf.py hands its
+    """A GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix kept packed (quantization/gguf.py): loading/gguf.py hands its
     weight over as a QuantizedWeight of this format, taken as it is."""
 
     quant_method = "gguf"
@@ -171,7 +171,7 @@ class GGUFMethod(PackedMethod):
 
     @classmethod
     def plan_format(cls, config, module_name, gguf_types):
-        """Q8_0 / Q4_0 / Q4_1 / Q4_K weights are kept in their own format (run with the config's method); other
+        """Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K weights are kept in their own format (run with the config's method); other
         types are dequantized (float)."""
         fmt = kept_format((gguf_types or {}).get(f"{module_name}.weight", ""))
         return None if fmt is None else fmt._replace(method=getattr(config, "method", None) or fmt.method)

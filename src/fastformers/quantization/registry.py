@@ -3,7 +3,7 @@ class of its linears (methods.py) and the loader that hands the methods out; and
 turns from_pretrained's arguments and the checkpoint's own quantization_config into one request.
 
     "fastformers"  QuantizationConfig            PackedMethod    QuantizedLoader   int8 / int4 / w8a8
-    "gguf"         QuantizationConfig.from_gguf  GGUFMethod      QuantizedLoader   GGUF Q8_0/Q4_0/Q4_1/Q4_K kept packed
+    "gguf"         QuantizationConfig.from_gguf  GGUFMethod      QuantizedLoader   GGUF Q8_0/Q4_0/Q4_1/Q4_K/Q6_K kept packed
     "gptq", "awq"  ImportedConfig                ImportedMethod  ImportedLoader    transformers' checkpoints
 """
 
@@ -86,7 +86,7 @@ def resolve_request(quantization_config: Any = None, load_in_8bit: bool = False,
     quantization, not even GGUF's default). saved: the checkpoint's own quantization_config (config.json):
     such a checkpoint loads as saved (packed), and a different request is ignored with a warning for
     fastformers' format, refused for another. gguf_on_gpu: a GGUF file loading where kernels run its packed
-    weights (a GPU, or a CPU with fastformers._C: modeling._gguf_runs_packed) keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K
+    weights (a GPU, or a CPU with fastformers._C: modeling._gguf_runs_packed) keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K
     weights packed unless asked otherwise."""
     off = quantization_config is False
     if off and (load_in_8bit or load_in_4bit):
