@@ -286,7 +286,7 @@ class LlamaModel(LlamaPreTrainedModel):
     def _one_call_step(self, x, cos, sin, cache: StaticCache, step):
         """A one-token step over a static cache through ops.decode_layers when its cpu kernel takes it (every layer
         in one C++ call), else None: the layers run one by one."""
-        if self.training:
+        if self.training or x.device.type != "cpu":  # (a GPU runs the layers on its kernels)
             return None
         plan = _decode_plan(self)
         if plan.weights is None:
