@@ -40,19 +40,14 @@ namespace fastformers {
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int kTokenBlock = 4;  // tokens sharing one pass over a pair of weight rows (their codes stay in registers)
-// more tokens than this (prefill) dequantize the weight once and run torch's GEMM: 3x the kernel's speed there
-constexpr int64_t kMaxGemvTokens = 16;
-constexpr int kRowBlock = 4;  // weight rows per pass of the AVX-512 kernel
-constexpr int64_t kPrefetchRows = 8;  // how far ahead (in rows) the AVX-512 kernel prefetches  // tokens whose activations stay in L2 while every row pair passes by
 
 // ---- portable kernel: plain loops over 16 lanes, vectorized by the compiler for each clone ----------------------
 
 FF_CLONES
 void gemm_rows_portable(const QuantView& w, const float* x, int64_t M, const float* xsum, const float* bias,
                         float* y, int64_t n0, int64_t n1, int64_t N) {
-  const int64_t groups = (w.K + w.G - 1) / w.G;
-  const int64_t row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  const int64_t groups = w.groups();
+  const int64_t row_bytes = w.row_bytes();
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* q = w.q + n * row_bytes;
     for (int64_t m = 0; m < M; ++m) {
@@ -85,8 +80,8 @@ void gemm_rows_portable(const QuantView& w, const float* x, int64_t M, const flo
 
 FF_CLONES
 void dequantize_rows_portable(const QuantView& w, float* out, int64_t n0, int64_t n1) {
-  const int64_t groups = (w.K + w.G - 1) / w.G;
-  const int64_t row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  const int64_t groups = w.groups();
+  const int64_t row_bytes = w.row_bytes();
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* q = w.q + n * row_bytes;
     float* o = out + n * w.K;
@@ -111,8 +106,8 @@ void dequantize_rows_portable(const QuantView& w, float* out, int64_t n0, int64_
 template <int R, int T>
 FF_AVX512 void rows_avx512(const QuantView& w, const float* x, const float* xsum, const float* bias, float* y,
                            int64_t n, int64_t N) {
-  const int64_t groups = (w.K + w.G - 1) / w.G;
-  const int64_t row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  const int64_t groups = w.groups();
+  const int64_t row_bytes = w.row_bytes();
   const uint8_t* q[R];
   for (int r = 0; r < R; ++r) q[r] = w.q + (n + r) * row_bytes;
   __m512 acc[R][T];
@@ -190,7 +185,8 @@ FF_AVX512 void rows16_avx512(const QuantView& w, const float* x, const float* xs
     if (g % 16 == 0)
       for (int r = 0; r < R; ++r)
         row_scales[r] = load16(w, w.scales, (n + r) * groups + g, std::min<int64_t>(16, groups - g));
-    const __m512i first = _mm512_set1_epi32(static_cast<int>(g % 16)), second = _mm512_set1_epi32(static_cast<int>(g % 16 + 1));
+    const __m512i first = _mm512_set1_epi32(static_cast<int>(g % 16));
+    const __m512i second = _mm512_set1_epi32(static_cast<int>(g % 16 + 1));
     __m512 lo[R], hi[R];
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(q[r] + kPrefetchRows * w.K + c), _MM_HINT_T0);
@@ -216,7 +212,7 @@ FF_AVX512 void rows16_avx512(const QuantView& w, const float* x, const float* xs
 template <int R>
 FF_AVX512 void rows_tokens_avx512(const QuantView& w, const float* x, int64_t M, const float* xsum,
                                   const float* bias, float* y, int64_t n, int64_t N) {
-  const int64_t groups = (w.K + w.G - 1) / w.G;
+  const int64_t groups = w.groups();
   for (int64_t t = 0; t < M; t += kTokenBlock) {  // the rows' bytes stay in L1 across token blocks
     const float* xt = x + t * w.K;
     const float* st = xsum ? xsum + t * groups : nullptr;
@@ -240,8 +236,8 @@ FF_AVX512 void gemm_rows_avx512(const QuantView& w, const float* x, int64_t M, c
 }
 
 FF_AVX512 void dequantize_rows_avx512(const QuantView& w, float* out, int64_t n0, int64_t n1) {
-  const int64_t groups = (w.K + w.G - 1) / w.G;
-  const int64_t row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  const int64_t groups = w.groups();
+  const int64_t row_bytes = w.row_bytes();
   const __m512i low4 = _mm512_set1_epi32(15);
   // (low nibbles = even columns, high nibbles = odd columns) -> natural order
   const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -296,7 +292,7 @@ void gemm_rows(const QuantView& w, const float* x, int64_t M, const float* xsum,
 // with mins, the sum of each group of columns per token. Plain loops: at one token the work is a few hundred
 // floats, and torch ops here would cost more in dispatch than the copy itself.
 void prepare_activations(const float* x, int64_t M, const QuantView& w, float* xp, float* xsum) {
-  const int64_t groups = (w.K + w.G - 1) / w.G;
+  const int64_t groups = w.groups();
   for (int64_t m = 0; m < M; ++m) {
     const float* xm = x + m * w.K;
     if (xp) {
@@ -331,7 +327,7 @@ const char* selected_isa() {
 }
 
 at::Tensor quant_linear_cpu(const at::Tensor& x2d, const QuantView& w, const c10::optional<at::Tensor>& bias) {
-  const int64_t M = x2d.size(0), N = w.N, groups = (w.K + w.G - 1) / w.G;
+  const int64_t M = x2d.size(0), N = w.N, groups = w.groups();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   if (M > kMaxGemvTokens) {
     // prefill: torch's GEMM on float rows dequantized a panel at a time into one small buffer, which stays in cache

@@ -18,6 +18,7 @@ struct QuantView {
   bool half = false;      // scales and mins are float16 (half the bytes to read per token when they are exact so)
 
   int64_t groups() const { return (K + G - 1) / G; }
+  int64_t row_bytes() const { return bits == 8 ? K : K / 2; }
   // scales[i] / mins[i] as floats (the x86 kernels convert float16 with F16C instead: quant_linear.cpp's at())
   float scale(int64_t i) const { return at(scales, i); }
   float min(int64_t i) const { return at(mins, i); }
@@ -29,13 +30,19 @@ struct QuantView {
   QuantView rows(int64_t n0, int64_t count) const {
     QuantView part = *this;
     const int64_t step = n0 * groups() * (half ? 2 : 4);
-    part.q += n0 * (bits == 8 ? K : K / 2);
+    part.q += n0 * row_bytes();
     part.scales = static_cast<const char*>(scales) + step;
     if (mins) part.mins = static_cast<const char*>(mins) + step;
     part.N = count;
     return part;
   }
 };
+
+// Shared by both kernels (float activations, quant_linear.cpp; int8 activations, quant_linear_a8.cpp):
+inline constexpr int64_t kMaxGemvTokens = 16;  // more tokens (prefill) run as a GEMM on dequantized panels
+inline constexpr int kRowBlock = 4;             // weight rows per pass of the AVX-512 kernels
+inline constexpr int kTokenBlock = 4;           // tokens sharing one pass over those rows (their codes in registers)
+inline constexpr int64_t kPrefetchRows = 8;     // how far ahead (in rows) the AVX-512 kernels prefetch
 
 at::Tensor quant_linear_cpu(const at::Tensor& x2d, const QuantView& w, const c10::optional<at::Tensor>& bias);
 

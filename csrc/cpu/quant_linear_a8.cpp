@@ -2,7 +2,8 @@
 // stored (int8 / int4 codes, a scale and optionally a min per group of G columns, G a multiple of 32), the
 // activations quantized at run time per token and block of 32 columns, x ~ xq * sx with sx = max|x| / 127 and xq =
 // round(x / sx) in [-127, 127]. Then
-//   y[n] = sum_g scale[n, g] * sum_{b in g} sx_b * sum_{k in b} q[n, k] xq[k]  +  sum_g min[n, g] * sum_{b in g} sx_b sum_{k in b} xq[k]
+//   y[n] = sum_g scale[n, g] * sum_{b in g} sx_b * sum_{k in b} q[n, k] xq[k]
+//        + sum_g min[n, g] * sum_{b in g} sx_b * sum_{k in b} xq[k]
 // i.e. exactly x' @ W^T for the dequantized activations x' = xq * sx and the dequantized weight: the integer sums are
 // exact, only the float sums around them round.
 //
@@ -27,10 +28,6 @@
 namespace fastformers {
 namespace {
 
-constexpr int64_t kMaxGemvTokens = 16;  // as the float kernel: more tokens run as a GEMM
-constexpr int kRowBlock = 4;
-constexpr int kTokenBlock = 4;
-constexpr int64_t kPrefetchRows = 8;
 constexpr float kTiny = 1.17549435e-38f;  // the smallest normal float: the scale of a block of zeros
 
 // The activations of M tokens, quantized: per token, Kp = K rounded up to 64 columns (the padding is zeros)
@@ -87,7 +84,7 @@ Activations quantize(const float* x, int64_t M, int64_t K, int bits, int64_t G) 
 
 void rows_portable(const QuantView& w, const Activations& a, int64_t M, const float* bias, float* y, int64_t n0,
                    int64_t n1, int64_t N) {
-  const int64_t groups = (w.K + w.G - 1) / w.G, row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  const int64_t groups = w.groups(), row_bytes = w.row_bytes();
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* q = w.q + n * row_bytes;
     for (int64_t m = 0; m < M; ++m) {
@@ -123,7 +120,7 @@ void rows_portable(const QuantView& w, const Activations& a, int64_t M, const fl
 template <int R, int T>
 FF_VNNI void rows_vnni(const QuantView& w, const Activations& a, int64_t m0, const float* bias, float* y, int64_t n,
                        int64_t N) {
-  const int64_t groups = (w.K + w.G - 1) / w.G, row_bytes = w.bits == 8 ? w.K : w.K / 2;
+  const int64_t groups = w.groups(), row_bytes = w.row_bytes();
   const int64_t chunks = a.Kp / 64;
   const uint8_t* q[R];
   for (int r = 0; r < R; ++r) q[r] = w.q + (n + r) * row_bytes;

@@ -8,7 +8,6 @@ lacks are allocated and initialised, and they are reported by name, as transform
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import json
 import logging
@@ -25,9 +24,9 @@ from .layers.linear import Linear, weights_changed
 from .loading.gguf import read_gguf
 from .loading.hub import refuse_remote_code, resolve_file
 from .loading.progress import LoadProgress
-from .ops.linear import attach_quantized_twin
 from .loading.weights import (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, checkpoint_dtype, find_weight_files,
                               parameter_capacity, read_tensors)
+from .ops.linear import attach_quantized_twin
 
 logger = logging.getLogger("fastformers")
 
@@ -682,7 +681,7 @@ def _gguf_runs_packed(device: torch.device) -> bool:
     """Where a GGUF file keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrices packed unless told otherwise
     (quantization_config=False dequantizes, as transformers does): on a GPU (the Triton kernels), and on a CPU
     where fastformers._C is built (its kernels read them with float32 activations: the dequantized model's greedy
-    tokens, 2.5x its decode speed on SmolLM2-135M)."""
+    tokens, several times its decode speed; bench/results/cpu)."""
     from .ops import native
 
     return device.type == "cuda" or (device.type == "cpu" and native.available())

@@ -16,8 +16,8 @@ Qwen2 and Qwen3 files go through in transformers 5):
 
 * Q and K projections of `llama` files are stored with llama.cpp's rotary row permutation, undone on load.
 * Weights are dequantized to float32 (then cast to the dtype asked for); the config states no dtype (transformers
-  loads GGUF models in float32 whatever the file's types). fastformers can also keep Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K linear
-  weights packed (`iter_state_dict(keep_quantized=...)`, used by `QuantizationConfig.from_gguf()`; see
+  loads GGUF models in float32 whatever the file's types). fastformers can also keep Q8_0 / Q4_0 / Q4_1 / Q4_K /
+  Q6_K linear weights packed (`iter_state_dict(keep_quantized=...)`, used by `QuantizationConfig.from_gguf()`; see
   fastformers/quantization/gguf.py).
 * The config keeps only what the metadata states (plus `tie_word_embeddings`, true when the file has no
   `output.weight`); a `llama` file is `model_type` "mistral" only when its `general.name` is exactly "mistral".
@@ -794,7 +794,8 @@ class GGUFCheckpoint:
 
     def packed_tensor(self, is_wanted: Callable[[str], bool], dtype: torch.dtype = torch.float32):
         """The tensor whose Hugging Face name `is_wanted`, kept packed (a QuantizedWeight, scales in `dtype`) when it
-        is a Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix the model uses unpermuted (not a rotary Q/K projection); else None."""
+        is a Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix the model uses unpermuted (not a rotary Q/K projection); else
+        None."""
         for name, info in self.tensors.items():
             hf = _hf_name(name, self.architecture)
             if hf is None or not is_wanted(hf):
@@ -812,8 +813,8 @@ class GGUFCheckpoint:
                         keep_quantized: Optional[Callable[[str], bool]] = None) -> Iterator[Tuple[str, Any]]:
         """(Hugging Face name, tensor) for every tensor the model uses, in file order, one at a time.
 
-        keep_quantized: a predicate on Hugging Face names; a Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix it accepts comes as a
-        packed `QuantizedWeight` (fastformers.quantization.gguf) with scales in `dtype`, not dequantized."""
+        keep_quantized: a predicate on Hugging Face names; a Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix it accepts comes
+        as a packed `QuantizedWeight` (fastformers.quantization.gguf) with scales in `dtype`, not dequantized."""
         self._check_architecture()
         permute = self.architecture == "llama"
         if permute:

@@ -95,8 +95,9 @@ class QuantizationConfig:
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def from_gguf(cls, skip: Optional[Iterable[str]] = None, method: str = "weight_only") -> "QuantizationConfig":
-        """Keep a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K linear weights packed as they are stored (int8 / int4, groups
-        of 32) instead of dequantizing them; weights of other types, and skipped modules, are dequantized.
+        """Keep a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K linear weights packed as they are stored (int8 / int4,
+        groups of 32; Q6_K: int8 in groups of 16) instead of dequantizing them; weights of other types, and skipped
+        modules, are dequantized.
         The default for GGUF files loaded onto a GPU, or onto a CPU where fastformers._C is built.
 
         method "weight_only" (default): float activations, the dequantized model's results. "blockwise_a8": the

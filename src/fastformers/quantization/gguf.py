@@ -48,7 +48,8 @@ def kept_format(type_name: str) -> Optional[LinearFormat]:
 
 def gguf_quantized_weight(raw: torch.Tensor, ggml_type: int, shape, dtype: torch.dtype = torch.float32,
                           name: str = "tensor") -> QuantizedWeight:
-    """Raw bytes of a 2-D Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K tensor of `shape` (rows, columns) -> a checked QuantizedWeight."""
+    """Raw bytes of a 2-D Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K tensor of `shape` (rows, columns) -> a checked
+    QuantizedWeight."""
     if ggml_type not in KEPT_TYPES:
         raise ValueError(f"{name}: ggml type {ggml_type} is not kept quantized (supported: "
                          f"{', '.join(KEPT_TYPE_NAMES)})")

@@ -163,8 +163,8 @@ class PackedMethod(QuantizationMethod):
 
 
 class GGUFMethod(PackedMethod):
-    """A GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix kept packed (quantization/gguf.py): loading/gguf.py hands its
-    weight over as a QuantizedWeight of this format, taken as it is."""
+    """A GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K matrix kept packed (quantization/gguf.py): loading/gguf.py hands
+    its weight over as a QuantizedWeight of this format, taken as it is (run with the config's method)."""
 
     quant_method = "gguf"
     gguf_packed = True

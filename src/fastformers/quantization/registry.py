@@ -3,7 +3,7 @@ class of its linears (methods.py) and the loader that hands the methods out; and
 turns from_pretrained's arguments and the checkpoint's own quantization_config into one request.
 
     "fastformers"  QuantizationConfig            PackedMethod    QuantizedLoader   int8 / int4 / w8a8
-    "gguf"         QuantizationConfig.from_gguf  GGUFMethod      QuantizedLoader   GGUF Q8_0/Q4_0/Q4_1/Q4_K/Q6_K kept packed
+    "gguf"         QuantizationConfig.from_gguf  GGUFMethod      QuantizedLoader   GGUF Q8_0/Q4_0/Q4_1/Q4_K/Q6_K packed
     "gptq", "awq"  ImportedConfig                ImportedMethod  ImportedLoader    transformers' checkpoints
 """
 
