@@ -11,6 +11,7 @@
 
 #include "cpu/attention.h"
 #include "cpu/decode_step.h"
+#include "cpu/encoder_step.h"
 #include "cpu/norm.h"
 #include "cpu/quant_linear.h"
 #include "cpu/rotary.h"
@@ -90,6 +91,8 @@ TORCH_LIBRARY(fastformers_ext, m) {
   m.def("decode_layers(Tensor x, Tensor?[] weights, int[] formats, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, "
         "Tensor cache_position, Tensor? keep, Tensor cos, Tensor sin, int num_heads, int num_kv_heads, float eps, "
         "float scale) -> Tensor");
+  m.def("encoder_layers(Tensor x, Tensor cu_seqlens, Tensor?[] weights, int[] formats, int num_heads, float eps, "
+        "int act) -> Tensor");
   m.def("cpu_isa() -> str", &fastformers::cpu_isa);
   m.def("cpu_a8_isa() -> str", &fastformers::cpu_a8_isa);
 }
@@ -102,7 +105,11 @@ TORCH_LIBRARY_IMPL(fastformers_ext, CPU, m) {
   m.impl("rotary", &fastformers::rotary_cpu);
   m.impl("decode_attention", &fastformers::decode_attention_cpu);
   m.impl("decode_layers", &fastformers::decode_layers_cpu);
+  m.impl("encoder_layers", &fastformers::encoder_layers_cpu);
 }
+
+// oneDNN's packed weights (format 1 of encoder_layers) are MkldnnCPU tensors: a call holding one dispatches here
+TORCH_LIBRARY_IMPL(fastformers_ext, MkldnnCPU, m) { m.impl("encoder_layers", &fastformers::encoder_layers_cpu); }
 
 // Importing fastformers._C loads this library, which registers the ops above; the module itself is empty.
 static struct PyModuleDef fastformers_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};

@@ -55,28 +55,44 @@ def test_fused_qkv_inference_matches_autograd_path_and_saves(tmp_path, padded_ba
 
 
 def test_padded_batch_runs_unpadded_on_the_cpu_backend(tmp_path, padded_batch, monkeypatch):
-    """On CPU tensors (auto mode) the parity tests' padded batches take the fast path: unpadded, attention by the
-    cpu backend's varlen attention, GELU inside the packed feed-forward GEMM; FASTFORMERS_BACKEND=torch keeps the
-    padded reference path."""
+    """On CPU tensors (auto mode) the parity tests' padded batches take the fast path: every layer in one C++ call
+    (ops.encoder_layers) over the unpadded tokens. Where that path does not apply (a forward hook on a layer) the
+    layers run one by one, still unpadded: the cpu backend's varlen attention, GELU inside the packed feed-forward
+    GEMM. FASTFORMERS_BACKEND=torch keeps the padded reference path."""
     from fastformers import ops
+    from fastformers.models import bert
+    from fastformers.ops import native
 
-    calls = {"varlen": 0, "linear_gelu": 0}
+    calls = {"varlen": 0, "linear_gelu": 0, "one_call": []}
     for name, op in (("varlen", ops.varlen_attention), ("linear_gelu", ops.linear_gelu)):
         def spy(*args, _name=name, _fn=op.impls["cpu"], **kwargs):
             calls[_name] += 1
             return _fn(*args, **kwargs)
         monkeypatch.setitem(op.impls, "cpu", spy)
         monkeypatch.setattr(op, "_resolved", {})  # bindings resolve afresh, to the spy
+    one_call = bert.encoder_layers_cpu
+    monkeypatch.setattr(bert, "encoder_layers_cpu", lambda x, *a: calls["one_call"].append(x.shape[0]) or one_call(x, *a))
     ids, mask = padded_batch()
     model = check_against_transformers("bert", "AutoModel", tmp_path, dict(input_ids=ids, attention_mask=mask),
                                        **TINY)
-    # output_attentions (the padded path: probabilities) and then the fast path: varlen attention in the second only
-    assert calls == {"varlen": TINY["num_hidden_layers"], "linear_gelu": 2 * TINY["num_hidden_layers"]}
-    with torch.no_grad(), ops.use_backend("torch"):
-        padded = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    # output_attentions (the padded path: probabilities, layer by layer), then the fast path: one call, real tokens
+    layers = TINY["num_hidden_layers"]
+    if not native.available():  # no extension (FASTFORMERS_NO_EXTENSION=1): the layers one by one, unpadded
+        assert calls == {"varlen": layers, "linear_gelu": 2 * layers, "one_call": []}
+        return
+    assert calls == {"varlen": 0, "linear_gelu": layers, "one_call": [int(mask.sum())]}
+    with torch.no_grad():
         fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert calls["varlen"] == TINY["num_hidden_layers"]  # the torch backend did not unpad
-    assert torch.equal(padded, fast) and padded[~mask.bool()].abs().min() > 0
+        handle = model.encoder.layer[1].register_forward_hook(lambda *args: None)
+        layered = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        handle.remove()
+        assert calls["varlen"] == layers and calls["linear_gelu"] == 2 * layers and len(calls["one_call"]) == 2
+        real = mask.bool()
+        assert (fast[real] - layered[real]).abs().max() <= 1e-5 and fast[~real].abs().max() == 0
+        with ops.use_backend("torch"):
+            padded = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls["varlen"] == layers and len(calls["one_call"]) == 2  # the torch backend: no unpadding, no one call
+    assert (padded[real] - fast[real]).abs().max() <= 1e-5 and padded[~real].abs().min() > 0
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])
@@ -125,3 +141,73 @@ def test_encoder_on_triton_kernels_matches_transformers(model_type, tmp_path, pa
                                **config)
     for name in ("layer_norm", "gelu", "varlen_attention_fwd"):
         assert any(key.startswith(name) for key in triton_backend), (name, dict(triton_backend))
+
+
+# -- the one-call encoder (ops.encoder_layers, csrc/cpu/encoder_step.cpp) ------------------------------------------
+def _one_call_model(tmp_path, monkeypatch, **load):
+    import fastformers
+    from conftest import build_reference
+    from fastformers.models import bert
+    from fastformers.ops import native
+
+    if not native.available():
+        pytest.skip(f"the one-call encoder is in fastformers._C: {native.load_error()}")
+
+    calls = []
+    one_call = bert.encoder_layers_cpu
+    monkeypatch.setattr(bert, "encoder_layers_cpu", lambda *a: calls.append(1) or one_call(*a))
+    path, hf = build_reference("bert", "AutoModel", tmp_path, **TINY)
+    return fastformers.AutoModel.from_pretrained(path, **load), hf, calls
+
+
+def test_one_call_encoder_sees_weights_edited_between_calls(tmp_path, padded_batch, monkeypatch):
+    """What the one call reads is checked on every call: a weight edited in place through .data (peft's merge), a
+    replaced LayerNorm parameter, an in-place edit, a swapped activation are all seen at the next call."""
+    from conftest import rel_err
+    from fastformers.models import bert
+
+    ids, mask = padded_batch()
+    model, hf, calls = _one_call_model(tmp_path, monkeypatch)
+    real = mask.bool()
+
+    def both():
+        with torch.no_grad():
+            ours = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            theirs = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        return rel_err(ours[real], theirs[real])
+
+    assert both() <= 1e-5 and len(calls) == 1
+    delta = 0.05 * torch.randn(TINY["hidden_size"], TINY["intermediate_size"])
+    with torch.no_grad():
+        for m in (model, hf):  # a dense change through .data bypasses the version counter
+            m.encoder.layer[1].output.dense.weight.data += delta
+        for m in (model, hf):
+            m.encoder.layer[0].attention.output.LayerNorm.weight = torch.nn.Parameter(torch.full((32,), 1.5))
+    assert both() <= 1e-5 and len(calls) == 2
+    with torch.no_grad():
+        model.encoder.layer[0].attention.self.query.weight.mul_(0.5)  # in place, through the fused storage
+        hf.encoder.layer[0].attention.self.query.weight.mul_(0.5)
+    assert both() <= 1e-5 and len(calls) == 3
+    model.encoder.layer[0].intermediate.act = type(model.encoder.layer[0].intermediate.act)("gelu_new")
+    # the tanh GELU now runs in layer 0 only (hf keeps erf); the activations differ between layers, which the one call
+    # does not take: the layers run one by one
+    assert both() > 1e-5 and len(calls) == 3
+    assert "activations differ" in bert._encoder_plan(model.encoder).reason
+
+
+def test_one_call_encoder_runs_w8a8(tmp_path, padded_batch, monkeypatch):
+    """W8A8 weights run in the one call too (torch._int_mm), as the layers one by one compute them."""
+    import fastformers
+
+    ids, mask = padded_batch()
+    model, _, calls = _one_call_model(tmp_path, monkeypatch,
+                                      quantization_config=fastformers.QuantizationConfig(bits=8, method="w8a8"))
+    real = mask.bool()
+    with torch.no_grad():
+        fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert len(calls) == 1
+        handle = model.encoder.layer[0].register_forward_pre_hook(lambda *args: None)
+        layered = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        handle.remove()
+    assert len(calls) == 1
+    assert (fast[real] - layered[real]).abs().max() <= 1e-3 * layered.abs().max()

@@ -10,7 +10,7 @@ from torch import nn
 from .. import ops
 from .linear import Linear, hooked
 
-_GELU = {"gelu": "none", "gelu_python": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_tanh": "tanh"}
+GELU_APPROXIMATIONS = _GELU = {"gelu": "none", "gelu_python": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_tanh": "tanh"}
 _PLAIN = {
     "relu": F.relu,
     "silu": F.silu,

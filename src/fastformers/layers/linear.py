@@ -137,6 +137,16 @@ class FusedLinear(nn.Module):
             return [m(x) for m in members]
         return self._run(x, self.weight, self.bias).split(self.sizes, dim=-1)
 
+    def fused_now(self):
+        """(weight, bias) of the fused GEMM as inference would run it now (fusing first if the siblings changed),
+        or None when the siblings run one by one (not plain, or formats differ). For a one-call op's plan."""
+        members = self.modules_now()
+        if not all(plain(m) for m in members):
+            return None
+        if members != self._members or self._epoch != _assignments[0]:
+            self._fuse(members)
+        return None if self.weight is None else (self.weight, self.bias)
+
     # -- fusing ------------------------------------------------------------------------------------
     def _fuse(self, members: tuple) -> None:
         with torch.no_grad():

@@ -6,12 +6,13 @@ with their own base model and prefix.
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .. import layers
+from .. import layers, ops
 from ..configuration import PretrainedConfig
 from ..modeling import PreTrainedModel
 from ..outputs import (
@@ -22,7 +23,12 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from ..layers.activation import GELU_APPROXIMATIONS
+from ..layers.linear import hooked, plain
+from ..ops.encoder import ACTS, FLOAT, PACKED, W8A8, EncoderWeights, encoder_layers_cpu
+from ..ops.linear import PackCheck, packed_weight
 from ._common import (
+    ModulePlan,
     check_inputs,
     check_mask,
     run_encoder,
@@ -159,8 +165,125 @@ class BertEncoder(nn.Module):
         self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(self, x, attention_mask, output_attentions: bool, output_hidden_states: bool):
+        if not (output_attentions or output_hidden_states or self.training) and x.device.type == "cpu" and (
+                attention_mask is None or not self.keep_padding):
+            out = self._one_call(x, attention_mask)
+            if out is not None:
+                return out, None, None
         return run_encoder(self.layer, x, attention_mask, output_attentions, output_hidden_states,
                            self.attention_dropout, self.keep_padding)
+
+    def _one_call(self, x, attention_mask):
+        """Every layer in one C++ call (ops.encoder_layers) when its cpu kernel takes them, else None: the layers
+        run one by one. A padded batch is unpadded first (no pad token is computed) and padded back."""
+        plan = _encoder_plan(self)
+        if plan.weights is None:
+            return None
+        rest = (plan.weights.weights, plan.weights.formats, plan.heads, plan.eps, plan.act)
+        if ops.encoder_layers.choose(x.device.type, (x, None) + rest) != "cpu":  # (it asks about x and the weights)
+            return None
+        batch, seq, hidden = x.shape
+        if attention_mask is None:
+            tokens, packing = x.reshape(batch * seq, hidden), None
+            cu_seqlens = torch.arange(0, (batch + 1) * seq, seq)
+        else:
+            flat, packing = ops.unpad(x, attention_mask)
+            tokens, cu_seqlens = flat[0], packing.cu_seqlens
+        out = encoder_layers_cpu(tokens, cu_seqlens, *rest)
+        return out.view(batch, seq, hidden) if packing is None else ops.pad(out[None], packing)
+
+
+# -- the one-call encoder: what ops.encoder_layers reads from a BertEncoder's modules ---------------------------------
+class _EncoderPlan(ModulePlan):
+    """EncoderWeights of an encoder's layers (None: they cannot run in one call, `reason` says why), valid while
+    current() holds: ModulePlan's checks, and that oneDNN's packed copies still match their float weights."""
+
+    def __init__(self, encoder: BertEncoder) -> None:
+        super().__init__()
+        self.weights: Optional[EncoderWeights] = None
+        self.packs = PackCheck()
+        self.heads = self.eps = self.act = None
+        self.reason = self._build(encoder)
+        self.packs.finish()
+
+    def current(self) -> bool:
+        return super().current() and self.packs.current()
+
+    def _linear(self, weight, bias) -> Optional[tuple]:
+        if isinstance(weight, ops.QuantizedWeight):
+            if weight.method != "w8a8" or weight.scales.dtype != torch.float32 or weight.qweight.dtype != torch.int8:
+                return None
+            return weight.qweight.contiguous(), weight.scales.reshape(-1).contiguous(), bias, W8A8
+        if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32:
+            return None
+        packed = packed_weight(weight)
+        if packed is None or isinstance(packed, ops.QuantizedWeight):
+            return weight, None, bias, FLOAT
+        self.packs.add(weight)
+        return packed, None, bias, PACKED
+
+    def _build(self, encoder: BertEncoder) -> Optional[str]:
+        self.watch(encoder, "layer")
+        self.watch(encoder.layer, *encoder.layer._modules)
+        weights, eps, heads, acts = EncoderWeights(), set(), set(), set()
+        for layer in encoder.layer:
+            attention, intermediate, output = (getattr(layer, name, None) for name in ("attention", "intermediate",
+                                                                                        "output"))
+            self_attn, self_out = getattr(attention, "self", None), getattr(attention, "output", None)
+            expected = ((layer, BertLayer), (attention, BertAttention), (self_attn, BertSelfAttention),
+                        (self_out, BertSelfOutput), (intermediate, BertIntermediate), (output, BertOutput))
+            if any(type(module) is not kind for module, kind in expected):
+                return "a layer is not BERT's own"
+            if hooked(tuple(layer.modules())):
+                self.lasting = False  # removing a hook leaves no trace to watch: look again at the next call
+                return "a module of a layer has forward hooks"
+            norms = (self_out.LayerNorm, output.LayerNorm)
+            if (any(type(n) is not layers.LayerNorm or n.weight is None or n.bias is None for n in norms)
+                    or type(self_attn.attn) is not layers.Attention or self_attn.attn.scale is not None
+                    or self_attn.attn.causal or type(intermediate.act) is not layers.Activation
+                    or intermediate.act.name not in GELU_APPROXIMATIONS):
+                return "a LayerNorm, the attention or the activation is not one the one-call encoder runs"
+            for module in (layer, attention, self_attn, self_out, intermediate, output, intermediate.act,
+                           self_attn.attn):
+                self.watch(module, *module._modules)
+            for norm in norms:
+                self.watch(norm, "weight", "bias", kind="_parameters")
+                self.check(norm.__dict__, "eps", norm.eps)
+                eps.add(norm.eps)
+            fused = self_attn.qkv.fused_now()
+            if fused is None:
+                return "q/k/v are not fused (a wrapped or hooked linear, or formats that differ)"
+            self.check(self_attn.qkv.__dict__, "weight", fused[0])
+            linears = [self._linear(*fused)]
+            for dense in (self_out.dense, intermediate.dense, output.dense):
+                if not plain(dense):
+                    return f"{type(dense).__name__} is not a plain linear"
+                self.watch(dense, *dense._parameters, kind="_parameters")
+                linears.append(self._linear(dense.weight, dense.bias))
+            if any(lin is None for lin in linears):
+                return "a weight format the one-call encoder does not take (float32, or W8A8)"
+            weights.add_layer(linears, [p.detach() for n in norms for p in (n.weight, n.bias)])
+            heads.add(self_attn.num_heads)
+            self.check(intermediate.act.__dict__, "name", intermediate.act.name)
+            acts.add(ACTS[GELU_APPROXIMATIONS[intermediate.act.name]])
+        if len(eps) != 1 or len(heads) != 1 or len(acts) != 1:
+            return "the LayerNorms' eps, the head counts or the activations differ between layers"
+        self.weights, self.eps, self.heads, self.act = weights, eps.pop(), heads.pop(), acts.pop()
+        return None
+
+
+_encoder_plans: "weakref.WeakKeyDictionary[BertEncoder, _EncoderPlan]" = weakref.WeakKeyDictionary()
+
+
+def _encoder_plan(encoder: BertEncoder) -> _EncoderPlan:
+    plan = _encoder_plans.get(encoder)
+    if plan is None or not plan.current():
+        plan = _EncoderPlan(encoder)
+        if plan.lasting:
+            _encoder_plans[encoder] = plan
+        else:
+            _encoder_plans.pop(encoder, None)
+    return plan
 
 
 class BertPooler(nn.Module):

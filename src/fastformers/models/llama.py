@@ -12,13 +12,11 @@ kernels take; otherwise (and on other backends) the layers run one by one.
 from __future__ import annotations
 
 import math
-import operator
 import weakref
 from typing import Optional
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from .. import layers, ops
 from ..configuration import PretrainedConfig
@@ -29,7 +27,7 @@ from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
 from ..layers import RMSNorm
-from ._common import call_layer, check_inputs
+from ._common import ModulePlan, call_layer, check_inputs
 
 BaseModelOutputWithPast = _output("BaseModelOutputWithPast", "last_hidden_state", "past_key_values",
                                   "hidden_states", "attentions")
@@ -302,44 +300,20 @@ class LlamaModel(LlamaPreTrainedModel):
 
 
 # -- the one-call decode step: what ops.decode_layers reads from a LlamaModel's modules ---------------------------
-class _DecodePlan:
-    """DecodeWeights of a model's layers (None: they cannot run in one call, `reason` says why), and what tells that
-    they still describe the model: the Linear-assignment epoch (layers/linear.py), the number of hook handles ever
-    made (a new forward hook anywhere bumps it), and the identity of every module and tensor read."""
+class _DecodePlan(ModulePlan):
+    """DecodeWeights of a model's layers (None: they cannot run in one call, `reason` says why), valid while
+    current() holds (ModulePlan)."""
 
     def __init__(self, model: "LlamaModel") -> None:
-        self.epoch, self.handles = assignments(), RemovableHandle.next_id
-        self._tables: list = []  # (table, name, expected): table.get(name) must be expected
-        self._names: list = []
-        self._expected: list = []
+        super().__init__()
         self.weights: Optional[DecodeWeights] = None
         self.eps = self.scale = None
-        self.lasting = True  # valid while current() holds
         self.reason = self._build(model)
 
-    def current(self) -> bool:
-        # the identity checks in C loops (map over dict.get and operator.is_): ~800 of them per step
-        return (self.epoch == assignments() and self.handles == RemovableHandle.next_id
-                and all(map(operator.is_, map(dict.get, self._tables, self._names), self._expected)))
-
-    @property
-    def checks(self) -> list:
-        return list(zip(self._tables, self._names, self._expected))
-
-    def _check(self, table: dict, name: str, value) -> None:
-        self._tables.append(table)
-        self._names.append(name)
-        self._expected.append(value)
-
-    def _watch(self, module: nn.Module, *names: str, kind: str = "_modules") -> None:
-        table = getattr(module, kind)
-        for name in names:
-            self._check(table, name, table.get(name))
-
     def _build(self, model) -> Optional[str]:
-        self._watch(model, "layers", "norm")
-        self._watch(model.layers, *model.layers._modules)
-        self._watch(model.norm, "weight", kind="_parameters")
+        self.watch(model, "layers", "norm")
+        self.watch(model.layers, *model.layers._modules)
+        self.watch(model.norm, "weight", kind="_parameters")
         weights, eps, scales = DecodeWeights(), {model.norm.variance_epsilon}, set()
         for layer in model.layers:
             attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
@@ -351,25 +325,25 @@ class _DecodePlan:
             if hooked(tuple(layer.modules())):
                 self.lasting = False  # removing a hook leaves no trace to watch: look again at the next step
                 return "a module of a layer has forward hooks"
-            self._watch(layer, *layer._modules)
-            self._watch(attn, *attn._modules)
-            self._watch(mlp, *mlp._modules)
+            self.watch(layer, *layer._modules)
+            self.watch(attn, *attn._modules)
+            self.watch(mlp, *mlp._modules)
             for norm in norms:
                 if norm is not None:
-                    self._watch(norm, "weight", kind="_parameters")
+                    self.watch(norm, "weight", kind="_parameters")
                     eps.add(norm.variance_epsilon)
             linears = []
             for group, single in ((attn.qkv, None), (None, attn.o_proj), (mlp.gate_up, None), (None, mlp.down_proj)):
                 if group is not None:
-                    self._check(group.__dict__, "weight", group.weight)  # fused later: build again
+                    self.check(group.__dict__, "weight", group.weight)  # fused later: build again
                     if group._members != group.modules_now() or group._epoch != assignments() or group.weight is None:
                         return "q/k/v or gate/up are not fused (formats differ, or no inference call yet)"
                     slots = linear_slots(group.weight, group.bias)
                 else:
                     if not plain(single):
                         return f"{type(single).__name__} is not a plain linear"
-                    self._watch(single, *single._parameters, kind="_parameters")
-                    self._watch(single, *single._buffers, kind="_buffers")
+                    self.watch(single, *single._parameters, kind="_parameters")
+                    self.watch(single, *single._buffers, kind="_buffers")
                     slots = linear_slots(single.weight, single.bias)
                 if slots is None:
                     return "a weight format the one-call step does not take (float32, or int8 / int4 weight-only)"

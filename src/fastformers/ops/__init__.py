@@ -15,6 +15,7 @@ from .attention import (
 )
 from .backend import BACKENDS, BackendUnavailableError, backend_status, current_backend, use_backend
 from .decode import decode_layers, decode_layers_reference
+from .encoder import encoder_layers, encoder_layers_reference
 from .linear import linear, linear_gelu, linear_gelu_reference, linear_reference
 from .norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
 from .padding import Packing, pad, unpad
@@ -29,7 +30,7 @@ from .rotary import rotary, rotary_reference
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "attention", "attention_with_probs", "backend_status",
-    "current_backend", "decode_layers", "dequantize_weight", "gelu", "layer_norm", "linear", "linear_gelu", "Packing", "packed_attention",
+    "current_backend", "decode_layers", "dequantize_weight", "encoder_layers", "gelu", "layer_norm", "linear", "linear_gelu", "Packing", "packed_attention",
     "pad", "QuantizedWeight",
     "quantize_weight", "quantized_linear", "rms_norm", "rotary", "silu_mul", "unpad", "unpadding_pays", "use_backend",
     "varlen_attention",

@@ -162,6 +162,39 @@ def packed_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
     return packed
 
 
+class PackCheck:
+    """Whether the packed copies a one-call op was given (ops.encoder_layers) still match their float weights: the
+    rule of packed_weight (version counter, address, a sample of SAMPLE elements) for all of them in one pass, ~20 us
+    for 24 weights against ~8 us per weight through packed_weight."""
+
+    def __init__(self) -> None:
+        self.weights: list = []
+        self._inference: list = []
+        self._state: tuple = ()
+        self._views: list = []
+        self._sample: Optional[torch.Tensor] = None
+
+    def add(self, weight: torch.Tensor) -> None:
+        w = weight.detach()  # shares the storage and the version counter
+        span = 1 + sum((size - 1) * stride for size, stride in zip(w.shape, w.stride()))
+        step = max(span // SAMPLE, 1)
+        self.weights.append(weight)
+        self._inference.append(weight.is_inference())
+        self._views.append(w.as_strided((min(SAMPLE, span),), (step,)))  # elements spread over its memory
+
+    def finish(self) -> "PackCheck":
+        self._state = self._now()
+        self._sample = torch.cat(self._views) if self._views else None
+        return self
+
+    def _now(self) -> tuple:
+        return ([-1 if inference else w._version for w, inference in zip(self.weights, self._inference)],
+                [w.data_ptr() for w in self.weights])
+
+    def current(self) -> bool:
+        return self._now() == self._state and (self._sample is None or torch.equal(torch.cat(self._views), self._sample))
+
+
 def attach_quantized_twin(weight: torch.Tensor, qw: QuantizedWeight) -> bool:
     """Run `weight` from `qw`, a packed weight that dequantizes to exactly its values (a GGUF model's tied output
     head, whose float weight the embedding lookup needs, from the file's Q8_0 bytes: a quarter of the bytes to

@@ -55,7 +55,8 @@ def kernels() -> dict:
 
 
 #: the ops fastformers._C registers (all CPU kernels today)
-OPS = ("quant_linear", "quant_linear_a8", "rms_norm", "add_rms_norm", "rotary", "decode_attention", "decode_layers")
+OPS = ("quant_linear", "quant_linear_a8", "rms_norm", "add_rms_norm", "rotary", "decode_attention", "decode_layers",
+       "encoder_layers")
 
 
 def _register_fakes() -> None:
@@ -82,6 +83,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastformers_ext::decode_layers")
     def _(x, weights, formats, k_caches, v_caches, cache_position, keep, cos, sin, num_heads, num_kv_heads, eps,
           scale):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("fastformers_ext::encoder_layers")
+    def _(x, cu_seqlens, weights, formats, num_heads, eps, act):
         return x.new_empty(x.shape)
 
     @torch.library.register_fake("fastformers_ext::add_rms_norm")

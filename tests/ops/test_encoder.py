@@ -1,0 +1,148 @@
+"""ops.encoder_layers: the one-call BERT-family encoder (csrc/cpu/encoder_step.cpp) against its reference on random
+weights: float32 weights and oneDNN-packed copies against the float64 reference; W8A8 against the reference in float32
+(activations are quantized to int8 from float32 values); both GELUs, odd sequence lengths (1, an empty sequence, tails
+after the 16-wide loops), a head size that is not a multiple of 16; its dispatch, schema, fake and errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastformers import ops
+from fastformers.ops.encoder import FLOAT, PACKED, SLOTS, W8A8, EncoderWeights, encoder_layers_cpu, encoder_layers_reference
+
+pytestmark = pytest.mark.skipif(os.environ.get("FASTFORMERS_BUILD_EXT") == "0",
+                                reason="FASTFORMERS_BUILD_EXT=0: the extension was deliberately not built")
+
+KINDS = {"float": [FLOAT] * 4, "packed": [PACKED] * 4, "w8a8": [W8A8] * 4, "mixed": [PACKED, W8A8, FLOAT, W8A8]}
+
+
+def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, lengths=(5, 1, 0, 37, 18), act=0):
+    """(args for the kernel, float64 reference args or None for W8A8 cases, float32 reference args)."""
+    g = torch.Generator().manual_seed(seed)
+    got, ref64, ref32 = EncoderWeights(), EncoderWeights(), EncoderWeights()
+    for _ in range(layers):
+        linears = ([], [], [])
+        for (n, k), kind in zip([(3 * hidden, hidden), (hidden, hidden), (inter, hidden), (hidden, inter)],
+                                KINDS[kinds]):
+            w = torch.randn(n, k, generator=g) * k ** -0.5
+            b = torch.randn(n, generator=g) * 0.1
+            if kind == W8A8:
+                qw = ops.quantize_weight(w, bits=8, method="w8a8")
+                parts = (qw.qweight, qw.scales.reshape(-1).contiguous(), b, W8A8)
+                linears[0].append(parts)
+                linears[1].append(parts)
+                linears[2].append(parts)
+                continue
+            linears[0].append((torch.ops.mkldnn._reorder_linear_weight(w, None) if kind == PACKED else w, None, b, kind))
+            linears[1].append((w.double(), None, b.double(), FLOAT))
+            linears[2].append((w, None, b, FLOAT))
+        norms = [1 + 0.3 * torch.randn(hidden, generator=g), 0.1 * torch.randn(hidden, generator=g),
+                 1 + 0.3 * torch.randn(hidden, generator=g), 0.1 * torch.randn(hidden, generator=g)]
+        got.add_layer(linears[0], norms)
+        ref64.add_layer(linears[1], [n.double() for n in norms])
+        ref32.add_layer(linears[2], norms)
+    x = torch.randn(sum(lengths), hidden, generator=g) * 2
+    cu = torch.tensor([0] + list(lengths)).cumsum(0).to(torch.int32)
+    tail = (heads, 1e-12, act)
+
+    def args(w, xx):
+        return (xx, cu, w.weights, w.formats) + tail
+
+    return args(got, x), (None if "w8a8" in kinds or kinds == "mixed" else args(ref64, x.double())), args(ref32, x)
+
+
+CASES = {
+    "float": dict(kinds="float"),
+    "packed": dict(kinds="packed"),
+    "packed-gelu-tanh": dict(kinds="packed", act=1),
+    "float-head-dim-20": dict(kinds="float", hidden=60, heads=3, act=1),
+    "one-sequence": dict(kinds="packed", lengths=(16,)),
+    "long-sequences": dict(kinds="packed", lengths=(130, 64), layers=1),
+    "w8a8": dict(kinds="w8a8"),
+    "mixed": dict(kinds="mixed", act=1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_encoder_layers_matches_the_reference(case):
+    got, ref64, ref32 = make_case(1, **CASES[case])
+    out = encoder_layers_cpu(*got)
+    assert out.shape == got[0].shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    if ref64 is not None:
+        ref = encoder_layers_reference(*ref64)
+        assert (out.double() - ref).abs().max() <= 2e-5 * ref.abs().max()
+    else:  # int8 activations: a value that rounds the other way in float64 would move its product by a whole step
+        ref = encoder_layers_reference(*ref32)
+        assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
+        assert (out - ref).abs().mean() <= 1e-5 * ref.abs().max()
+
+
+def test_each_sequence_attends_to_its_own_tokens_only():
+    got, _, _ = make_case(2, kinds="packed", lengths=(6, 9))
+    x, cu = got[0], got[1]
+    whole = encoder_layers_cpu(*got)
+    for start, end in ((0, 6), (6, 15)):
+        alone = encoder_layers_cpu(x[start:end], torch.tensor([0, end - start]), *got[2:])
+        assert (alone - whole[start:end]).abs().max() <= 1e-5
+
+
+def test_the_op_dispatches_to_the_cpu_kernel_at_inference_and_to_the_reference_when_forced():
+    got, _, ref32 = make_case(3, kinds="float")
+    assert ops.encoder_layers.choose("cpu", got) == "cpu"
+    with ops.use_backend("torch"):
+        assert ops.encoder_layers.choose("cpu", got) == "torch"
+        assert (ops.encoder_layers(*ref32) - encoder_layers_cpu(*got)).abs().max() <= 1e-4
+    x = got[0].clone().requires_grad_()
+    with torch.enable_grad():
+        assert ops.encoder_layers.choose("cpu", (x,) + got[1:]) == "torch"
+    assert ops.encoder_layers.choose("cpu", (got[0].bfloat16(),) + got[1:]) == "torch"
+
+
+def test_the_reference_refuses_a_packed_weight():
+    got, _, _ = make_case(4, kinds="packed", layers=1)
+    with pytest.raises(ValueError, match="oneDNN-packed weight"):
+        encoder_layers_reference(*got)
+
+
+def test_schema_and_fake_implementation():
+    got, _, _ = make_case(5, kinds="w8a8", layers=1)
+    torch.library.opcheck(torch.ops.fastformers_ext.encoder_layers.default, got,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def _with(args, i, value):
+    return args[:i] + (value,) + args[i + 1:]
+
+
+def _slot(args, i, value):
+    return _with(args, 2, [value if j == i else w for j, w in enumerate(args[2])])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda a: _with(a, 2, a[2][:-1]), "16 weights per layer"),
+    (lambda a: _with(a, 3, a[3][:-1]), "4 formats per layer"),
+    (lambda a: _with(a, 0, a[0].double()), "x must be float32"),
+    (lambda a: _with(a, 1, torch.tensor([0, 5, 60])), "cu_seqlens must run from 0 to the 61 tokens"),
+    (lambda a: _with(a, 1, torch.tensor([0, 40, 30, 61])), "must not decrease"),
+    (lambda a: _with(a, 4, 5), "not a multiple of num_heads=5"),
+    (lambda a: _with(a, 6, 2), "act=2"),
+    (lambda a: _with(a, 3, [7] + list(a[3][1:])), "layer 0 qkv: format 7"),
+    (lambda a: _with(a, 3, [PACKED] + list(a[3][1:])), "layer 0 qkv: format 1 takes oneDNN's packed"),
+    (lambda a: _slot(a, 3, a[2][3][:, :-1]), r"layer 0 o: the weight is \[72, 71\]"),
+    (lambda a: _slot(a, 0, None), "layer 0 qkv: the weight is missing"),
+    (lambda a: _slot(a, SLOTS + 11, a[2][SLOTS + 11][:-1]), "layer 1 output: the bias"),
+    (lambda a: _slot(a, SLOTS + 13, a[2][SLOTS + 13][:-1]), "layer 1: attention LayerNorm bias"),
+])
+def test_bad_arguments_are_named(edit, match):
+    got, _, _ = make_case(6, kinds="float")
+    with pytest.raises(RuntimeError, match=match):
+        encoder_layers_cpu(*edit(got))
+
+
+def test_w8a8_needs_its_scales():
+    got, _, _ = make_case(7, kinds="w8a8", layers=1)
+    with pytest.raises(RuntimeError, match="layer 0 qkv: W8A8 needs contiguous float32 scales"):
+        encoder_layers_cpu(*_slot(got, 1, None))
