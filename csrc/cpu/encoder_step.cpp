@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "encoder_step.h"
+#include "quant_x86.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(__clang__) && defined(__linux__)
 // the loops below are written so the compiler vectorizes them; each clone gets its instruction set's width
@@ -257,6 +258,83 @@ FF_WIDE void attend_head(const float* q, const float* k, const float* v, int64_t
   }
 }
 
+#if FF_X86
+// e^x for x <= 0, 16 at a time: the same reduction and polynomial as exp_nonpositive, 2^n by vscalefps.
+FF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// attend_head with AVX-512: keys transposed into kt (D rows of Lp = L rounded up to 64, zeros after L) so that four
+// blocks of 16 scores accumulate at once over d; the weighted sum of values in four chains over the keys.
+FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v, int64_t step, int64_t L, int64_t D,
+                                  float scale, float* kt, float* p, float* out, int64_t out_step) {
+  const int64_t Lp = (L + 63) / 64 * 64;
+  for (int64_t d = 0; d < D; ++d) {
+    float* row = kt + d * Lp;
+    for (int64_t j = 0; j < L; ++j) row[j] = k[j * step + d];
+    for (int64_t j = L; j < Lp; ++j) row[j] = 0.f;
+  }
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < L; ++i) {
+    const float* qi = q + i * step;
+    for (int64_t j = 0; j < Lp; j += 64) {
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t d = 0; d < D; ++d) {
+        const __m512 qd = _mm512_set1_ps(qi[d]);
+        const float* kr = kt + d * Lp + j;
+        a0 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr), a0);
+        a1 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr + 16), a1);
+        a2 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr + 32), a2);
+        a3 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr + 48), a3);
+      }
+      _mm512_storeu_ps(p + j, _mm512_mul_ps(a0, vscale));
+      _mm512_storeu_ps(p + j + 16, _mm512_mul_ps(a1, vscale));
+      _mm512_storeu_ps(p + j + 32, _mm512_mul_ps(a2, vscale));
+      _mm512_storeu_ps(p + j + 48, _mm512_mul_ps(a3, vscale));
+    }
+    __m512 top = _mm512_set1_ps(-FLT_MAX);
+    for (int64_t j = 0; j < L; j += 16)
+      top = _mm512_mask_max_ps(top, first_lanes(L - j), top, _mm512_loadu_ps(p + j));
+    const __m512 best = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < L; j += 16) {
+      const __mmask16 m = first_lanes(L - j);
+      const __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(p + j), best));
+      _mm512_mask_storeu_ps(p + j, m, e);
+      sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+    float* oi = out + i * out_step;
+    for (int64_t d = 0; d < D; d += 16) {
+      const __mmask16 m = first_lanes(D - d);
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      int64_t j = 0;
+      for (; j + 4 <= L; j += 4) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * step + d), a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), _mm512_maskz_loadu_ps(m, v + (j + 1) * step + d), a1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), _mm512_maskz_loadu_ps(m, v + (j + 2) * step + d), a2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), _mm512_maskz_loadu_ps(m, v + (j + 3) * step + d), a3);
+      }
+      for (; j < L; ++j) a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * step + d), a0);
+      const __m512 acc = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+      _mm512_mask_storeu_ps(oi + d, m, _mm512_mul_ps(acc, inv));
+    }
+  }
+}
+#endif
+
 // Attention of every sequence and head: qkv (T, 3 * heads * D) rows [q heads | k heads | v heads] -> out (T, heads D).
 void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, int64_t D, float scale,
             at::Tensor& out) {
@@ -265,14 +343,26 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
   float* op = out.data_ptr<float>();
   int64_t longest = 0;
   for (int64_t b = 0; b < B; ++b) longest = std::max(longest, cu[b + 1] - cu[b]);
+#if FF_X86
+  static const bool wide = avx512_usable(false);
+#else
+  constexpr bool wide = false;
+#endif
+  const int64_t padded = (longest + 63) / 64 * 64;
   at::parallel_for(0, B * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(longest * D), p(longest);
+    std::vector<float> kt(padded * D), p(padded);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads, L = cu[b + 1] - cu[b];
       if (L == 0) continue;
       const float* q = base + cu[b] * width + h * D;
-      attend_head(q, q + heads * D, q + 2 * heads * D, width, L, D, scale, kt.data(), p.data(),
-                  op + cu[b] * heads * D + h * D, heads * D);
+      float* o = op + cu[b] * heads * D + h * D;
+#if FF_X86
+      if (wide) {
+        attend_head_avx512(q, q + heads * D, q + 2 * heads * D, width, L, D, scale, kt.data(), p.data(), o, heads * D);
+        continue;
+      }
+#endif
+      attend_head(q, q + heads * D, q + 2 * heads * D, width, L, D, scale, kt.data(), p.data(), o, heads * D);
     }
   });
 }
