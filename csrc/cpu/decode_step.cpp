@@ -29,6 +29,7 @@
 #include "norm.h"
 #include "quant_linear.h"
 #include "rotary.h"
+#include "slots.h"
 
 namespace fastformers {
 namespace {
@@ -44,21 +45,9 @@ struct Linear {
   int64_t bits = 0, group = 0, a8 = 0;
 };
 
-at::Tensor slot(const c10::List<c10::optional<at::Tensor>>& ws, int64_t i) {
-  c10::optional<at::Tensor> t = ws.get(i);
-  return t.has_value() ? *t : at::Tensor();
-}
-
-bool is_f32(const at::Tensor& t) { return t.defined() && t.scalar_type() == at::kFloat; }
-
 at::Tensor norm_weight(const c10::List<c10::optional<at::Tensor>>& ws, int64_t i, int64_t size, bool optional,
                        int64_t layer, const char* name) {
-  at::Tensor w = slot(ws, i);
-  if (!w.defined() && optional) return w;
-  TORCH_CHECK(is_f32(w) && w.dim() == 1 && w.size(0) == size && w.is_contiguous(), OP "layer ", layer, ": ", name,
-              " must be a contiguous float32 vector of ", size, ", got ",
-              w.defined() ? c10::str(w.scalar_type(), " ", w.sizes()) : std::string("None"));
-  return w;
+  return vector_slot(ws, i, size, optional, OP, layer, name);
 }
 
 // The linear `which` of `layer`, checked against (N outputs, K inputs); N < 0 takes whatever the weight has.

@@ -31,6 +31,7 @@
 
 #include "encoder_step.h"
 #include "quant_x86.h"
+#include "slots.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(__clang__) && defined(__linux__)
 // the loops below are written so the compiler vectorizes them; each clone gets its instruction set's width
@@ -55,20 +56,9 @@ struct Linear {
   int64_t kind = kFloat;
 };
 
-at::Tensor slot(const c10::List<c10::optional<at::Tensor>>& ws, int64_t i) {
-  c10::optional<at::Tensor> t = ws.get(i);
-  return t.has_value() ? *t : at::Tensor();
-}
-
-bool is_f32(const at::Tensor& t) { return t.defined() && t.scalar_type() == at::kFloat; }
-
 at::Tensor vector_at(const c10::List<c10::optional<at::Tensor>>& ws, int64_t i, int64_t size, int64_t layer,
                      const char* name) {
-  at::Tensor w = slot(ws, i);
-  TORCH_CHECK(is_f32(w) && w.dim() == 1 && w.size(0) == size && w.is_contiguous(), OP "layer ", layer, ": ", name,
-              " must be a contiguous float32 vector of ", size, ", got ",
-              w.defined() ? c10::str(w.scalar_type(), " ", w.sizes()) : std::string("None"));
-  return w;
+  return vector_slot(ws, i, size, false, OP, layer, name);
 }
 
 // The linear `which` of `layer`, checked against (N outputs, K inputs); N < 0 takes whatever the weight has.

@@ -63,6 +63,18 @@ class ModulePlan:
             self.check(table, name, table.get(name))
 
 
+def current_plan(plans, owner, make):
+    """plans[owner] (a WeakKeyDictionary of ModulePlans) while it is current, else make(owner), kept when lasting."""
+    plan = plans.get(owner)
+    if plan is None or not plan.current():
+        plan = make(owner)
+        if plan.lasting:
+            plans[owner] = plan
+        else:
+            plans.pop(owner, None)
+    return plan
+
+
 def run_encoder(layers, x, attention_mask, output_attentions: bool, output_hidden_states: bool,
                 attention_dropout: float = 0.0, keep_padding: bool = False):
     """Run encoder layers `layer(x, mask, output_attentions) -> (x, probs)` over a batch.

@@ -14,7 +14,11 @@ from torch import nn
 
 from .. import layers, ops
 from ..configuration import PretrainedConfig
+from ..layers.activation import GELU_APPROXIMATIONS
+from ..layers.linear import hooked, plain
 from ..modeling import PreTrainedModel
+from ..ops.encoder import ACTS, FLOAT, PACKED, W8A8, EncoderWeights, encoder_layers_cpu
+from ..ops.linear import PackCheck, packed_weight
 from ..outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     MaskedLMOutput,
@@ -23,13 +27,10 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from ..layers.activation import GELU_APPROXIMATIONS
-from ..layers.linear import hooked, plain
-from ..ops.encoder import ACTS, FLOAT, PACKED, W8A8, EncoderWeights, encoder_layers_cpu
-from ..ops.linear import PackCheck, packed_weight
 from ._common import (
     ModulePlan,
     check_inputs,
+    current_plan,
     check_mask,
     run_encoder,
     sequence_classification_loss,
@@ -276,14 +277,7 @@ _encoder_plans: "weakref.WeakKeyDictionary[BertEncoder, _EncoderPlan]" = weakref
 
 
 def _encoder_plan(encoder: BertEncoder) -> _EncoderPlan:
-    plan = _encoder_plans.get(encoder)
-    if plan is None or not plan.current():
-        plan = _EncoderPlan(encoder)
-        if plan.lasting:
-            _encoder_plans[encoder] = plan
-        else:
-            _encoder_plans.pop(encoder, None)
-    return plan
+    return current_plan(_encoder_plans, encoder, _EncoderPlan)
 
 
 class BertPooler(nn.Module):

@@ -27,7 +27,7 @@ from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
 from ..layers import RMSNorm
-from ._common import ModulePlan, call_layer, check_inputs
+from ._common import ModulePlan, call_layer, check_inputs, current_plan
 
 BaseModelOutputWithPast = _output("BaseModelOutputWithPast", "last_hidden_state", "past_key_values",
                                   "hidden_states", "attentions")
@@ -360,14 +360,7 @@ _decode_plans: "weakref.WeakKeyDictionary[LlamaModel, _DecodePlan]" = weakref.We
 
 
 def _decode_plan(model: "LlamaModel") -> _DecodePlan:
-    plan = _decode_plans.get(model)
-    if plan is None or not plan.current():
-        plan = _DecodePlan(model)
-        if plan.lasting:
-            _decode_plans[model] = plan
-        else:
-            _decode_plans.pop(model, None)
-    return plan
+    return current_plan(_decode_plans, model, _DecodePlan)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
