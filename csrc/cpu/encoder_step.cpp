@@ -16,6 +16,8 @@
 //      the activation as oneDNN's post-op for the intermediate linear (ops/linear.py packs the same way);
 //   2  W8A8: int8 codes (out, in) and float32 scales (out): activations quantized per token to int8 (round half to
 //      even of x / (max|x| / 127)), the products summed in int32 by torch._int_mm, then acc * sx * scale + bias.
+//   3  method blockwise_a8 with 8-bit codes in groups of 32, packed for gemm_a8.cpp (ops/encoder.py's
+//      pack_blockwise8: uint8 (out, in) and the scales transposed, (in / 32, out)); AVX-512 VNNI only.
 // `act`: 0 GELU (erf), 1 GELU (tanh approximation).
 
 #include <ATen/ATen.h>
@@ -30,6 +32,7 @@
 #include <vector>
 
 #include "encoder_step.h"
+#include "gemm_a8.h"
 #include "quant_x86.h"
 #include "slots.h"
 
@@ -49,7 +52,7 @@ constexpr int kLanes = 16;  // independent accumulators: the compiler vectorizes
 const char* const kLinearNames[kLinears] = {"qkv", "o", "intermediate", "output"};
 #define OP "fastformers_ext::encoder_layers: "
 
-enum Kind : int64_t { kFloat = 0, kPacked = 1, kW8A8 = 2 };
+enum Kind : int64_t { kFloat = 0, kPacked = 1, kW8A8 = 2, kBlock8 = 3 };
 
 struct Linear {
   at::Tensor w, scales, bias;
@@ -86,9 +89,19 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
       TORCH_CHECK(is_f32(l.scales) && l.scales.numel() == N && l.scales.is_contiguous(), OP "layer ", layer, " ", name,
                   ": W8A8 needs contiguous float32 scales, one per output (", N, ")");
       break;
+    case kBlock8:
+      TORCH_CHECK(gemm_a8_usable(), OP "layer ", layer, " ", name, ": format 3 needs AVX-512 VNNI, which this CPU "
+                  "lacks (or FASTFORMERS_CPU_PORTABLE=1)");
+      TORCH_CHECK(l.w.scalar_type() == at::kByte && l.w.is_contiguous() && N % 32 == 0 && K % 32 == 0, OP "layer ",
+                  layer, " ", name, ": format 3 takes contiguous packed uint8 codes with outputs and inputs multiples "
+                  "of 32, got ", l.w.scalar_type(), " ", l.w.sizes());
+      TORCH_CHECK(is_f32(l.scales) && l.scales.dim() == 2 && l.scales.size(0) == K / 32 && l.scales.size(1) == N &&
+                      l.scales.is_contiguous(),
+                  OP "layer ", layer, " ", name, ": format 3 needs contiguous float32 scales (", K / 32, ", ", N, ")");
+      break;
     default:
       TORCH_CHECK(false, OP "layer ", layer, " ", name, ": format ", l.kind, "; expected 0 (float32), 1 (oneDNN-packed "
-                  "float32) or 2 (W8A8)");
+                  "float32), 2 (W8A8) or 3 (packed int8 with int8 activations per block of 32)");
   }
   TORCH_CHECK(!l.bias.defined() || (is_f32(l.bias) && l.bias.dim() == 1 && l.bias.size(0) == N &&
                                     l.bias.is_contiguous()),
@@ -159,8 +172,9 @@ at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l) {
 at::Tensor run_linear(const at::Tensor& x, const Linear& l, bool activate, int64_t act) {
   const char* approximate = act == 1 ? "tanh" : "none";
   if (l.kind == kPacked) return packed_linear(x, l, activate ? "gelu" : "none", activate ? approximate : "");
-  at::Tensor y = l.kind == kW8A8 ? w8a8_linear(x, l)
-                                 : at::linear(x, l.w, l.bias.defined() ? c10::optional<at::Tensor>(l.bias) : c10::nullopt);
+  at::Tensor y = l.kind == kW8A8    ? w8a8_linear(x, l)
+                 : l.kind == kBlock8 ? gemm_a8_cpu(x, l.w, l.scales, l.bias)
+                                     : at::linear(x, l.w, l.bias.defined() ? c10::optional<at::Tensor>(l.bias) : c10::nullopt);
   return activate ? at::gelu_(y, approximate) : y;
 }
 

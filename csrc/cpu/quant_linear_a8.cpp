@@ -112,8 +112,6 @@ void rows_portable(const QuantView& w, const Activations& a, int64_t M, const fl
 // ---- AVX-512 VNNI ------------------------------------------------------------------------------------------------
 
 #if FF_X86
-#define FF_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
-
 
 // R rows x T tokens over 64 columns at a time: the rows' codes are loaded and made unsigned bytes once, each token's
 // quantized activations once; every (row, token) runs one vpdpbusd, one conversion and one multiply-add per 64 columns.

@@ -37,6 +37,7 @@ inline bool avx512_usable(bool vnni) {
 
 #if FF_X86
 #define FF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define FF_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 
 namespace fastformers {
 

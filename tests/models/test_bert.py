@@ -144,7 +144,7 @@ def test_encoder_on_triton_kernels_matches_transformers(model_type, tmp_path, pa
 
 
 # -- the one-call encoder (ops.encoder_layers, csrc/cpu/encoder_step.cpp) ------------------------------------------
-def _one_call_model(tmp_path, monkeypatch, **load):
+def _one_call_model(tmp_path, monkeypatch, config=TINY, **load):
     import fastformers
     from conftest import build_reference
     from fastformers.models import bert
@@ -156,7 +156,7 @@ def _one_call_model(tmp_path, monkeypatch, **load):
     calls = []
     one_call = bert.encoder_layers_cpu
     monkeypatch.setattr(bert, "encoder_layers_cpu", lambda *a: calls.append(1) or one_call(*a))
-    path, hf = build_reference("bert", "AutoModel", tmp_path, **TINY)
+    path, hf = build_reference("bert", "AutoModel", tmp_path, **config)
     return fastformers.AutoModel.from_pretrained(path, **load), hf, calls
 
 
@@ -195,13 +195,19 @@ def test_one_call_encoder_sees_weights_edited_between_calls(tmp_path, padded_bat
     assert "activations differ" in bert._encoder_plan(model.encoder).reason
 
 
-def test_one_call_encoder_runs_w8a8(tmp_path, padded_batch, monkeypatch):
-    """W8A8 weights run in the one call too (torch._int_mm), as the layers one by one compute them."""
+@pytest.mark.parametrize("method, group", [("w8a8", None), ("blockwise_a8", 32)])
+def test_one_call_encoder_runs_int8(method, group, tmp_path, padded_batch, monkeypatch):
+    """W8A8 weights (torch._int_mm) and int8 in groups of 32 with int8 activations per block of 32 (csrc/cpu/gemm_a8.cpp,
+    on CPUs with AVX-512 VNNI) run in the one call too, as the layers one by one compute them."""
     import fastformers
+    from fastformers.ops.encoder import block8_usable
 
+    if method == "blockwise_a8" and not block8_usable():
+        pytest.skip("the blockwise_a8 GEMM of the one call needs AVX-512 VNNI")
     ids, mask = padded_batch()
-    model, _, calls = _one_call_model(tmp_path, monkeypatch,
-                                      quantization_config=fastformers.QuantizationConfig(bits=8, method="w8a8"))
+    config = fastformers.QuantizationConfig(bits=8, group_size=group, method=method)
+    # (blockwise_a8's kernel takes linears whose outputs are multiples of 32)
+    model, _, calls = _one_call_model(tmp_path, monkeypatch, dict(TINY, intermediate_size=64), quantization_config=config)
     real = mask.bool()
     with torch.no_grad():
         fast = model(input_ids=ids, attention_mask=mask).last_hidden_state

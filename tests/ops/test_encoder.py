@@ -5,18 +5,38 @@ after the 16-wide loops), a head size that is not a multiple of 16; its dispatch
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 import torch
 
 from fastformers import ops
-from fastformers.ops.encoder import FLOAT, PACKED, SLOTS, W8A8, EncoderWeights, encoder_layers_cpu, encoder_layers_reference
+from fastformers.ops.encoder import (
+    BLOCK8,
+    FLOAT,
+    PACKED,
+    SLOTS,
+    W8A8,
+    EncoderWeights,
+    block8_usable,
+    encoder_layers_cpu,
+    encoder_layers_reference,
+    pack_blockwise8,
+    unpack_blockwise8,
+)
 
 pytestmark = pytest.mark.skipif(os.environ.get("FASTFORMERS_BUILD_EXT") == "0",
                                 reason="FASTFORMERS_BUILD_EXT=0: the extension was deliberately not built")
 
-KINDS = {"float": [FLOAT] * 4, "packed": [PACKED] * 4, "w8a8": [W8A8] * 4, "mixed": [PACKED, W8A8, FLOAT, W8A8]}
+KINDS = {"float": [FLOAT] * 4, "packed": [PACKED] * 4, "w8a8": [W8A8] * 4, "mixed": [PACKED, W8A8, FLOAT, W8A8],
+         "block8": [BLOCK8] * 4, "block8-mixed": [BLOCK8, PACKED, W8A8, BLOCK8]}
+needs_vnni = pytest.mark.skipif(not block8_usable(), reason="the BLOCK8 kernel needs AVX-512 VNNI, which this CPU lacks")
+
+
+def _block8(w):
+    qw = ops.quantize_weight(w, bits=8, group_size=32)
+    return pack_blockwise8(dataclasses.replace(qw, method="blockwise_a8"))
 
 
 def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, lengths=(5, 1, 0, 37, 18), act=0):
@@ -29,9 +49,12 @@ def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, l
                                 KINDS[kinds]):
             w = torch.randn(n, k, generator=g) * k ** -0.5
             b = torch.randn(n, generator=g) * 0.1
-            if kind == W8A8:
-                qw = ops.quantize_weight(w, bits=8, method="w8a8")
-                parts = (qw.qweight, qw.scales.reshape(-1).contiguous(), b, W8A8)
+            if kind in (W8A8, BLOCK8):
+                if kind == W8A8:
+                    qw = ops.quantize_weight(w, bits=8, method="w8a8")
+                    parts = (qw.qweight, qw.scales.reshape(-1).contiguous(), b, W8A8)
+                else:
+                    parts = _block8(w) + (b, BLOCK8)
                 linears[0].append(parts)
                 linears[1].append(parts)
                 linears[2].append(parts)
@@ -51,7 +74,8 @@ def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, l
     def args(w, xx):
         return (xx, cu, w.weights, w.formats) + tail
 
-    return args(got, x), (None if "w8a8" in kinds or kinds == "mixed" else args(ref64, x.double())), args(ref32, x)
+    exact = all(kind in (FLOAT, PACKED) for kind in KINDS[kinds])  # int8 activations: compared in float32
+    return args(got, x), (args(ref64, x.double()) if exact else None), args(ref32, x)
 
 
 CASES = {
@@ -63,11 +87,15 @@ CASES = {
     "long-sequences": dict(kinds="packed", lengths=(130, 64), layers=1),
     "w8a8": dict(kinds="w8a8"),
     "mixed": dict(kinds="mixed", act=1),
+    "block8": dict(kinds="block8", hidden=96, inter=160),
+    "block8-long-and-tails": dict(kinds="block8-mixed", hidden=64, heads=4, inter=128, lengths=(1, 2, 3, 130, 7)),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_encoder_layers_matches_the_reference(case):
+    if "block8" in case and not block8_usable():
+        pytest.skip("the BLOCK8 kernel needs AVX-512 VNNI, which this CPU lacks")
     got, ref64, ref32 = make_case(1, **CASES[case])
     out = encoder_layers_cpu(*got)
     assert out.shape == got[0].shape and out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -146,3 +174,23 @@ def test_w8a8_needs_its_scales():
     got, _, _ = make_case(7, kinds="w8a8", layers=1)
     with pytest.raises(RuntimeError, match="layer 0 qkv: W8A8 needs contiguous float32 scales"):
         encoder_layers_cpu(*_slot(got, 1, None))
+
+
+def test_block8_packing_round_trips():
+    g = torch.Generator().manual_seed(8)
+    qw = dataclasses.replace(ops.quantize_weight(torch.randn(64, 96, generator=g), bits=8, group_size=32),
+                             method="blockwise_a8")
+    packed, scales_t = pack_blockwise8(qw)
+    assert packed.dtype == torch.uint8 and packed.shape == (64, 96) and scales_t.shape == (3, 64)
+    back = unpack_blockwise8(packed, scales_t)
+    assert torch.equal(back.qweight, qw.qweight) and torch.equal(back.scales, qw.scales)
+
+
+@needs_vnni
+def test_block8_bad_slots_are_named():
+    got, _, _ = make_case(9, kinds="block8", hidden=96, inter=160, layers=1)
+    qkv = got[2][0]
+    with pytest.raises(RuntimeError, match="layer 0 qkv: the weight is"):
+        encoder_layers_cpu(*_slot(got, 0, qkv[:-32]))
+    with pytest.raises(RuntimeError, match=r"layer 0 qkv: format 3 needs contiguous float32 scales \(3, 288\)"):
+        encoder_layers_cpu(*_slot(got, 1, got[2][1][:, :-1]))

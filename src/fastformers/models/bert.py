@@ -17,7 +17,17 @@ from ..configuration import PretrainedConfig
 from ..layers.activation import GELU_APPROXIMATIONS
 from ..layers.linear import hooked, plain
 from ..modeling import PreTrainedModel
-from ..ops.encoder import ACTS, FLOAT, PACKED, W8A8, EncoderWeights, encoder_layers_cpu
+from ..ops.encoder import (
+    ACTS,
+    BLOCK8,
+    FLOAT,
+    PACKED,
+    W8A8,
+    EncoderWeights,
+    block8_usable,
+    encoder_layers_cpu,
+    pack_blockwise8,
+)
 from ..ops.linear import PackCheck, packed_weight
 from ..outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -212,6 +222,12 @@ class _EncoderPlan(ModulePlan):
 
     def _linear(self, weight, bias) -> Optional[tuple]:
         if isinstance(weight, ops.QuantizedWeight):
+            if weight.method == "blockwise_a8":
+                n, k = weight.shape
+                if (weight.bits != 8 or weight.group != 32 or weight.mins is not None or n % 32 or k % 32
+                        or not block8_usable()):
+                    return None
+                return pack_blockwise8(weight) + (bias, BLOCK8)  # repacked once per plan, read-only
             if weight.method != "w8a8" or weight.scales.dtype != torch.float32 or weight.qweight.dtype != torch.int8:
                 return None
             return weight.qweight.contiguous(), weight.scales.reshape(-1).contiguous(), bias, W8A8
@@ -262,7 +278,8 @@ class _EncoderPlan(ModulePlan):
                 self.watch(dense, *dense._parameters, kind="_parameters")
                 linears.append(self._linear(dense.weight, dense.bias))
             if any(lin is None for lin in linears):
-                return "a weight format the one-call encoder does not take (float32, or W8A8)"
+                return ("a weight format the one-call encoder does not take (float32, W8A8, or blockwise_a8 int8 in groups "
+                        "of 32 on a CPU with AVX-512 VNNI)")
             weights.add_layer(linears, [p.detach() for n in norms for p in (n.weight, n.bias)])
             heads.add(self_attn.num_heads)
             self.check(intermediate.act.__dict__, "name", intermediate.act.name)

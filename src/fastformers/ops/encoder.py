@@ -13,7 +13,9 @@ Arguments (`EncoderWeights` assembles the weights and formats from a model's mod
   weights: SLOTS entries per layer: for qkv, o, intermediate, output a (weight, scales | None, bias | None) triple,
       then the attention LayerNorm's (weight, bias) and the output LayerNorm's (weight, bias).
   formats: one kind per layer and linear: FLOAT (float weight), PACKED (oneDNN's packed copy of a float32 weight;
-      the cpu kernel only), W8A8 (int8 codes (out, in) and float32 scales per output: ops/quant.py's method "w8a8").
+      the cpu kernel only), W8A8 (int8 codes (out, in) and float32 scales per output: ops/quant.py's method "w8a8"),
+      BLOCK8 (method "blockwise_a8" with 8-bit codes in groups of 32, activations quantized per block of 32 too:
+      pack_blockwise8's (codes, transposed scales); the kernel needs AVX-512 VNNI, block8_usable()).
   num_heads, eps (the LayerNorms'), act: 0 GELU, 1 GELU with the tanh approximation.
 Returns the last layer's output (tokens, hidden).
 """
@@ -31,8 +33,31 @@ from .quant import QuantizedWeight, quantized_linear_reference
 
 SLOTS = 16  # weights per layer
 LINEARS = ("qkv", "o", "intermediate", "output")
-FLOAT, PACKED, W8A8 = 0, 1, 2
+FLOAT, PACKED, W8A8, BLOCK8 = 0, 1, 2, 3
 ACTS = {"none": 0, "tanh": 1}  # GELU's `approximate` -> act
+
+
+def pack_blockwise8(qw: QuantizedWeight):
+    """(packed codes, transposed scales) of a blockwise_a8 weight with 8-bit codes in groups of 32 for the BLOCK8
+    kernel (csrc/cpu/gemm_a8.cpp): codes + 128 as uint8 in [out / 16][in / 4][16][4] order, viewed (out, in); the
+    scales as float32 (in / 32, out). Out and in must be multiples of 32."""
+    n, k = qw.qweight.shape
+    codes = (qw.qweight.to(torch.int16) + 128).to(torch.uint8)
+    packed = codes.view(n // 16, 16, k // 4, 4).permute(0, 2, 1, 3).contiguous().view(n, k)
+    return packed, qw.scales.float().t().contiguous()
+
+
+def unpack_blockwise8(packed: torch.Tensor, scales_t: torch.Tensor) -> QuantizedWeight:
+    """The QuantizedWeight pack_blockwise8 was made from (scales in float32)."""
+    n, k = packed.shape
+    codes = packed.view(n // 16, k // 4, 16, 4).permute(0, 2, 1, 3).reshape(n, k)
+    return QuantizedWeight((codes.to(torch.int16) - 128).to(torch.int8), scales_t.t().contiguous(), None, 8, 32, k,
+                           "blockwise_a8")
+
+
+def block8_usable() -> bool:
+    """Whether the BLOCK8 kernel runs on this CPU (AVX-512 VNNI; not with FASTFORMERS_CPU_PORTABLE=1)."""
+    return native.available() and torch.ops.fastformers_ext.cpu_a8_isa() == "avx512-vnni"
 
 
 def _linear(x, weight, scales, bias, kind: int):
@@ -41,6 +66,8 @@ def _linear(x, weight, scales, bias, kind: int):
     if kind == W8A8:
         qw = QuantizedWeight(weight, scales.view(-1, 1), None, 8, None, weight.shape[1], "w8a8")
         return quantized_linear_reference(x, qw, bias)
+    if kind == BLOCK8:
+        return quantized_linear_reference(x, unpack_blockwise8(weight, scales), bias)
     raise ValueError(f"encoder_layers: format {kind} is not one the reference runs (a oneDNN-packed weight: pass the "
                      f"float weight with format {FLOAT})")
 

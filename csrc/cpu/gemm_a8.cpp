@@ -1,0 +1,141 @@
+// int8 GEMM for many tokens (an encoder's batch, a prompt) on weights repacked for it: QuantizedWeight method
+// "blockwise_a8" with 8-bit codes in groups of 32 (fastformers' format, GGUF's Q8_0), activations quantized per token
+// and block of 32 columns as the reference does (sx = max|x| / 127, at least the smallest normal float; xq =
+// round(x / sx) in [-127, 127]), then
+//   y[t, n] = sum_b sx[t, b] * scale[n, b] * sum_{k in b} q[n, k] xq[t, k] (+ bias[n])
+// with exact integer sums. quant_linear_a8.cpp computes the same for a few tokens from the weight as stored (a dot
+// product per row and token); here the outputs lie across the vector lanes, so that a tile of 4 tokens x 32 outputs
+// keeps 8 int32 and 8 float accumulators in registers and each weight byte loaded serves 4 tokens.
+//
+// The packed weight (ops/encoder.py's pack_blockwise8; N and K multiples of 32): codes + 128 as unsigned bytes laid
+// out [N / 16][K / 4][16 outputs][4 columns] -- the operand order of vpdpbusd, which sums 4 unsigned x signed byte
+// products into each int32 lane -- and the scales transposed to (K / 32, N). The +128 is taken back per token and
+// block: 128 * sum(xq) subtracted from every output's int32 sum.
+// AVX-512 VNNI only: gemm_a8_usable() says whether this CPU has it.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "gemm_a8.h"
+#include "quant_x86.h"
+
+namespace fastformers {
+
+bool gemm_a8_usable() {
+#if FF_X86
+  static const bool usable = avx512_usable(true);
+  return usable;
+#else
+  return false;
+#endif
+}
+
+#if FF_X86
+namespace {
+
+constexpr float kTiny = 1.17549435e-38f;  // the smallest normal float: the scale of a block of zeros
+constexpr int kTile = 6;  // tokens per tile: 12 int32 and 12 float accumulators, 2 weight registers
+
+// `count` blocks of 32 floats -> int8 codes, their scales and 128 * sum(codes), the reference's arithmetic: sx =
+// max(max|x| / 127, smallest normal), xq = round half to even of x / sx (within [-127, 127] by construction).
+FF_VNNI void quantize_blocks(const float* x, int64_t count, int8_t* xq, float* sx, int32_t* corr) {
+  const __m512 tiny = _mm512_set1_ps(kTiny);
+  for (int64_t b = 0; b < count; ++b) {
+    const __m512 lo = _mm512_loadu_ps(x + b * 32), hi = _mm512_loadu_ps(x + b * 32 + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+    const __m512 s = _mm512_max_ps(_mm512_set1_ps(amax / 127.f), tiny);
+    const __m512i qlo = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(lo, s), _MM_FROUND_TO_NEAREST_INT |
+                                                                                          _MM_FROUND_NO_EXC));
+    const __m512i qhi = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(hi, s), _MM_FROUND_TO_NEAREST_INT |
+                                                                                          _MM_FROUND_NO_EXC));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + b * 32), _mm512_cvtepi32_epi8(qlo));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + b * 32 + 16), _mm512_cvtepi32_epi8(qhi));
+    sx[b] = _mm512_cvtss_f32(s);
+    corr[b] = 128 * _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+  }
+}
+
+// T tokens (1..kTile) x 32 outputs (n-blocks nb, nb + 1) over all K columns.
+template <int T>
+FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64_t K, const int8_t* xq,
+                  const float* sx, const int32_t* corr, int64_t t0, int64_t nb, const float* bias, float* y) {
+  const int64_t steps = K / 4, blocks = K / 32;
+  const uint8_t* w0 = packed + nb * steps * 64;
+  const uint8_t* w1 = w0 + steps * 64;
+  __m512 f[T][2];
+  for (int t = 0; t < T; ++t) f[t][0] = f[t][1] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512i acc[T][2];  // each starts at -128 * sum(xq) of the block: the codes' +128 taken back
+    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_set1_epi32(-corr[(t0 + t) * blocks + b]);
+    for (int64_t s = b * 8; s < b * 8 + 8; ++s) {
+      const __m512i a0 = _mm512_loadu_si512(w0 + s * 64), a1 = _mm512_loadu_si512(w1 + s * 64);
+      for (int t = 0; t < T; ++t) {
+        int32_t four;  // the token's 4 codes of this step (memcpy: no aliasing of int8 storage as int32)
+        std::memcpy(&four, xq + (t0 + t) * K + s * 4, sizeof(four));
+        const __m512i xb = _mm512_set1_epi32(four);
+        acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], a0, xb);
+        acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], a1, xb);
+      }
+    }
+    const __m512 s0 = _mm512_loadu_ps(scales_t + b * N + nb * 16), s1 = _mm512_loadu_ps(scales_t + b * N + nb * 16 + 16);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xs = _mm512_set1_ps(sx[(t0 + t) * blocks + b]);
+      f[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][0]), _mm512_mul_ps(s0, xs), f[t][0]);
+      f[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][1]), _mm512_mul_ps(s1, xs), f[t][1]);
+    }
+  }
+  for (int j = 0; j < 2; ++j) {
+    const int64_t n = (nb + j) * 16;
+    const __m512 bv = bias ? _mm512_loadu_ps(bias + n) : _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + (t0 + t) * N + n, _mm512_add_ps(f[t][j], bv));
+  }
+}
+
+}  // namespace
+
+at::Tensor gemm_a8_cpu(const at::Tensor& x2d, const at::Tensor& packed, const at::Tensor& scales_t,
+                       const at::Tensor& bias) {
+  TORCH_CHECK(gemm_a8_usable(), "gemm_a8: this CPU has no AVX-512 VNNI");
+  const int64_t M = x2d.size(0), K = x2d.size(1), N = packed.size(0), blocks = K / 32;
+  // quantize the tokens: codes, scales and 128 * sum(codes) per block of 32
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> sx(M * blocks);
+  std::vector<int32_t> corr(M * blocks);
+  const float* xp = x2d.data_ptr<float>();
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    quantize_blocks(xp + m0 * K, (m1 - m0) * blocks, xq.data() + m0 * K, sx.data() + m0 * blocks,
+                    corr.data() + m0 * blocks);
+  });
+  at::Tensor y = at::empty({M, N}, x2d.options());
+  const uint8_t* pp = packed.data_ptr<uint8_t>();
+  const float* sp = scales_t.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N / 32, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int64_t t = 0;
+      for (; t + kTile <= M; t += kTile) tile<kTile>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp);
+      switch (M - t) {
+        case 5: tile<5>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
+        case 4: tile<4>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
+        case 3: tile<3>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
+        case 2: tile<2>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
+        case 1: tile<1>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
+        default: break;
+      }
+    }
+  });
+  return y;
+}
+#else
+at::Tensor gemm_a8_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "gemm_a8: not an x86-64 build");
+}
+#endif
+
+}  // namespace fastformers
