@@ -280,8 +280,68 @@ FF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// attend_head with AVX-512: keys transposed into kt (D rows of Lp = L rounded up to 64, zeros after L) so that four
-// blocks of 16 scores accumulate at once over d; the weighted sum of values in four chains over the keys.
+// Q query rows (from row i) of attend_head with AVX-512: Q x 4 blocks of 16 scores accumulate at once over d from the
+// transposed keys kt (D rows of Lp = L rounded up to 64, zeros after L); then per query the max-subtracted exponents;
+// then the weighted sum of values, Q queries x 32 output dims per pass, so each value row loaded serves Q queries.
+template <int Q>
+FF_AVX512 void attend_rows_avx512(const float* q, const float* v, int64_t step, int64_t L, int64_t Lp, int64_t D,
+                                  float scale, const float* kt, float* p, int64_t i, float* out, int64_t out_step) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t j = 0; j < Lp; j += 64) {
+    __m512 a[Q][4];
+    for (int r = 0; r < Q; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const float* kr = kt + d * Lp + j;
+      const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16), k2 = _mm512_loadu_ps(kr + 32),
+                   k3 = _mm512_loadu_ps(kr + 48);
+      for (int r = 0; r < Q; ++r) {
+        const __m512 qd = _mm512_set1_ps(q[(i + r) * step + d]);
+        a[r][0] = _mm512_fmadd_ps(qd, k0, a[r][0]);
+        a[r][1] = _mm512_fmadd_ps(qd, k1, a[r][1]);
+        a[r][2] = _mm512_fmadd_ps(qd, k2, a[r][2]);
+        a[r][3] = _mm512_fmadd_ps(qd, k3, a[r][3]);
+      }
+    }
+    for (int r = 0; r < Q; ++r)
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(p + r * Lp + j + 16 * c, _mm512_mul_ps(a[r][c], vscale));
+  }
+  __m512 inv[Q];
+  for (int r = 0; r < Q; ++r) {
+    float* pr = p + r * Lp;
+    __m512 top = _mm512_set1_ps(-FLT_MAX);
+    for (int64_t j = 0; j < L; j += 16) top = _mm512_mask_max_ps(top, first_lanes(L - j), top, _mm512_loadu_ps(pr + j));
+    const __m512 best = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < L; j += 16) {
+      const __mmask16 m = first_lanes(L - j);
+      const __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(pr + j), best));
+      _mm512_mask_storeu_ps(pr + j, m, e);
+      sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    inv[r] = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+  }
+  for (int64_t d = 0; d < D; d += 32) {
+    const __mmask16 m0 = first_lanes(D - d), m1 = D - d > 16 ? first_lanes(D - d - 16) : 0;
+    __m512 a[Q][2];
+    for (int r = 0; r < Q; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < L; ++j) {
+      const float* vr = v + j * step + d;
+      const __m512 v0 = _mm512_maskz_loadu_ps(m0, vr), v1 = _mm512_maskz_loadu_ps(m1, vr + 16);
+      for (int r = 0; r < Q; ++r) {
+        const __m512 pj = _mm512_set1_ps(p[r * Lp + j]);
+        a[r][0] = _mm512_fmadd_ps(pj, v0, a[r][0]);
+        a[r][1] = _mm512_fmadd_ps(pj, v1, a[r][1]);
+      }
+    }
+    for (int r = 0; r < Q; ++r) {
+      float* o = out + (i + r) * out_step + d;
+      _mm512_mask_storeu_ps(o, m0, _mm512_mul_ps(a[r][0], inv[r]));
+      _mm512_mask_storeu_ps(o + 16, m1, _mm512_mul_ps(a[r][1], inv[r]));
+    }
+  }
+}
+
+// attend_head with AVX-512 (p: 4 * Lp floats of scratch, kt: D * Lp).
 FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v, int64_t step, int64_t L, int64_t D,
                                   float scale, float* kt, float* p, float* out, int64_t out_step) {
   const int64_t Lp = (L + 63) / 64 * 64;
@@ -290,52 +350,9 @@ FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v
     for (int64_t j = 0; j < L; ++j) row[j] = k[j * step + d];
     for (int64_t j = L; j < Lp; ++j) row[j] = 0.f;
   }
-  const __m512 vscale = _mm512_set1_ps(scale);
-  for (int64_t i = 0; i < L; ++i) {
-    const float* qi = q + i * step;
-    for (int64_t j = 0; j < Lp; j += 64) {
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t d = 0; d < D; ++d) {
-        const __m512 qd = _mm512_set1_ps(qi[d]);
-        const float* kr = kt + d * Lp + j;
-        a0 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr), a0);
-        a1 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr + 16), a1);
-        a2 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr + 32), a2);
-        a3 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kr + 48), a3);
-      }
-      _mm512_storeu_ps(p + j, _mm512_mul_ps(a0, vscale));
-      _mm512_storeu_ps(p + j + 16, _mm512_mul_ps(a1, vscale));
-      _mm512_storeu_ps(p + j + 32, _mm512_mul_ps(a2, vscale));
-      _mm512_storeu_ps(p + j + 48, _mm512_mul_ps(a3, vscale));
-    }
-    __m512 top = _mm512_set1_ps(-FLT_MAX);
-    for (int64_t j = 0; j < L; j += 16)
-      top = _mm512_mask_max_ps(top, first_lanes(L - j), top, _mm512_loadu_ps(p + j));
-    const __m512 best = _mm512_set1_ps(_mm512_reduce_max_ps(top));
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < L; j += 16) {
-      const __mmask16 m = first_lanes(L - j);
-      const __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(p + j), best));
-      _mm512_mask_storeu_ps(p + j, m, e);
-      sum = _mm512_mask_add_ps(sum, m, sum, e);
-    }
-    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
-    float* oi = out + i * out_step;
-    for (int64_t d = 0; d < D; d += 16) {
-      const __mmask16 m = first_lanes(D - d);
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      int64_t j = 0;
-      for (; j + 4 <= L; j += 4) {
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * step + d), a0);
-        a1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), _mm512_maskz_loadu_ps(m, v + (j + 1) * step + d), a1);
-        a2 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 2]), _mm512_maskz_loadu_ps(m, v + (j + 2) * step + d), a2);
-        a3 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 3]), _mm512_maskz_loadu_ps(m, v + (j + 3) * step + d), a3);
-      }
-      for (; j < L; ++j) a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * step + d), a0);
-      const __m512 acc = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-      _mm512_mask_storeu_ps(oi + d, m, _mm512_mul_ps(acc, inv));
-    }
-  }
+  int64_t i = 0;
+  for (; i + 4 <= L; i += 4) attend_rows_avx512<4>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
+  for (; i < L; ++i) attend_rows_avx512<1>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
 }
 #endif
 
@@ -354,7 +371,7 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
 #endif
   const int64_t padded = (longest + 63) / 64 * 64;
   at::parallel_for(0, B * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(padded * D), p(padded);
+    std::vector<float> kt(padded * D), p(4 * padded);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads, L = cu[b + 1] - cu[b];
       if (L == 0) continue;
