@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -147,17 +148,57 @@ FF_WIDE void dequantize_row(const int32_t* acc, float sx, const float* scales, c
     for (int64_t n = 0; n < N; ++n) out[n] = static_cast<float>(acc[n]) * sx * scales[n];
 }
 
-at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l) {
+// Buffers reused from layer to layer and call to call (per thread): fresh allocations of a few MB per GEMM cost page
+// faults on every call (measured: MiniLM 8 x 128, ~30% of the samples in the kernel). Released after a call that
+// needed more than kKeepBytes in all.
+enum Buffer { kQkv, kAttn, kHidden, kInter, kOut, kCodes, kSums, kBuffers };
+constexpr size_t kKeepBytes = size_t(64) << 20;
+
+// Plain memory, not tensors: a thread_local at::Tensor would be destroyed at exit after torch's allocator.
+struct Block {
+  void* data = nullptr;
+  size_t bytes = 0;
+  ~Block() { std::free(data); }
+  void reset() {
+    std::free(data);
+    data = nullptr;
+    bytes = 0;
+  }
+};
+thread_local Block workspace[kBuffers];
+
+// A (rows, cols) tensor over buffer `which` (grown as needed; the tensor does not own it).
+at::Tensor buffer(Buffer which, int64_t rows, int64_t cols, at::ScalarType dtype) {
+  Block& b = workspace[which];
+  const size_t bytes = static_cast<size_t>(rows * cols) * at::elementSize(dtype);
+  if (b.bytes < bytes) {
+    b.reset();
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    b.data = std::aligned_alloc(64, rounded);
+    TORCH_CHECK(b.data != nullptr, OP "out of memory for a ", rounded, "-byte buffer");
+    b.bytes = rounded;
+  }
+  return at::from_blob(b.data, {rows, cols}, at::TensorOptions().dtype(dtype));
+}
+
+void release_workspace_if_large() {
+  size_t bytes = 0;
+  for (const Block& b : workspace) bytes += b.bytes;
+  if (bytes > kKeepBytes)
+    for (Block& b : workspace) b.reset();
+}
+
+at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l, at::Tensor out) {
   const int64_t T = x.size(0), K = x.size(1), N = l.w.size(0);
-  at::Tensor xq = at::empty({T, K}, x.options().dtype(at::kChar));
+  at::Tensor xq = buffer(kCodes, T, K, at::kChar);
   std::vector<float> sx(T);
   const float* xp = x.data_ptr<float>();
   int8_t* qp = xq.data_ptr<int8_t>();
   at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) quantize_row(xp + t * K, K, qp + t * K, &sx[t]);
   });
-  const at::Tensor acc = at::_int_mm(xq, l.w.t());
-  at::Tensor out = at::empty({T, N}, x.options());
+  at::Tensor acc = buffer(kSums, T, N, at::kInt);
+  at::_int_mm_out(acc, xq, l.w.t());
   const int32_t* ap = acc.data_ptr<int32_t>();
   const float* sp = l.scales.data_ptr<float>();
   const float* bp = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;
@@ -168,13 +209,17 @@ at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l) {
   return out;
 }
 
-// act(x W^T + b) when `activate`, else x W^T + b.
-at::Tensor run_linear(const at::Tensor& x, const Linear& l, bool activate, int64_t act) {
+// act(x W^T + b) when `activate`, else x W^T + b: written into buffer `into` (oneDNN's packed GEMM returns its own).
+at::Tensor run_linear(const at::Tensor& x, const Linear& l, bool activate, int64_t act, Buffer into) {
   const char* approximate = act == 1 ? "tanh" : "none";
-  if (l.kind == kPacked) return packed_linear(x, l, activate ? "gelu" : "none", activate ? approximate : "");
-  at::Tensor y = l.kind == kW8A8    ? w8a8_linear(x, l)
-                 : l.kind == kBlock8 ? gemm_a8_cpu(x, l.w, l.scales, l.bias)
-                                     : at::linear(x, l.w, l.bias.defined() ? c10::optional<at::Tensor>(l.bias) : c10::nullopt);
+  if (l.kind == kPacked) return packed_linear(x, l, activate ? "gelu" : "none", activate ? approximate : "").contiguous();
+  at::Tensor y = buffer(into, x.size(0), l.w.size(0), at::kFloat);
+  if (l.kind == kW8A8)
+    w8a8_linear(x, l, y);
+  else if (l.kind == kBlock8)
+    gemm_a8_cpu(x, l.w, l.scales, l.bias, y);
+  else
+    at::linear_out(y, x, l.w, l.bias.defined() ? c10::optional<at::Tensor>(l.bias) : c10::nullopt);
   return activate ? at::gelu_(y, approximate) : y;
 }
 
@@ -466,16 +511,19 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor ln2w = vector_at(weights, base + 2, hidden, l, "output LayerNorm weight");
     const at::Tensor ln2b = vector_at(weights, base + 3, hidden, l, "output LayerNorm bias");
 
-    const at::Tensor projected = run_linear(state, qkv, false, act).contiguous();
-    at::Tensor attn = at::empty({T, hidden}, x.options());
+    const at::Tensor projected = run_linear(state, qkv, false, act, kQkv);
+    at::Tensor attn = buffer(kAttn, T, hidden, at::kFloat);
     attend(projected, cp, B, heads, D, scale, attn);
-    at::Tensor h = run_linear(attn, o, false, act).contiguous();
+    at::Tensor h = run_linear(attn, o, false, act, kHidden);
     add_layer_norm(h, state, ln1w, ln1b, e);
-    at::Tensor y = run_linear(run_linear(h, inter, true, act).contiguous(), output, false, act).contiguous();
+    // the layer's output goes where its input was when that is a buffer (the input is dead after the first norm)
+    at::Tensor y = run_linear(run_linear(h, inter, true, act, kInter), output, false, act, kOut);
     add_layer_norm(y, h, ln2w, ln2b, e);
     state = y;
   }
-  return state;
+  at::Tensor result = state.clone();  // the buffers stay ours
+  release_workspace_if_large();
+  return result;
 }
 
 }  // namespace fastformers

@@ -72,11 +72,17 @@ FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64
   for (int64_t b = 0; b < blocks; ++b) {
     __m512i acc[T][2];  // each starts at -128 * sum(xq) of the block: the codes' +128 taken back
     for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_set1_epi32(-corr[(t0 + t) * blocks + b]);
-    for (int64_t s = b * 8; s < b * 8 + 8; ++s) {
-      const __m512i a0 = _mm512_loadu_si512(w0 + s * 64), a1 = _mm512_loadu_si512(w1 + s * 64);
+    // a constant trip count, unrolled in full: a loop over the steps left GCC copying the accumulators between
+    // registers every step
+    const uint8_t* wb0 = w0 + b * 8 * 64;
+    const uint8_t* wb1 = w1 + b * 8 * 64;
+#pragma GCC unroll 8
+    for (int s = 0; s < 8; ++s) {
+      const __m512i a0 = _mm512_loadu_si512(wb0 + s * 64), a1 = _mm512_loadu_si512(wb1 + s * 64);
+#pragma GCC unroll 6
       for (int t = 0; t < T; ++t) {
         int32_t four;  // the token's 4 codes of this step (memcpy: no aliasing of int8 storage as int32)
-        std::memcpy(&four, xq + (t0 + t) * K + s * 4, sizeof(four));
+        std::memcpy(&four, xq + (t0 + t) * K + b * 32 + s * 4, sizeof(four));
         const __m512i xb = _mm512_set1_epi32(four);
         acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], a0, xb);
         acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], a1, xb);
@@ -98,20 +104,27 @@ FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64
 
 }  // namespace
 
-at::Tensor gemm_a8_cpu(const at::Tensor& x2d, const at::Tensor& packed, const at::Tensor& scales_t,
-                       const at::Tensor& bias) {
+void gemm_a8_cpu(const at::Tensor& x2d, const at::Tensor& packed, const at::Tensor& scales_t, const at::Tensor& bias,
+                 at::Tensor& y) {
   TORCH_CHECK(gemm_a8_usable(), "gemm_a8: this CPU has no AVX-512 VNNI");
   const int64_t M = x2d.size(0), K = x2d.size(1), N = packed.size(0), blocks = K / 32;
-  // quantize the tokens: codes, scales and 128 * sum(codes) per block of 32
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> sx(M * blocks);
-  std::vector<int32_t> corr(M * blocks);
+  // quantize the tokens: codes, scales and 128 * sum(codes) per block of 32 (buffers kept per thread: no page faults
+  // on every call; the worker threads get raw pointers: a thread_local named inside a lambda would be their own)
+  thread_local std::vector<int8_t> codes;
+  thread_local std::vector<float> scales;
+  thread_local std::vector<int32_t> sums;
+  codes.resize(M * K);
+  scales.resize(M * blocks);
+  sums.resize(M * blocks);
+  int8_t* const xq = codes.data();
+  float* const sx = scales.data();
+  int32_t* const corr = sums.data();
   const float* xp = x2d.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    quantize_blocks(xp + m0 * K, (m1 - m0) * blocks, xq.data() + m0 * K, sx.data() + m0 * blocks,
-                    corr.data() + m0 * blocks);
+    quantize_blocks(xp + m0 * K, (m1 - m0) * blocks, xq + m0 * K, sx + m0 * blocks, corr + m0 * blocks);
   });
-  at::Tensor y = at::empty({M, N}, x2d.options());
+  TORCH_CHECK(y.is_contiguous() && y.size(0) == M && y.size(1) == N && y.scalar_type() == at::kFloat,
+              "gemm_a8: the output must be contiguous float32 (", M, ", ", N, ")");
   const uint8_t* pp = packed.data_ptr<uint8_t>();
   const float* sp = scales_t.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
@@ -119,21 +132,20 @@ at::Tensor gemm_a8_cpu(const at::Tensor& x2d, const at::Tensor& packed, const at
   at::parallel_for(0, N / 32, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       int64_t t = 0;
-      for (; t + kTile <= M; t += kTile) tile<kTile>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp);
+      for (; t + kTile <= M; t += kTile) tile<kTile>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp);
       switch (M - t) {
-        case 5: tile<5>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
-        case 4: tile<4>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
-        case 3: tile<3>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
-        case 2: tile<2>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
-        case 1: tile<1>(pp, sp, N, K, xq.data(), sx.data(), corr.data(), t, 2 * p, bp, yp); break;
+        case 5: tile<5>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 4: tile<4>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 3: tile<3>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 2: tile<2>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 1: tile<1>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
         default: break;
       }
     }
   });
-  return y;
 }
 #else
-at::Tensor gemm_a8_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+void gemm_a8_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&) {
   TORCH_CHECK(false, "gemm_a8: not an x86-64 build");
 }
 #endif
