@@ -194,3 +194,21 @@ def test_block8_bad_slots_are_named():
         encoder_layers_cpu(*_slot(got, 0, qkv[:-32]))
     with pytest.raises(RuntimeError, match=r"layer 0 qkv: format 3 needs contiguous float32 scales \(3, 288\)"):
         encoder_layers_cpu(*_slot(got, 1, got[2][1][:, :-1]))
+
+
+@pytest.mark.parametrize("kinds", ["packed", "w8a8", "mixed"])
+def test_calls_of_other_sizes_in_a_row_do_not_disturb_each_other(kinds):
+    """The kernel keeps its layer buffers from call to call: a result stays as it was after later calls (its own
+    memory), and calls of growing and shrinking sizes give the same results as before them (bit for bit: the
+    kernel is deterministic), and those of the reference."""
+    small, _, ref_small = make_case(10, kinds=kinds, lengths=(3, 5))
+    big, _, ref_big = make_case(10, kinds=kinds, lengths=(40, 70, 9))
+    first = encoder_layers_cpu(*small)
+    kept = first.clone()
+    big_first = encoder_layers_cpu(*big)
+    assert (big_first - encoder_layers_reference(*ref_big)).abs().mean() <= 1e-4 * big_first.abs().max()
+    for _ in range(2):
+        assert torch.equal(encoder_layers_cpu(*small), kept)
+        assert torch.equal(encoder_layers_cpu(*big), big_first)
+    assert torch.equal(first, kept)
+    assert (first - encoder_layers_reference(*ref_small)).abs().max() <= 1e-3 * first.abs().max()
