@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "attention.h"
 #include "encoder_step.h"
 #include "gemm_a8.h"
 #include "quant_x86.h"
@@ -223,92 +224,9 @@ at::Tensor run_linear(const at::Tensor& x, const Linear& l, bool activate, int64
   return activate ? at::gelu_(y, approximate) : y;
 }
 
-// e^x for x <= 0 (a max-subtracted score), within ~2 ulp: x = n ln2 + r, e^r by its polynomial on |r| <= ln2 / 2,
-// 2^n by the exponent bits. Written branch-free so that the loops calling it vectorize.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts: r exact to float precision
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  return p * two_n;
-}
-
-// softmax(q k^T * scale) v for one head of one sequence of L tokens: q, k, v rows `step` floats apart, out rows
-// `out_step` apart. kt: D * L floats of scratch (k transposed, so a query's L scores accumulate in vector lanes),
-// p: L floats.
-FF_WIDE void attend_head(const float* q, const float* k, const float* v, int64_t step, int64_t L, int64_t D,
-                         float scale, float* kt, float* p, float* out, int64_t out_step) {
-  for (int64_t j = 0; j < L; ++j)
-    for (int64_t d = 0; d < D; ++d) kt[d * L + j] = k[j * step + d];
-  for (int64_t i = 0; i < L; ++i) {
-    const float* qi = q + i * step;
-    int64_t j = 0;
-    for (; j + kLanes <= L; j += kLanes) {  // 16 scores at a time, summed over d in registers
-      float acc[kLanes] = {0};
-      for (int64_t d = 0; d < D; ++d) {
-        const float qd = qi[d];
-        const float* kr = kt + d * L + j;
-        for (int c = 0; c < kLanes; ++c) acc[c] += qd * kr[c];
-      }
-      for (int c = 0; c < kLanes; ++c) p[j + c] = acc[c] * scale;
-    }
-    for (; j < L; ++j) {
-      float acc = 0;
-      for (int64_t d = 0; d < D; ++d) acc += qi[d] * kt[d * L + j];
-      p[j] = acc * scale;
-    }
-    float lanes[kLanes];
-    for (int c = 0; c < kLanes; ++c) lanes[c] = -FLT_MAX;
-    j = 0;
-    for (; j + kLanes <= L; j += kLanes)
-      for (int c = 0; c < kLanes; ++c) lanes[c] = std::max(lanes[c], p[j + c]);
-    float best = -FLT_MAX;
-    for (int c = 0; c < kLanes; ++c) best = std::max(best, lanes[c]);
-    for (; j < L; ++j) best = std::max(best, p[j]);
-    for (int c = 0; c < kLanes; ++c) lanes[c] = 0;
-    j = 0;
-    for (; j + kLanes <= L; j += kLanes)
-      for (int c = 0; c < kLanes; ++c) {
-        p[j + c] = exp_nonpositive(p[j + c] - best);
-        lanes[c] += p[j + c];
-      }
-    float total = 0;
-    for (int c = 0; c < kLanes; ++c) total += lanes[c];
-    for (; j < L; ++j) {
-      p[j] = exp_nonpositive(p[j] - best);
-      total += p[j];
-    }
-    const float inv = 1.f / total;
-    float* oi = out + i * out_step;
-    int64_t d = 0;
-    for (; d + kLanes <= D; d += kLanes) {  // 16 output dims at a time, summed over the keys in registers
-      float acc[kLanes] = {0};
-      for (int64_t jj = 0; jj < L; ++jj) {
-        const float pj = p[jj];
-        const float* vr = v + jj * step + d;
-        for (int c = 0; c < kLanes; ++c) acc[c] += pj * vr[c];
-      }
-      for (int c = 0; c < kLanes; ++c) oi[d + c] = acc[c] * inv;
-    }
-    for (; d < D; ++d) {
-      float acc = 0;
-      for (int64_t jj = 0; jj < L; ++jj) acc += p[jj] * v[jj * step + d];
-      oi[d] = acc * inv;
-    }
-  }
-}
-
 #if FF_X86
-// e^x for x <= 0, 16 at a time: the same reduction and polynomial as exp_nonpositive, 2^n by vscalefps.
+// e^x for x <= 0 (a max-subtracted score), 16 at a time, within ~2 ulp: x = n ln2 + r (ln2 in two parts, so r is
+// exact to float precision), e^r by its polynomial on |r| <= ln2 / 2, 2^n by vscalefps.
 FF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -325,7 +243,7 @@ FF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// Q query rows (from row i) of attend_head with AVX-512: Q x 4 blocks of 16 scores accumulate at once over d from the
+// Q query rows (from row i) of one head's softmax(q k^T * scale) v with AVX-512: Q x 4 blocks of 16 scores accumulate at once over d from the
 // transposed keys kt (D rows of Lp = L rounded up to 64, zeros after L); then per query the max-subtracted exponents;
 // then the weighted sum of values, Q queries x 32 output dims per pass, so each value row loaded serves Q queries.
 template <int Q>
@@ -386,7 +304,8 @@ FF_AVX512 void attend_rows_avx512(const float* q, const float* v, int64_t step, 
   }
 }
 
-// attend_head with AVX-512 (p: 4 * Lp floats of scratch, kt: D * Lp).
+// softmax(q k^T * scale) v for one head of one sequence of L tokens with AVX-512: q, k, v rows `step` floats apart,
+// out rows `out_step` apart (p: 4 * Lp floats of scratch, kt: D * Lp).
 FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v, int64_t step, int64_t L, int64_t D,
                                   float scale, float* kt, float* p, float* out, int64_t out_step) {
   const int64_t Lp = (L + 63) / 64 * 64;
@@ -401,7 +320,8 @@ FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v
 }
 #endif
 
-// Attention of every sequence and head: qkv (T, 3 * heads * D) rows [q heads | k heads | v heads] -> out (T, heads D).
+// Attention of every sequence and head (AVX-512: attend_head_avx512; elsewhere attention.cpp's attend_row):
+// qkv (T, 3 * heads * D) rows [q heads | k heads | v heads] -> out (T, heads D).
 void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, int64_t D, float scale,
             at::Tensor& out) {
   const int64_t width = 3 * heads * D;
@@ -412,11 +332,11 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
 #if FF_X86
   static const bool wide = avx512_usable(false);
 #else
-  constexpr bool wide = false;
+  const bool wide = false;
 #endif
   const int64_t padded = (longest + 63) / 64 * 64;
   at::parallel_for(0, B * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(padded * D), p(4 * padded);
+    std::vector<float> kt(wide ? padded * D : 0), p(4 * padded);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads, L = cu[b + 1] - cu[b];
       if (L == 0) continue;
@@ -428,7 +348,9 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
         continue;
       }
 #endif
-      attend_head(q, q + heads * D, q + 2 * heads * D, width, L, D, scale, kt.data(), p.data(), o, heads * D);
+      for (int64_t r = 0; r < L; ++r)  // elsewhere: decode attention's row loop (attention.cpp), a query at a time
+        attend_row(q + r * width, q + heads * D, width, q + 2 * heads * D, width, nullptr, L, D, scale, p.data(),
+                   o + r * heads * D);
     }
   });
 }
