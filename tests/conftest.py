@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,26 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# A test that hangs (a deadlock in C++ or a lock, say) ends the run after HANG_SECONDS with every Python thread's
+# stack on the real stderr, instead of holding CI until its own limit with no word of where it stopped.
+HANG_SECONDS = float(os.environ.get("FASTFORMERS_TEST_HANG_S", "900"))
+_stderr = None
+
+
+def pytest_configure(config):
+    global _stderr
+    _stderr = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")  # before pytest captures fd 2 for a test
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if HANG_SECONDS > 0 and _stderr is not None:
+        faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=_stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

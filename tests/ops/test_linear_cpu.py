@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,6 +124,43 @@ def test_packs_leave_with_their_weights_and_respect_the_budget(monkeypatch):
     with torch.no_grad():
         assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "torch"  # prepacking off
         assert rel_err(layer(x), _expected(layer, x)) < 1e-5
+
+
+# A garbage collection inside packed_weight's locked region that frees another packed weight runs that weight's
+# weakref callback on the same thread; with a non-reentrant lock this hung a CI run for good. Run in a child
+# process, so that a regression fails here instead of hanging the suite.
+_COLLECTION_INSIDE_THE_LOCK = """
+import gc, importlib, weakref, torch
+linear = importlib.import_module("fastformers.ops.linear")
+class Cycle:
+    pass
+gc.disable()
+def garbage_holding_a_pack():
+    c = Cycle(); c.me = c; c.w = torch.nn.Parameter(torch.randn(64, 48))
+    assert linear.packed_weight(c.w) is not None
+garbage_holding_a_pack()
+assert len(linear._packs.entries) == 1 and linear._packs.bytes == 64 * 48 * 4
+class CollectingWeakref:  # what an allocation in the locked region can trigger: a full collection
+    @staticmethod
+    def ref(*args):
+        gc.collect()
+        return weakref.ref(*args)
+linear.weakref = CollectingWeakref
+w = torch.nn.Parameter(torch.randn(32, 16))
+assert linear.packed_weight(w) is not None
+assert list(linear._packs.entries) == [id(w)], linear._packs.entries.keys()
+assert linear._packs.bytes == 32 * 16 * 4, linear._packs.bytes
+print("ok")
+"""
+
+
+def test_a_collection_inside_the_pack_lock_that_frees_a_packed_weight_neither_hangs_nor_miscounts():
+    if linear_module._budget() <= 0:
+        pytest.skip("prepacking is off here (FASTFORMERS_CPU_PREPACK_MB=0, or a torch without oneDNN)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTFORMERS_CPU_PREPACK")}
+    done = subprocess.run([sys.executable, "-c", _COLLECTION_INSIDE_THE_LOCK], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_views_made_per_call_and_the_torch_backend_stay_on_f_linear(monkeypatch):

@@ -56,11 +56,16 @@ SAMPLE = 16  # elements compared per call to notice edits that bypass the versio
 
 
 class _Packs:
-    """id(weight) -> (weakref to it, version, address, sample positions, sample, packed copy, bytes)."""
+    """id(weight) -> (weakref to it, version, address, sample positions, sample, packed copy, bytes).
+
+    A weight's weakref callback drops its entry, and the cyclic garbage collector can run such a callback at any
+    allocation, inside a locked region of this same thread included: so the lock is reentrant, a callback drops
+    only the entry of its own weakref, and the byte count moves by deltas computed beforehand (a plain Lock here
+    once deadlocked a test run for good)."""
 
     def __init__(self) -> None:
         self.entries: Dict[int, tuple] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.bytes = 0
         self.budget: Optional[int] = None
 
@@ -69,10 +74,21 @@ class _Packs:
             self.entries.clear()
             self.bytes = 0
 
-    def drop(self, key: int) -> None:
+    def put(self, key: int, weight: torch.Tensor, state: tuple, packed, size: int) -> None:
+        """entries[key] = (weakref to weight, *state, packed, size); state is (version, address, positions, sample)."""
         with self.lock:
-            entry = self.entries.pop(key, None)
-            if entry is not None:
+            ref = weakref.ref(weight, lambda dead, key=key: self.drop(key, dead))
+            old = self.entries.get(key)
+            delta = size - (old[6] if old is not None else 0)
+            self.entries[key] = (ref, *state, packed, size)
+            self.bytes += delta
+
+    def drop(self, key: int, ref: Optional[weakref.ref] = None) -> None:
+        """Forget entries[key] (only if it is still `ref`'s, when given)."""
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is not None and (ref is None or entry[0] is ref):
+                del self.entries[key]
                 self.bytes -= entry[6]
 
 
@@ -154,11 +170,7 @@ def packed_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
     version, address, sample = _state(weight, positions)
     with torch.no_grad():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-    with _packs.lock:
-        ref = weakref.ref(weight, lambda _, key=key: _packs.drop(key))
-        old = _packs.entries.get(key)
-        _packs.entries[key] = (ref, version, address, positions, sample, packed, size)
-        _packs.bytes += size - (old[6] if old is not None else 0)
+    _packs.put(key, weight, (version, address, positions, sample), packed, size)
     return packed
 
 
@@ -215,11 +227,7 @@ def attach_quantized_twin(weight: torch.Tensor, qw: QuantizedWeight) -> bool:
         return False
     key, positions = id(weight), _sample_positions(weight)
     version, address, state = _state(weight, positions)
-    with _packs.lock:
-        old = _packs.entries.get(key)
-        _packs.entries[key] = (weakref.ref(weight, lambda _, key=key: _packs.drop(key)), version, address, positions,
-                               state, qw, qw.nbytes())
-        _packs.bytes += qw.nbytes() - (old[6] if old is not None else 0)
+    _packs.put(key, weight, (version, address, positions, state), qw, qw.nbytes())
     return True
 
 
