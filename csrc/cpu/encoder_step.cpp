@@ -18,6 +18,8 @@
 //      even of x / (max|x| / 127)), the products summed in int32 by torch._int_mm, then acc * sx * scale + bias.
 //   3  method blockwise_a8 with 8-bit codes in groups of 32, packed for gemm_a8.cpp (ops/encoder.py's
 //      pack_blockwise8: uint8 (out, in) and the scales transposed, (in / 32, out)); AVX-512 VNNI only.
+//   4  W8A8 as 2, the codes packed for gemm_a8.cpp (ops/encoder.py's pack_w8a8: uint8 (out, in); scales (out)), the
+//      same integer sums by its VNNI tiles instead of torch._int_mm; AVX-512 VNNI only.
 // `act`: 0 GELU (erf), 1 GELU (tanh approximation).
 
 #include <ATen/ATen.h>
@@ -54,7 +56,7 @@ constexpr int kLanes = 16;  // independent accumulators: the compiler vectorizes
 const char* const kLinearNames[kLinears] = {"qkv", "o", "intermediate", "output"};
 #define OP "fastformers_ext::encoder_layers: "
 
-enum Kind : int64_t { kFloat = 0, kPacked = 1, kW8A8 = 2, kBlock8 = 3 };
+enum Kind : int64_t { kFloat = 0, kPacked = 1, kW8A8 = 2, kBlock8 = 3, kW8A8Packed = 4 };
 
 struct Linear {
   at::Tensor w, scales, bias;
@@ -101,9 +103,18 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
                       l.scales.is_contiguous(),
                   OP "layer ", layer, " ", name, ": format 3 needs contiguous float32 scales (", K / 32, ", ", N, ")");
       break;
+    case kW8A8Packed:
+      TORCH_CHECK(gemm_a8_usable(), OP "layer ", layer, " ", name, ": format 4 needs AVX-512 VNNI, which this CPU "
+                  "lacks (or FASTFORMERS_CPU_PORTABLE=1)");
+      TORCH_CHECK(l.w.scalar_type() == at::kByte && l.w.is_contiguous() && N % 32 == 0 && K % 32 == 0 && K <= 32768,
+                  OP "layer ", layer, " ", name, ": format 4 takes contiguous packed uint8 codes with outputs and "
+                  "inputs multiples of 32 (inputs at most 32768), got ", l.w.scalar_type(), " ", l.w.sizes());
+      TORCH_CHECK(is_f32(l.scales) && l.scales.numel() == N && l.scales.is_contiguous(), OP "layer ", layer, " ", name,
+                  ": format 4 (W8A8) needs contiguous float32 scales, one per output (", N, ")");
+      break;
     default:
       TORCH_CHECK(false, OP "layer ", layer, " ", name, ": format ", l.kind, "; expected 0 (float32), 1 (oneDNN-packed "
-                  "float32), 2 (W8A8) or 3 (packed int8 with int8 activations per block of 32)");
+                  "float32), 2 (W8A8), 3 (packed int8 with int8 activations per block of 32) or 4 (W8A8, packed)");
   }
   TORCH_CHECK(!l.bias.defined() || (is_f32(l.bias) && l.bias.dim() == 1 && l.bias.size(0) == N &&
                                     l.bias.is_contiguous()),
@@ -217,8 +228,8 @@ at::Tensor run_linear(const at::Tensor& x, const Linear& l, bool activate, int64
   at::Tensor y = buffer(into, x.size(0), l.w.size(0), at::kFloat);
   if (l.kind == kW8A8)
     w8a8_linear(x, l, y);
-  else if (l.kind == kBlock8)
-    gemm_a8_cpu(x, l.w, l.scales, l.bias, y);
+  else if (l.kind == kBlock8 || l.kind == kW8A8Packed)
+    gemm_a8_cpu(x, l.w, l.scales, l.bias, y, l.kind == kW8A8Packed);
   else
     at::linear_out(y, x, l.w, l.bias.defined() ? c10::optional<at::Tensor>(l.bias) : c10::nullopt);
   return activate ? at::gelu_(y, approximate) : y;

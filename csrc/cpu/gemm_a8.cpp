@@ -60,8 +60,32 @@ FF_VNNI void quantize_blocks(const float* x, int64_t count, int8_t* xq, float* s
   }
 }
 
-// T tokens (1..kTile) x 32 outputs (n-blocks nb, nb + 1) over all K columns.
-template <int T>
+// Each of `rows` tokens of K floats -> int8 codes with one scale per token (W8A8's activations: sx = max(max|x| / 127,
+// smallest normal), xq = round half to even of x / sx) and 128 * sum(codes).
+FF_VNNI void quantize_tokens(const float* x, int64_t rows, int64_t K, int8_t* xq, float* sx, int32_t* corr) {
+  const __m512 tiny = _mm512_set1_ps(kTiny);
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* xr = x + t * K;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
+    const __m512 s = _mm512_max_ps(_mm512_set1_ps(_mm512_reduce_max_ps(amax) / 127.f), tiny);
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 16) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(xr + k), s),
+                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + t * K + k), _mm512_cvtepi32_epi8(q));
+      sum = _mm512_add_epi32(sum, q);
+    }
+    sx[t] = _mm512_cvtss_f32(s);
+    corr[t] = 128 * _mm512_reduce_add_epi32(sum);
+  }
+}
+
+// T tokens (1..kTile) x 32 outputs (n-blocks nb, nb + 1) over all K columns. BLOCKS: scales per block of 32 on both
+// sides (scales_t (K / 32, N), sx and corr per token and block), each block's int32 sums scaled into float ones.
+// Otherwise one scale per output and per token (W8A8: scales (N), sx and corr per token), the int32 sums carried
+// over all K and scaled once.
+template <int T, bool BLOCKS = true>
 FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64_t K, const int8_t* xq,
                   const float* sx, const int32_t* corr, int64_t t0, int64_t nb, const float* bias, float* y) {
   const int64_t steps = K / 4, blocks = K / 32;
@@ -69,9 +93,10 @@ FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64
   const uint8_t* w1 = w0 + steps * 64;
   __m512 f[T][2];
   for (int t = 0; t < T; ++t) f[t][0] = f[t][1] = _mm512_setzero_ps();
+  __m512i acc[T][2];  // each starts at -128 * sum(xq) of the block (or token): the codes' +128 taken back
   for (int64_t b = 0; b < blocks; ++b) {
-    __m512i acc[T][2];  // each starts at -128 * sum(xq) of the block: the codes' +128 taken back
-    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_set1_epi32(-corr[(t0 + t) * blocks + b]);
+    if (BLOCKS || b == 0)
+      for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_set1_epi32(-corr[BLOCKS ? (t0 + t) * blocks + b : t0 + t]);
     // a constant trip count, unrolled in full: a loop over the steps left GCC copying the accumulators between
     // registers every step
     const uint8_t* wb0 = w0 + b * 8 * 64;
@@ -88,11 +113,21 @@ FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64
         acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], a1, xb);
       }
     }
+    if (!BLOCKS) continue;
     const __m512 s0 = _mm512_loadu_ps(scales_t + b * N + nb * 16), s1 = _mm512_loadu_ps(scales_t + b * N + nb * 16 + 16);
     for (int t = 0; t < T; ++t) {
       const __m512 xs = _mm512_set1_ps(sx[(t0 + t) * blocks + b]);
       f[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][0]), _mm512_mul_ps(s0, xs), f[t][0]);
       f[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][1]), _mm512_mul_ps(s1, xs), f[t][1]);
+    }
+  }
+  if (!BLOCKS) {
+    const __m512 s0 = _mm512_loadu_ps(scales_t + nb * 16), s1 = _mm512_loadu_ps(scales_t + nb * 16 + 16);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xs = _mm512_set1_ps(sx[t0 + t]);
+      // (acc * sx) * scale, in the order of encoder_step.cpp's W8A8 path: the same floats, not a rounding apart
+      f[t][0] = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][0]), xs), s0);
+      f[t][1] = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][1]), xs), s1);
     }
   }
   for (int j = 0; j < 2; ++j) {
@@ -104,48 +139,66 @@ FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64
 
 }  // namespace
 
-void gemm_a8_cpu(const at::Tensor& x2d, const at::Tensor& packed, const at::Tensor& scales_t, const at::Tensor& bias,
-                 at::Tensor& y) {
-  TORCH_CHECK(gemm_a8_usable(), "gemm_a8: this CPU has no AVX-512 VNNI");
-  const int64_t M = x2d.size(0), K = x2d.size(1), N = packed.size(0), blocks = K / 32;
-  // quantize the tokens: codes, scales and 128 * sum(codes) per block of 32 (buffers kept per thread: no page faults
-  // on every call; the worker threads get raw pointers: a thread_local named inside a lambda would be their own)
-  thread_local std::vector<int8_t> codes;
-  thread_local std::vector<float> scales;
-  thread_local std::vector<int32_t> sums;
-  codes.resize(M * K);
-  scales.resize(M * blocks);
-  sums.resize(M * blocks);
-  int8_t* const xq = codes.data();
-  float* const sx = scales.data();
-  int32_t* const corr = sums.data();
-  const float* xp = x2d.data_ptr<float>();
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    quantize_blocks(xp + m0 * K, (m1 - m0) * blocks, xq + m0 * K, sx + m0 * blocks, corr + m0 * blocks);
-  });
-  TORCH_CHECK(y.is_contiguous() && y.size(0) == M && y.size(1) == N && y.scalar_type() == at::kFloat,
-              "gemm_a8: the output must be contiguous float32 (", M, ", ", N, ")");
-  const uint8_t* pp = packed.data_ptr<uint8_t>();
-  const float* sp = scales_t.data_ptr<float>();
-  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
+namespace {
+template <bool BLOCKS>
+void tiles(const uint8_t* pp, const float* sp, int64_t M, int64_t N, int64_t K, const int8_t* xq, const float* sx,
+           const int32_t* corr, const float* bp, float* yp) {
   at::parallel_for(0, N / 32, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       int64_t t = 0;
-      for (; t + kTile <= M; t += kTile) tile<kTile>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp);
+      for (; t + kTile <= M; t += kTile) tile<kTile, BLOCKS>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp);
       switch (M - t) {
-        case 5: tile<5>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
-        case 4: tile<4>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
-        case 3: tile<3>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
-        case 2: tile<2>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
-        case 1: tile<1>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 5: tile<5, BLOCKS>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 4: tile<4, BLOCKS>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 3: tile<3, BLOCKS>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 2: tile<2, BLOCKS>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
+        case 1: tile<1, BLOCKS>(pp, sp, N, K, xq, sx, corr, t, 2 * p, bp, yp); break;
         default: break;
       }
     }
   });
 }
+}  // namespace
+
+void gemm_a8_cpu(const at::Tensor& x2d, const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& bias,
+                 at::Tensor& y, bool per_token) {
+  TORCH_CHECK(gemm_a8_usable(), "gemm_a8: this CPU has no AVX-512 VNNI");
+  const int64_t M = x2d.size(0), K = x2d.size(1), N = packed.size(0), blocks = K / 32;
+  // per token, the int32 sums run over all K: from -128 * sum(xq) on, |sum| <= (128 + 255) * 127 * K < 2^31
+  TORCH_CHECK(!per_token || K <= 32768, "gemm_a8: W8A8 with more than 32768 input features (", K, ")");
+  const int64_t groups = per_token ? 1 : blocks;  // activation scales per token
+  // quantize the tokens: codes, scales and 128 * sum(codes) per block of 32 or per token (buffers kept per thread: no
+  // page faults on every call; the worker threads get raw pointers: a thread_local named inside a lambda would be
+  // their own)
+  thread_local std::vector<int8_t> codes;
+  thread_local std::vector<float> token_scales;
+  thread_local std::vector<int32_t> sums;
+  codes.resize(M * K);
+  token_scales.resize(M * groups);
+  sums.resize(M * groups);
+  int8_t* const xq = codes.data();
+  float* const sx = token_scales.data();
+  int32_t* const corr = sums.data();
+  const float* xp = x2d.data_ptr<float>();
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    if (per_token)
+      quantize_tokens(xp + m0 * K, m1 - m0, K, xq + m0 * K, sx + m0, corr + m0);
+    else
+      quantize_blocks(xp + m0 * K, (m1 - m0) * blocks, xq + m0 * K, sx + m0 * blocks, corr + m0 * blocks);
+  });
+  TORCH_CHECK(y.is_contiguous() && y.size(0) == M && y.size(1) == N && y.scalar_type() == at::kFloat,
+              "gemm_a8: the output must be contiguous float32 (", M, ", ", N, ")");
+  const uint8_t* pp = packed.data_ptr<uint8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  if (per_token)
+    tiles<false>(pp, sp, M, N, K, xq, sx, corr, bp, yp);
+  else
+    tiles<true>(pp, sp, M, N, K, xq, sx, corr, bp, yp);
+}
 #else
-void gemm_a8_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&) {
+void gemm_a8_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, bool) {
   TORCH_CHECK(false, "gemm_a8: not an x86-64 build");
 }
 #endif

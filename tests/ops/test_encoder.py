@@ -1,6 +1,7 @@
 """ops.encoder_layers: the one-call BERT-family encoder (csrc/cpu/encoder_step.cpp) against its reference on random
-weights: float32 weights and oneDNN-packed copies against the float64 reference; W8A8 against the reference in float32
-(activations are quantized to int8 from float32 values); both GELUs, odd sequence lengths (1, an empty sequence, tails
+weights: float32 weights and oneDNN-packed copies against the float64 reference; the int8 formats (W8A8 through
+torch._int_mm or packed for the VNNI tiles, blockwise int8) against the reference in float32 (activations are quantized
+to int8 from float32 values); both GELUs, odd sequence lengths (1, an empty sequence, tails
 after the 16-wide loops), a head size that is not a multiple of 16; its dispatch, schema, fake and errors."""
 
 from __future__ import annotations
@@ -18,20 +19,26 @@ from fastformers.ops.encoder import (
     PACKED,
     SLOTS,
     W8A8,
+    W8A8_PACKED,
     EncoderWeights,
     block8_usable,
     encoder_layers_cpu,
     encoder_layers_reference,
     pack_blockwise8,
+    pack_w8a8,
     unpack_blockwise8,
+    unpack_w8a8,
 )
 
 pytestmark = pytest.mark.skipif(os.environ.get("FASTFORMERS_BUILD_EXT") == "0",
                                 reason="FASTFORMERS_BUILD_EXT=0: the extension was deliberately not built")
 
 KINDS = {"float": [FLOAT] * 4, "packed": [PACKED] * 4, "w8a8": [W8A8] * 4, "mixed": [PACKED, W8A8, FLOAT, W8A8],
-         "block8": [BLOCK8] * 4, "block8-mixed": [BLOCK8, PACKED, W8A8, BLOCK8]}
-needs_vnni = pytest.mark.skipif(not block8_usable(), reason="the BLOCK8 kernel needs AVX-512 VNNI, which this CPU lacks")
+         "block8": [BLOCK8] * 4, "block8-mixed": [BLOCK8, PACKED, W8A8, BLOCK8], "w8a8-packed": [W8A8_PACKED] * 4,
+         "w8a8-packed-mixed": [W8A8_PACKED, W8A8, BLOCK8, W8A8_PACKED]}
+VNNI_KINDS = {"block8", "block8-mixed", "w8a8-packed", "w8a8-packed-mixed"}  # formats 3 and 4
+needs_vnni = pytest.mark.skipif(not block8_usable(),
+                                reason="formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
 
 
 def _block8(w):
@@ -49,10 +56,12 @@ def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, l
                                 KINDS[kinds]):
             w = torch.randn(n, k, generator=g) * k ** -0.5
             b = torch.randn(n, generator=g) * 0.1
-            if kind in (W8A8, BLOCK8):
+            if kind in (W8A8, BLOCK8, W8A8_PACKED):
                 if kind == W8A8:
                     qw = ops.quantize_weight(w, bits=8, method="w8a8")
                     parts = (qw.qweight, qw.scales.reshape(-1).contiguous(), b, W8A8)
+                elif kind == W8A8_PACKED:
+                    parts = pack_w8a8(ops.quantize_weight(w, bits=8, method="w8a8")) + (b, W8A8_PACKED)
                 else:
                     parts = _block8(w) + (b, BLOCK8)
                 linears[0].append(parts)
@@ -89,13 +98,16 @@ CASES = {
     "mixed": dict(kinds="mixed", act=1),
     "block8": dict(kinds="block8", hidden=96, inter=160),
     "block8-long-and-tails": dict(kinds="block8-mixed", hidden=64, heads=4, inter=128, lengths=(1, 2, 3, 130, 7)),
+    "w8a8-packed": dict(kinds="w8a8-packed", hidden=96, inter=160),
+    "w8a8-packed-long-and-tails": dict(kinds="w8a8-packed-mixed", hidden=64, heads=4, inter=128,
+                                       lengths=(1, 2, 3, 130, 7)),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_encoder_layers_matches_the_reference(case):
-    if "block8" in case and not block8_usable():
-        pytest.skip("the BLOCK8 kernel needs AVX-512 VNNI, which this CPU lacks")
+    if CASES[case]["kinds"] in VNNI_KINDS and not block8_usable():
+        pytest.skip("formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
     got, ref64, ref32 = make_case(1, **CASES[case])
     out = encoder_layers_cpu(*got)
     assert out.shape == got[0].shape and out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -186,6 +198,34 @@ def test_block8_packing_round_trips():
     assert torch.equal(back.qweight, qw.qweight) and torch.equal(back.scales, qw.scales)
 
 
+def test_w8a8_packing_round_trips():
+    qw = ops.quantize_weight(torch.randn(64, 96, generator=torch.Generator().manual_seed(8)), bits=8, method="w8a8")
+    packed, scales = pack_w8a8(qw)
+    assert packed.dtype == torch.uint8 and packed.shape == (64, 96) and scales.shape == (64,)
+    back = unpack_w8a8(packed, scales)
+    assert torch.equal(back.qweight, qw.qweight) and torch.equal(back.scales, qw.scales.view(-1, 1))
+
+
+@needs_vnni
+def test_packed_w8a8_computes_what_torch_int_mm_computes():
+    """Formats 2 and 4 hold the same codes and scales and sum the same int32 products (torch._int_mm, the VNNI
+    tiles): on inputs where no activation lands near a rounding tie, the same outputs to float rounding."""
+    one, _, _ = make_case(12, kinds="w8a8", hidden=96, inter=160, lengths=(3, 17, 6), layers=1)
+    four, _, _ = make_case(12, kinds="w8a8-packed", hidden=96, inter=160, lengths=(3, 17, 6), layers=1)
+    a, b = encoder_layers_cpu(*one), encoder_layers_cpu(*four)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+@needs_vnni
+def test_w8a8_packed_bad_slots_are_named():
+    got, _, _ = make_case(9, kinds="w8a8-packed", hidden=96, inter=160, layers=1)
+    with pytest.raises(RuntimeError, match=r"layer 0 qkv: format 4 \(W8A8\) needs contiguous float32 scales, one per "
+                                           r"output \(288\)"):
+        encoder_layers_cpu(*_slot(got, 1, got[2][1][:-1]))
+    with pytest.raises(RuntimeError, match="layer 0 qkv: format 4 takes contiguous packed uint8 codes"):
+        encoder_layers_cpu(*_slot(got, 0, got[2][0].view(torch.int8)))
+
+
 @needs_vnni
 def test_block8_bad_slots_are_named():
     got, _, _ = make_case(9, kinds="block8", hidden=96, inter=160, layers=1)
@@ -196,13 +236,18 @@ def test_block8_bad_slots_are_named():
         encoder_layers_cpu(*_slot(got, 1, got[2][1][:, :-1]))
 
 
-@pytest.mark.parametrize("kinds", ["packed", "w8a8", "mixed"])
+@pytest.mark.parametrize("kinds", ["packed", "w8a8", "mixed", "w8a8-packed-mixed"])
 def test_calls_of_other_sizes_in_a_row_do_not_disturb_each_other(kinds):
     """The kernel keeps its layer buffers from call to call: a result stays as it was after later calls (its own
     memory), and calls of growing and shrinking sizes give the same results as before them (bit for bit: the
     kernel is deterministic), and those of the reference."""
-    small, _, ref_small = make_case(10, kinds=kinds, lengths=(3, 5))
-    big, _, ref_big = make_case(10, kinds=kinds, lengths=(40, 70, 9))
+    sizes = {}
+    if kinds in VNNI_KINDS:
+        if not block8_usable():
+            pytest.skip("formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
+        sizes = dict(hidden=64, heads=4, inter=128)  # multiples of 32
+    small, _, ref_small = make_case(10, kinds=kinds, lengths=(3, 5), **sizes)
+    big, _, ref_big = make_case(10, kinds=kinds, lengths=(40, 70, 9), **sizes)
     first = encoder_layers_cpu(*small)
     kept = first.clone()
     big_first = encoder_layers_cpu(*big)

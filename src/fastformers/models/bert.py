@@ -23,10 +23,12 @@ from ..ops.encoder import (
     FLOAT,
     PACKED,
     W8A8,
+    W8A8_PACKED,
     EncoderWeights,
     block8_usable,
     encoder_layers_cpu,
     pack_blockwise8,
+    pack_w8a8,
 )
 from ..ops.linear import PackCheck, packed_weight
 from ..outputs import (
@@ -230,6 +232,9 @@ class _EncoderPlan(ModulePlan):
                 return pack_blockwise8(weight) + (bias, BLOCK8)  # repacked once per plan, read-only
             if weight.method != "w8a8" or weight.scales.dtype != torch.float32 or weight.qweight.dtype != torch.int8:
                 return None
+            n, k = weight.shape
+            if n % 32 == 0 and k % 32 == 0 and k <= 32768 and block8_usable():
+                return pack_w8a8(weight) + (bias, W8A8_PACKED)  # the same sums by VNNI tiles: ~2x at batch 1
             return weight.qweight.contiguous(), weight.scales.reshape(-1).contiguous(), bias, W8A8
         if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32:
             return None

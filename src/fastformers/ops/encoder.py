@@ -4,8 +4,8 @@ unpadded tokens as a single op.
 A layer is ~15 small ops; at a CPU's batch 1 their Python and dispatch cost as much as the GEMMs (all-MiniLM-L6-v2,
 16 tokens, 2 threads: ~3.4 of 6.6 ms per forward outside the GEMMs). The `cpu` backend runs every layer in one C++
 call (csrc/cpu/encoder_step.cpp, fastformers._C): oneDNN's packed GEMMs (the GELU as their post-op), torch._int_mm
-for W8A8, and its own attention, LayerNorm and activation quantization loops. On other backends the model runs its
-layers as usual; the reference below is the specification the kernel is tested against.
+or VNNI tiles for int8, and its own attention, LayerNorm and activation quantization loops. On other backends the
+model runs its layers as usual; the reference below is the specification the kernel is tested against.
 
 Arguments (`EncoderWeights` assembles the weights and formats from a model's modules):
   x (tokens, hidden): the sequences' tokens one after another, no padding; cu_seqlens (batch + 1): their offsets
@@ -15,7 +15,9 @@ Arguments (`EncoderWeights` assembles the weights and formats from a model's mod
   formats: one kind per layer and linear: FLOAT (float weight), PACKED (oneDNN's packed copy of a float32 weight;
       the cpu kernel only), W8A8 (int8 codes (out, in) and float32 scales per output: ops/quant.py's method "w8a8"),
       BLOCK8 (method "blockwise_a8" with 8-bit codes in groups of 32, activations quantized per block of 32 too:
-      pack_blockwise8's (codes, transposed scales); the kernel needs AVX-512 VNNI, block8_usable()).
+      pack_blockwise8's (codes, transposed scales); the kernel needs AVX-512 VNNI, block8_usable()), W8A8_PACKED
+      (W8A8 packed for that kernel: pack_w8a8's (codes, scales); the same integer sums as W8A8's torch._int_mm,
+      ~2x faster at batch 1; AVX-512 VNNI too).
   num_heads, eps (the LayerNorms'), act: 0 GELU, 1 GELU with the tanh approximation.
 Returns the last layer's output (tokens, hidden).
 """
@@ -33,26 +35,45 @@ from .quant import QuantizedWeight, quantized_linear_reference
 
 SLOTS = 16  # weights per layer
 LINEARS = ("qkv", "o", "intermediate", "output")
-FLOAT, PACKED, W8A8, BLOCK8 = 0, 1, 2, 3
+FLOAT, PACKED, W8A8, BLOCK8, W8A8_PACKED = 0, 1, 2, 3, 4
 ACTS = {"none": 0, "tanh": 1}  # GELU's `approximate` -> act
+
+
+def _pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes (out, in) -> codes + 128 as uint8 in [out / 16][in / 4][16][4] order, viewed (out, in): the operand
+    order of csrc/cpu/gemm_a8.cpp's VNNI tiles. Out and in must be multiples of 32."""
+    n, k = codes.shape
+    biased = (codes.to(torch.int16) + 128).to(torch.uint8)
+    return biased.view(n // 16, 16, k // 4, 4).permute(0, 2, 1, 3).contiguous().view(n, k)
+
+
+def _unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    n, k = packed.shape
+    codes = packed.view(n // 16, k // 4, 16, 4).permute(0, 2, 1, 3).reshape(n, k)
+    return (codes.to(torch.int16) - 128).to(torch.int8)
 
 
 def pack_blockwise8(qw: QuantizedWeight):
     """(packed codes, transposed scales) of a blockwise_a8 weight with 8-bit codes in groups of 32 for the BLOCK8
-    kernel (csrc/cpu/gemm_a8.cpp): codes + 128 as uint8 in [out / 16][in / 4][16][4] order, viewed (out, in); the
-    scales as float32 (in / 32, out). Out and in must be multiples of 32."""
-    n, k = qw.qweight.shape
-    codes = (qw.qweight.to(torch.int16) + 128).to(torch.uint8)
-    packed = codes.view(n // 16, 16, k // 4, 4).permute(0, 2, 1, 3).contiguous().view(n, k)
-    return packed, qw.scales.float().t().contiguous()
+    kernel (csrc/cpu/gemm_a8.cpp): the codes as _pack_codes lays them out, the scales as float32 (in / 32, out)."""
+    return _pack_codes(qw.qweight), qw.scales.float().t().contiguous()
 
 
 def unpack_blockwise8(packed: torch.Tensor, scales_t: torch.Tensor) -> QuantizedWeight:
     """The QuantizedWeight pack_blockwise8 was made from (scales in float32)."""
-    n, k = packed.shape
-    codes = packed.view(n // 16, k // 4, 16, 4).permute(0, 2, 1, 3).reshape(n, k)
-    return QuantizedWeight((codes.to(torch.int16) - 128).to(torch.int8), scales_t.t().contiguous(), None, 8, 32, k,
+    return QuantizedWeight(_unpack_codes(packed), scales_t.t().contiguous(), None, 8, 32, packed.shape[1],
                            "blockwise_a8")
+
+
+def pack_w8a8(qw: QuantizedWeight):
+    """(packed codes, scales) of a W8A8 weight for the W8A8_PACKED kernel: the codes as _pack_codes lays them out,
+    the per-output scales as a float32 vector."""
+    return _pack_codes(qw.qweight), qw.scales.float().reshape(-1).contiguous()
+
+
+def unpack_w8a8(packed: torch.Tensor, scales: torch.Tensor) -> QuantizedWeight:
+    """The QuantizedWeight pack_w8a8 was made from (scales in float32)."""
+    return QuantizedWeight(_unpack_codes(packed), scales.view(-1, 1), None, 8, None, packed.shape[1], "w8a8")
 
 
 def block8_usable() -> bool:
@@ -68,6 +89,8 @@ def _linear(x, weight, scales, bias, kind: int):
         return quantized_linear_reference(x, qw, bias)
     if kind == BLOCK8:
         return quantized_linear_reference(x, unpack_blockwise8(weight, scales), bias)
+    if kind == W8A8_PACKED:
+        return quantized_linear_reference(x, unpack_w8a8(weight, scales), bias)
     raise ValueError(f"encoder_layers: format {kind} is not one the reference runs (a oneDNN-packed weight: pass the "
                      f"float weight with format {FLOAT})")
 
