@@ -28,6 +28,8 @@ def test_encoder_suite_smoke():
                    "fastformers-int8-blocks"):
         value = by[(engine, "median_ms")]
         assert math.isfinite(value) and value > 0, (engine, value)
+        first = by[(engine, "first_call_ms")]  # the first case reports each engine's first call
+        assert math.isfinite(first) and first > 0, (engine, first)
     assert by[("fastformers", "speedup_vs_onnxruntime")] > 0
 
 

@@ -7,11 +7,14 @@ fastformers blockwise_a8 with 8-bit weights in groups of 32, ONNX Runtime's dyna
 Every engine's output is checked against transformers' float32 before it is timed, over the real tokens (padded
 positions carry no meaning; fastformers unpads a padded batch and writes zeros there): max_abs_diff for float32,
 the lowest cosine over those tokens for int8 / bfloat16. Engines run interleaved call by call, same thread count.
+The first case also reports each engine's first call after loading (first_call_ms: its one-time costs, such as
+fastformers packing weights; transformers' first call runs first and pays torch's own lazy setup).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from typing import Callable, Dict, List
 
 import torch
@@ -112,9 +115,14 @@ def run(quick: bool = False, dtypes=("int8", "bf16"), cases=None) -> List[Row]:
         name = f"minilm-{case}"
         shape = "x".join(map(str, encs[0]["input_ids"].shape)) if len(encs) == 1 else f"{len(sentences)} sentences"
         with torch.inference_mode():
+            first = not rows  # the first case holds every engine's first call after loading: its one-time costs
+            start = time.perf_counter()
             reference = [engines["transformers"][1](enc) for enc in encs]
+            seconds = {"transformers": time.perf_counter() - start}
             for engine, (dtype, fn) in engines.items():
+                start = time.perf_counter()
                 outs = [fn(enc) for enc in encs]
+                seconds.setdefault(engine, time.perf_counter() - start)
                 if dtype == "float32":
                     err = max((o - r)[enc["attention_mask"].bool()].abs().max().item()
                               for o, r, enc in zip(outs, reference, encs))
@@ -126,6 +134,8 @@ def run(quick: bool = False, dtypes=("int8", "bf16"), cases=None) -> List[Row]:
             times = time_interleaved(calls, repeats.get(case, 3 if quick else 10))
         for engine, ts in times.items():
             rows += latency_rows(name, shape, engines[engine][0], {engine: ts})
+            if first:  # packing weights (fastformers), building the session (ONNX Runtime: before this), torch's own
+                rows.append(Row(name, engine, shape, engines[engine][0], "first_call_ms", seconds[engine] * 1e3))
         medians = {r.provider: r.value for r in rows if r.name == name and r.metric == "median_ms"}
         for engine in engines:
             base = "transformers-bf16" if engines[engine][0] == "bfloat16" else "transformers"
