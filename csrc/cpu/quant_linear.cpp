@@ -14,12 +14,13 @@
 // tokens per pass, so the codes are converted once and the multiply-adds do not wait on each other), and portable
 // loops over 16 lanes that GCC compiles twice (AVX2 + FMA and the baseline; the loader picks the clone).
 // FASTFORMERS_CPU_PORTABLE=1 forces the portable loops (tests run both). More than 16 tokens (prefill) dequantize the
-// weight a panel of rows at a time into one small buffer and run torch's GEMM on it: there the matmul, not the bytes,
-// is the cost. Scales and mins may be float16 (QuantView::half; ops.quant.with_half_scales makes such copies where
+// weight a panel of rows at a time, each thread into its own small buffer, and run torch's GEMM on it: there the
+// matmul, not the bytes, is the cost. Scales and mins may be float16 (QuantView::half; ops.quant.with_half_scales makes such copies where
 // exact), a sixth fewer bytes per token for int4 in groups of 32.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -330,20 +331,30 @@ at::Tensor quant_linear_cpu(const at::Tensor& x2d, const QuantView& w, const c10
   const int64_t M = x2d.size(0), N = w.N, groups = w.groups();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   if (M > kMaxGemvTokens) {
-    // prefill: torch's GEMM on float rows dequantized a panel at a time into one small buffer, which stays in cache
-    // and is reused (the whole float weight, made per call, would be megabytes of fresh pages to fault in and write)
-    const int64_t panel = std::min<int64_t>(N, std::max<int64_t>(64, (int64_t{1} << 18) / std::max<int64_t>(w.K, 1)));
-    at::Tensor buffer = at::empty({panel, w.K}, x2d.options());
+    // prefill: torch's GEMM on float rows dequantized a panel at a time, each thread into its own small buffer that
+    // stays in cache and is reused (the whole float weight, made per call, would be megabytes of fresh pages to
+    // fault in and write). One parallel region per call: each thread dequantizes its panels and multiplies them on
+    // its own (a GEMM inside the region runs on one thread), instead of two regions and their barriers per panel.
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t fits = std::max<int64_t>(16, (int64_t{1} << 18) / std::max<int64_t>(w.K, 1));  // ~1 MB of floats
+    int64_t count = std::max<int64_t>(threads, (N + fits - 1) / fits);
+    count = (count + threads - 1) / threads * threads;  // whole rounds of panels: no thread left waiting
+    const int64_t panel = (N + count - 1) / count;
     at::Tensor yt = at::empty({N, M}, x2d.options());  // y transposed: each panel's rows of it are contiguous
-    float* bp = buffer.data_ptr<float>();
     const at::Tensor xt = x2d.t();
-    for (int64_t n0 = 0; n0 < N; n0 += panel) {
-      const int64_t rows = std::min(panel, N - n0);
-      const QuantView part = w.rows(n0, rows);
-      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { dequantize_rows(part, bp, r0, r1); });
-      at::Tensor out = yt.narrow(0, n0, rows);
-      at::mm_out(out, buffer.narrow(0, 0, rows), xt);
-    }
+    const bool inference = c10::InferenceMode::is_enabled();  // worker threads start outside it: enter it there too
+    at::parallel_for(0, count, 1, [&](int64_t p0, int64_t p1) {
+      c10::InferenceMode guard(inference);
+      thread_local std::vector<float> buffer;
+      buffer.resize(static_cast<size_t>(panel * w.K));
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * panel, rows = std::min(panel, N - n0);
+        if (rows <= 0) continue;
+        dequantize_rows(w.rows(n0, rows), buffer.data(), 0, rows);
+        at::Tensor out = yt.narrow(0, n0, rows);
+        at::mm_out(out, at::from_blob(buffer.data(), {rows, w.K}, x2d.options()), xt);
+      }
+    });
     at::Tensor y = yt.t().contiguous();
     if (bias.has_value()) y.add_(*bias);
     return y;

@@ -69,6 +69,18 @@ def test_quant_linear_matches_the_float64_reference(bits, group, symmetric, n, k
     _check(torch.ops.fastformers_ext.quant_linear(x, *args, None), qw, x, None)
 
 
+@pytest.mark.parametrize("n", [3, 1000])
+def test_quant_linear_prefill_in_inference_mode_over_many_panels(n):
+    """More than 16 tokens run as GEMMs on dequantized panels, each thread its own (here several panels per thread for
+    n = 1000): under torch.inference_mode too (the worker threads enter it), the same values as outside it."""
+    qw, x, bias = _case(4, 32, False, n, 576, (40,), seed=n)
+    args = (qw.qweight, qw.scales, qw.mins, qw.bits, qw.group)
+    plain = torch.ops.fastformers_ext.quant_linear(x, *args, bias)
+    _check(plain, qw, x, bias)
+    with torch.inference_mode():
+        assert torch.equal(torch.ops.fastformers_ext.quant_linear(x, *args, bias), plain)
+
+
 def _check_a8(got, qw, x, bias):
     """blockwise_a8 against its float64 reference: the activations quantized per block of 32 (in float32, as the
     kernel does), then the dequantized product; rounding measured against the size of the terms summed."""
