@@ -152,11 +152,13 @@ FF_WIDE void quantize_row(const float* x, int64_t K, int8_t* q, float* scale) {
   for (int j = 0; j < kLanes; ++j) amax = std::max(amax, lanes[j]);
   for (; i < K; ++i) amax = std::max(amax, std::fabs(x[i]));
   const float s = std::max(amax / 127.f, FLT_MIN);
-  for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(x[k] / s))));
+  for (int64_t k = 0; k < K; ++k)
+    q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(x[k] / s))));
   *scale = s;
 }
 
-FF_WIDE void dequantize_row(const int32_t* acc, float sx, const float* scales, const float* bias, int64_t N, float* out) {
+FF_WIDE void dequantize_row(const int32_t* acc, float sx, const float* scales, const float* bias, int64_t N,
+                            float* out) {
   if (bias)
     for (int64_t n = 0; n < N; ++n) out[n] = static_cast<float>(acc[n]) * sx * scales[n] + bias[n];
   else
@@ -243,7 +245,8 @@ at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l, at::Tensor out) {
 // act(x W^T + b) when `activate`, else x W^T + b: written into buffer `into` (oneDNN's packed GEMM returns its own).
 at::Tensor run_linear(const at::Tensor& x, const Linear& l, bool activate, int64_t act, Buffer into) {
   const char* approximate = act == 1 ? "tanh" : "none";
-  if (l.kind == kPacked) return packed_linear(x, l, activate ? "gelu" : "none", activate ? approximate : "").contiguous();
+  if (l.kind == kPacked)
+    return packed_linear(x, l, activate ? "gelu" : "none", activate ? approximate : "").contiguous();
   at::Tensor y = buffer(into, x.size(0), l.w.size(0), at::kFloat);
   if (l.kind == kW8A8)
     w8a8_linear(x, l, y);
@@ -273,9 +276,10 @@ FF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// Q query rows (from row i) of one head's softmax(q k^T * scale) v with AVX-512: Q x 4 blocks of 16 scores accumulate at once over d from the
-// transposed keys kt (D rows of Lp = L rounded up to 64, zeros after L); then per query the max-subtracted exponents;
-// then the weighted sum of values, Q queries x 32 output dims per pass, so each value row loaded serves Q queries.
+// Q query rows (from row i) of one head's softmax(q k^T * scale) v with AVX-512: Q x 4 blocks of 16 scores accumulate
+// at once over d from the transposed keys kt (D rows of Lp = L rounded up to 64, zeros after L); then per query the
+// max-subtracted exponents; then the weighted sum of values, Q queries x 32 output dims per pass, so each value row
+// loaded serves Q queries.
 template <int Q>
 FF_AVX512 void attend_rows_avx512(const float* q, const float* v, int64_t step, int64_t L, int64_t Lp, int64_t D,
                                   float scale, const float* kt, float* p, int64_t i, float* out, int64_t out_step) {
@@ -435,8 +439,8 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
   TORCH_CHECK(weights.size() > 0 && weights.size() % kSlots == 0, OP "expected ", kSlots, " weights per layer, got ",
               weights.size());
   const int64_t layers = static_cast<int64_t>(weights.size()) / kSlots;
-  TORCH_CHECK(static_cast<int64_t>(formats.size()) == kLinears * layers, OP "expected ", kLinears, " formats per layer (",
-              kLinears * layers, "), got ", formats.size());
+  TORCH_CHECK(static_cast<int64_t>(formats.size()) == kLinears * layers, OP "expected ", kLinears,
+              " formats per layer (", kLinears * layers, "), got ", formats.size());
   TORCH_CHECK(act == 0 || act == 1, OP "act=", act, "; expected 0 (GELU) or 1 (GELU, tanh approximation)");
   const int64_t T = x.size(0), hidden = x.size(1), heads = num_heads;
   TORCH_CHECK(heads > 0 && hidden % heads == 0, OP "hidden size ", hidden, " is not a multiple of num_heads=", heads);

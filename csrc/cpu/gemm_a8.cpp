@@ -1,16 +1,18 @@
-// int8 GEMM for many tokens (an encoder's batch, a prompt) on weights repacked for it: QuantizedWeight method
-// "blockwise_a8" with 8-bit codes in groups of 32 (fastformers' format, GGUF's Q8_0), activations quantized per token
-// and block of 32 columns as the reference does (sx = max|x| / 127, at least the smallest normal float; xq =
-// round(x / sx) in [-127, 127]), then
-//   y[t, n] = sum_b sx[t, b] * scale[n, b] * sum_{k in b} q[n, k] xq[t, k] (+ bias[n])
-// with exact integer sums. quant_linear_a8.cpp computes the same for a few tokens from the weight as stored (a dot
-// product per row and token); here the outputs lie across the vector lanes, so that a tile of 4 tokens x 32 outputs
-// keeps 8 int32 and 8 float accumulators in registers and each weight byte loaded serves 4 tokens.
+// int8 GEMM for many tokens (an encoder's batch, a prompt) on weights repacked for it, in two modes.
+//   Blocks: QuantizedWeight method "blockwise_a8" with 8-bit codes in groups of 32 (fastformers' format, GGUF's Q8_0),
+//   activations quantized per token and block of 32 columns as the reference does (sx = max|x| / 127, at least the
+//   smallest normal float; xq = round(x / sx) in [-127, 127]), then
+//     y[t, n] = sum_b sx[t, b] * scale[n, b] * sum_{k in b} q[n, k] xq[t, k] (+ bias[n]).
+//   Per token (W8A8): one scale per output and activations quantized per token, so
+//     y[t, n] = sx[t] * scale[n] * sum_k q[n, k] xq[t, k] (+ bias[n]).
+// The integer sums are exact. quant_linear_a8.cpp computes the blocks mode for a few tokens from the weight as stored
+// (a dot product per row and token); here the outputs lie across the vector lanes, so that a tile of 6 tokens x 32
+// outputs keeps 12 int32 and 12 float accumulators in registers and each weight byte loaded serves 6 tokens.
 //
-// The packed weight (ops/encoder.py's pack_blockwise8; N and K multiples of 32): codes + 128 as unsigned bytes laid
-// out [N / 16][K / 4][16 outputs][4 columns] -- the operand order of vpdpbusd, which sums 4 unsigned x signed byte
-// products into each int32 lane -- and the scales transposed to (K / 32, N). The +128 is taken back per token and
-// block: 128 * sum(xq) subtracted from every output's int32 sum.
+// The packed weight (ops/encoder.py's pack_blockwise8 / pack_w8a8; N and K multiples of 32): codes + 128 as unsigned
+// bytes laid out [N / 16][K / 4][16 outputs][4 columns] -- the operand order of vpdpbusd, which sums 4 unsigned x
+// signed byte products into each int32 lane -- with the scales transposed to (K / 32, N), or per output (N). The +128
+// is taken back per token and block (or token): 128 * sum(xq) subtracted from every output's int32 sum.
 // AVX-512 VNNI only: gemm_a8_usable() says whether this CPU has it.
 
 #include <ATen/ATen.h>
@@ -96,7 +98,8 @@ FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64
   __m512i acc[T][2];  // each starts at -128 * sum(xq) of the block (or token): the codes' +128 taken back
   for (int64_t b = 0; b < blocks; ++b) {
     if (BLOCKS || b == 0)
-      for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_set1_epi32(-corr[BLOCKS ? (t0 + t) * blocks + b : t0 + t]);
+      for (int t = 0; t < T; ++t)
+        acc[t][0] = acc[t][1] = _mm512_set1_epi32(-corr[BLOCKS ? (t0 + t) * blocks + b : t0 + t]);
     // a constant trip count, unrolled in full: a loop over the steps left GCC copying the accumulators between
     // registers every step
     const uint8_t* wb0 = w0 + b * 8 * 64;
@@ -114,7 +117,8 @@ FF_VNNI void tile(const uint8_t* packed, const float* scales_t, int64_t N, int64
       }
     }
     if (!BLOCKS) continue;
-    const __m512 s0 = _mm512_loadu_ps(scales_t + b * N + nb * 16), s1 = _mm512_loadu_ps(scales_t + b * N + nb * 16 + 16);
+    const __m512 s0 = _mm512_loadu_ps(scales_t + b * N + nb * 16);
+    const __m512 s1 = _mm512_loadu_ps(scales_t + b * N + nb * 16 + 16);
     for (int t = 0; t < T; ++t) {
       const __m512 xs = _mm512_set1_ps(sx[(t0 + t) * blocks + b]);
       f[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][0]), _mm512_mul_ps(s0, xs), f[t][0]);

@@ -15,8 +15,8 @@
 // loops over 16 lanes that GCC compiles twice (AVX2 + FMA and the baseline; the loader picks the clone).
 // FASTFORMERS_CPU_PORTABLE=1 forces the portable loops (tests run both). More than 16 tokens (prefill) dequantize the
 // weight a panel of rows at a time, each thread into its own small buffer, and run torch's GEMM on it: there the
-// matmul, not the bytes, is the cost. Scales and mins may be float16 (QuantView::half; ops.quant.with_half_scales makes such copies where
-// exact), a sixth fewer bytes per token for int4 in groups of 32.
+// matmul, not the bytes, is the cost. Scales and mins may be float16 (QuantView::half; ops.quant.with_half_scales
+// makes such copies where exact), a sixth fewer bytes per token for int4 in groups of 32.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
