@@ -26,11 +26,21 @@ def _id_tensor(ids: TokenIds, device=None) -> torch.Tensor:
 
 
 class _VocabMask:
-    """A (vocab,) boolean mask of some token ids, built once per vocabulary size and device."""
+    """A (vocab,) boolean mask of some token ids, built once per vocabulary size and device; `fill` sets those
+    ids' scores to a value (a copy: the model's logits stay as they were)."""
 
     def __init__(self, ids: TokenIds) -> None:
         self.ids = _id_tensor(ids)
         self._mask: Optional[torch.Tensor] = None
+        self._valid: Optional[torch.Tensor] = None  # the ids inside the vocabulary, on the mask's device
+
+    def fill(self, scores: torch.Tensor, value: float) -> torch.Tensor:
+        """scores.masked_fill(self(scores), value), as a copy and a write of the few ids (a masked fill reads a
+        mask as long as the vocabulary: ~35 us per call on a 49k vocabulary on a 2-core CPU, against ~5 us)."""
+        m = self(scores)
+        if self._valid is None or self._valid.device != m.device:
+            self._valid = m.nonzero().reshape(-1)
+        return scores.index_fill(-1, self._valid, value)
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         m = self._mask
@@ -38,7 +48,7 @@ class _VocabMask:
             ids = self.ids.to(scores.device)
             m = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
             m[ids[(ids >= 0) & (ids < scores.shape[-1])]] = True
-            self._mask = m
+            self._mask, self._valid = m, None
         return m
 
 
@@ -340,7 +350,7 @@ class MinLengthLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         if input_ids.shape[-1] < self.min_length:
-            return scores.masked_fill(self._eos(scores), -math.inf)
+            return self._eos.fill(scores, -math.inf)
         return scores
 
 
@@ -358,7 +368,7 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         if input_ids.shape[-1] - self.prompt_length_to_skip < self.min_new_tokens:
-            return scores.masked_fill(self._eos(scores), -math.inf)
+            return self._eos.fill(scores, -math.inf)
         return scores
 
 
@@ -439,7 +449,7 @@ class SuppressTokensLogitsProcessor(LogitsProcessor):
         self._mask = _VocabMask(self.suppress_tokens)
 
     def __call__(self, input_ids, scores):
-        return scores.masked_fill(self._mask(scores), -float("inf"))
+        return self._mask.fill(scores, -float("inf"))
 
 
 class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
@@ -456,7 +466,7 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids, scores):
         if input_ids.shape[-1] != self.begin_index:
             return scores
-        return scores.masked_fill(self._mask(scores), -float("inf"))
+        return self._mask.fill(scores, -float("inf"))
 
 
 class PrefixConstrainedLogitsProcessor(LogitsProcessor):
