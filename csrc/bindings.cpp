@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "cpu/argmax.h"
 #include "cpu/attention.h"
 #include "cpu/decode_step.h"
 #include "cpu/encoder_step.h"
@@ -93,7 +94,14 @@ TORCH_LIBRARY(fastformers_ext, m) {
         "float scale) -> Tensor");
   m.def("encoder_layers(Tensor x, Tensor cu_seqlens, Tensor?[] weights, int[] formats, int num_heads, float eps, "
         "int act) -> Tensor");
+  m.def("argmax(Tensor x) -> Tensor");
   m.def("cpu_isa() -> str", &fastformers::cpu_isa);
+  // the decode step's weights, checked once (csrc/cpu/decode_step.h): the model keeps one per set of modules
+  m.class_<fastformers::DecodePlan>("DecodePlan")
+      .def(torch::init<const c10::List<c10::optional<at::Tensor>>&, std::vector<int64_t>, int64_t, int64_t, double,
+                       double, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&>())
+      .def("step", &fastformers::DecodePlan::step)
+      .def("greedy", &fastformers::DecodePlan::greedy);
   m.def("cpu_a8_isa() -> str", &fastformers::cpu_a8_isa);
 }
 
@@ -106,6 +114,7 @@ TORCH_LIBRARY_IMPL(fastformers_ext, CPU, m) {
   m.impl("decode_attention", &fastformers::decode_attention_cpu);
   m.impl("decode_layers", &fastformers::decode_layers_cpu);
   m.impl("encoder_layers", &fastformers::encoder_layers_cpu);
+  m.impl("argmax", &fastformers::argmax_cpu);
 }
 
 // oneDNN's packed weights (format 1 of encoder_layers) are MkldnnCPU tensors: a call holding one dispatches here

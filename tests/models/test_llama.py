@@ -139,17 +139,23 @@ def _decode_steps(model, ids, mask, prefill: int):
 
 @pytest.fixture
 def one_call_counter(monkeypatch):
-    """How many decode steps ran as one call."""
+    """How many decode steps ran as one call: ("step", ids shape) from token ids on the model's DecodePlan, or
+    ("layers", x shape) through the decode_layers op."""
     from fastformers.models import llama
 
     calls = []
-    real = llama.decode_layers_cpu
+    layers, step = llama.decode_layers_cpu, llama.decode_step_cpu
 
-    def counted(*args):
-        calls.append(args[0].shape)
-        return real(*args)
+    def counted_layers(*args):
+        calls.append(("layers", args[0].shape))
+        return layers(*args)
 
-    monkeypatch.setattr(llama, "decode_layers_cpu", counted)
+    def counted_step(*args):
+        calls.append(("step", args[1].shape))
+        return step(*args)
+
+    monkeypatch.setattr(llama, "decode_layers_cpu", counted_layers)
+    monkeypatch.setattr(llama, "decode_step_cpu", counted_step)
     return calls
 
 
@@ -223,3 +229,126 @@ def test_one_call_step_follows_hooks_module_swaps_and_new_weights_between_steps(
     assert not torch.allclose(doubled, before)
     # logits = lm_head(final norm): tripling the norm weight triples them exactly (up to float rounding)
     assert rel_err(after, 3 * before) <= 1e-5
+
+
+# -- the compiled greedy loop (DecodePlan.greedy) -------------------------------------------------------------------
+def _greedy_model(tmp_path, head):
+    """A tiny Llama whose LM head runs on the packed kernels: "int4" / "a8" a quantized head (untied), "twin" a tied
+    head with a Q8_0-style twin (ops.linear.attach_quantized_twin, as a GGUF file's tied head)."""
+    import dataclasses
+
+    from fastformers import ops
+    from fastformers.ops.linear import attach_quantized_twin
+    from fastformers.quantization import QuantizationConfig
+
+    tied = head == "twin"
+    path, _ = build_reference("llama", "AutoModelForCausalLM", tmp_path, **dict(ONE_CALL, tie_word_embeddings=tied))
+    if tied:
+        model = fastformers.AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=QuantizationConfig(bits=4, group_size=32))
+        weight = model.lm_head.weight
+        qw = ops.quantize_weight(weight.detach(), bits=8, group_size=32)
+        qw = dataclasses.replace(qw, qweight=qw.qweight.contiguous())  # as a GGUF file's table is
+        with torch.no_grad():
+            weight.copy_(ops.dequantize_weight(qw, torch.float32))
+        assert attach_quantized_twin(weight, qw)
+        return model
+    method = "blockwise_a8" if head == "a8" else "weight_only"
+    return fastformers.AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=QuantizationConfig(bits=4, group_size=32, method=method, skip=[]))
+
+
+@pytest.fixture
+def greedy_calls(monkeypatch):
+    """The compiled loops generate() started (each: the tokens it had then and the length it stopped at)."""
+    from fastformers.models import llama
+
+    calls = []
+    real = llama.LlamaForCausalLM._compiled_greedy
+
+    def counted(self, *args):
+        loop = real(self, *args)
+        if loop is None:
+            return None
+
+        def run(seq, cur, stop):
+            done = loop(seq, cur, stop)
+            calls.append((cur, done[0]))
+            return done
+
+        return run
+
+    monkeypatch.setattr(llama.LlamaForCausalLM, "_compiled_greedy", counted)
+    return calls
+
+
+def _step_by_step(model, *args, **kwargs):
+    from fastformers.models import llama
+
+    real = llama.LlamaForCausalLM._compiled_greedy
+    llama.LlamaForCausalLM._compiled_greedy = lambda *a: None
+    try:
+        return model.generate(*args, **kwargs)
+    finally:
+        llama.LlamaForCausalLM._compiled_greedy = real
+
+
+@pytest.mark.parametrize("head", ["int4", "a8", "twin"])
+def test_compiled_greedy_loop_gives_the_step_by_step_tokens(head, tmp_path, greedy_calls):
+    model = _greedy_model(tmp_path, head)
+    ids = torch.randint(1, 99, (1, 7), generator=torch.Generator().manual_seed(3))
+    free = _step_by_step(model, ids, max_new_tokens=20, do_sample=False, eos_token_id=None)
+    stop_id = int(free[0, 7 + 5])  # the 6th new token: an eos there ends the generation early
+    first = int((free[0, 7:] == stop_id).nonzero()[0])
+    for kwargs in (dict(max_new_tokens=20, eos_token_id=None), dict(max_new_tokens=20, eos_token_id=stop_id),
+                   dict(max_new_tokens=20, eos_token_id=[stop_id, 98], min_new_tokens=9),
+                   dict(max_new_tokens=20, eos_token_id=stop_id, min_length=7 + 12), dict(max_new_tokens=1)):
+        greedy_calls.clear()
+        fast = model.generate(ids, do_sample=False, **kwargs)
+        slow = _step_by_step(model, ids, do_sample=False, **kwargs)
+        assert torch.equal(fast, slow), kwargs
+        assert len(greedy_calls) == (slow.shape[1] > 7 + 1), kwargs  # every step after the first: one call
+    assert torch.equal(model.generate(ids, do_sample=False, max_new_tokens=20, eos_token_id=stop_id),
+                       free[:, :7 + first + 1])
+
+
+def test_compiled_greedy_loop_is_skipped_where_steps_are_watched(tmp_path, greedy_calls):
+    """Sampling, a batch, a streamer, recorded scores, a custom processor or a hook: the step-by-step loop runs."""
+    from fastformers.generation import LogitsProcessorList
+
+    model = _greedy_model(tmp_path, "int4")
+    ids = torch.randint(1, 99, (1, 7), generator=torch.Generator().manual_seed(4))
+    model.generate(ids, do_sample=False, max_new_tokens=4)
+    assert len(greedy_calls) == 1
+
+    class Streamer:
+        def put(self, value):
+            pass
+
+        def end(self):
+            pass
+
+    class Processor:
+        def __call__(self, input_ids, scores):
+            return scores
+
+    seen = []
+    for kwargs in (dict(do_sample=True), dict(streamer=Streamer()), dict(return_dict_in_generate=True, output_scores=True),
+                   dict(logits_processor=LogitsProcessorList([Processor()])), dict(repetition_penalty=1.3)):
+        model.generate(ids, max_new_tokens=4, **kwargs)
+    model.generate(ids.repeat(2, 1), do_sample=False, max_new_tokens=4)
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    model.generate(ids, do_sample=False, max_new_tokens=4)
+    handle.remove()
+    assert len(greedy_calls) == 1 and len(seen) == 4
+
+
+def test_compiled_greedy_loop_stops_at_nonfinite_logits_with_the_clear_error(tmp_path, greedy_calls):
+    model = _greedy_model(tmp_path, "int4")
+    ids = torch.randint(1, 99, (1, 7), generator=torch.Generator().manual_seed(5))
+    tokens = model.generate(ids, do_sample=False, max_new_tokens=3, eos_token_id=None)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[int(tokens[0, 8])] = float("nan")  # the second new token's embedding
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        model.generate(ids, do_sample=False, max_new_tokens=6, eos_token_id=None)
+    assert greedy_calls[-1] == (8, 9)  # it stopped at the step that read the poisoned row, with no token from it

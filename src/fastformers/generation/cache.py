@@ -62,6 +62,11 @@ class StaticCache:
         end = int(cache_position[-1]) + 1
         return keys[:, :, :end], values[:, :, :end]
 
+    @property
+    def written(self) -> torch.Tensor:
+        """The int64 scalar that counts the positions written (what get_seq_length reads)."""
+        return self._end
+
     def mark_written(self, cache_position: torch.Tensor) -> None:
         """Count the positions written (by `update`, or by a one-call decode step that writes every layer's buffers
         itself: ops.decode_layers)."""
@@ -228,10 +233,11 @@ def check_mask_values(mask: torch.Tensor, name: str = "attention_mask") -> bool:
 
 def cache_step(cache, batch: int, q_len: int, device, cache_position: Optional[torch.Tensor] = None,
                attention_mask: Optional[torch.Tensor] = None, *, max_positions: Optional[int] = None,
-               mask_name: str = "attention_mask") -> CacheStep:
+               mask_name: str = "attention_mask", raw_mask: bool = False) -> CacheStep:
     """The model side of the cache contract, once per forward. Checks (eagerly: a compiled one-token step
     reads no device value on the host) that the tokens fit the model's positions and the cache, and that
-    the mask covers the cached + new tokens."""
+    the mask covers the cached + new tokens. `raw_mask`: the caller reads attention_mask itself, values
+    included (a one-call step over a static cache that reads no key past the new token): key_mask is None."""
     if cache_position is None:
         past = cache.get_seq_length() if cache is not None else 0
         cache_position = torch.arange(past, past + q_len, device=device)
@@ -264,11 +270,11 @@ def cache_step(cache, batch: int, q_len: int, device, cache_position: Optional[t
                 width == kv_len or (full and width <= kv_len and end in (None, width))):
             raise ValueError(f"{mask_name} must have shape (batch, cached + new tokens) = {(batch, end)}, "
                              f"got {tuple(attention_mask.shape)}")
-        if end is None or not check_mask_values(attention_mask, mask_name):
+        if not raw_mask and (end is None or not check_mask_values(attention_mask, mask_name)):
             key_mask = attention_mask.bool()
             if width < kv_len:
                 key_mask = torch.nn.functional.pad(key_mask, (0, kv_len - width))
-    if full:
+    if full and not raw_mask:
         written = torch.arange(kv_len, device=device) <= cache_position[-1]
         key_mask = written[None] if key_mask is None else key_mask & written
     return CacheStep(cache_position, key_mask, kv_len, end)

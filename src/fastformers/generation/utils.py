@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .. import ops
 from ..outputs import _output
 from .cache import DynamicCache, EncoderDecoderCache, make_static_cache, rename_cache_argument, static_cache_nbytes
 from ..configuration import available_memory
@@ -568,6 +569,15 @@ class GenerationMixin:
             out = self._step(state, input_ids[:, lo:hi] if state.cache is not None else input_ids[:, :hi], lo, hi)
         return out
 
+    def _compiled_greedy(self, state: "_State", eos: Optional[torch.Tensor], forbid: torch.Tensor,
+                         forbid_until: torch.Tensor) -> Optional[Callable]:
+        """`loop(seq, cur, stop) -> (cur, finite)` running the rest of a greedy search of one sequence in one call
+        (models with a compiled decode loop say how: models/llama.py), or None. It extends seq (1, max_length),
+        which holds cur tokens, to stop tokens or past the first id in `eos`, with each step's `forbid` ids set to
+        -inf while the length is under their `forbid_until`; finite=False: it stopped at logits holding NaN or Inf,
+        without a token from them."""
+        return None
+
     # ------------------------------------------------------------------------------------------
     # greedy search and multinomial sampling
     # ------------------------------------------------------------------------------------------
@@ -594,6 +604,14 @@ class GenerationMixin:
         # from them is ever returned or streamed. remove_invalid_values=True asks to clean them instead.
         watch = _NonFiniteWatch(seq.device, config.remove_invalid_values is not True)
         out = self._prefill(state, seq[:, :cur])
+        # greedy search of one unpadded sequence that nothing watches per step: the model may run every step
+        # after the first in one compiled call (the same kernels and picks, token for token)
+        loop = None
+        if (not config.do_sample and batch == 1 and fast and streamer is None and not want.on and watch.on
+                and state.mask is None and state.seq2seq is None and seq.device.type == "cpu"):
+            forbid = _eos_forbidden(processors)
+            if forbid is not None:
+                loop = self._compiled_greedy(state, eos, *forbid)
         while True:
             logits = out.logits[:, -1]
             if logits.dtype != torch.float32:
@@ -606,7 +624,7 @@ class GenerationMixin:
                 probs = F.softmax(scores, dim=-1)
                 torch.multinomial(probs, 1, generator=generator, out=next_tokens.view(batch, 1))
             else:
-                torch.argmax(scores, dim=-1, out=next_tokens)
+                next_tokens.copy_(ops.argmax(scores))  # torch.argmax's answer (a one-pass kernel on CPU)
             # rows that finished earlier get padding
             seq[:, cur] = torch.where(unfinished, next_tokens, pad) if pad_finished else next_tokens
             new = seq[:, cur]
@@ -626,6 +644,11 @@ class GenerationMixin:
                 unfinished &= ~criteria(seq[:, :cur], want.scores)
                 if cur >= max_length or not bool(unfinished.any() & watch.finite()):
                     break
+            if loop is not None:  # the remaining steps in one call
+                cur, finite = loop(seq, cur, max_length)
+                if not finite:
+                    watch.flag()
+                break
             out = self._step(state, seq[:, cur - 1:cur] if state.cache is not None else seq[:, :cur], cur - 1, cur)
 
         watch.check(cur - 1)
@@ -802,6 +825,7 @@ class _Recorder:
         self.attentions = () if on and config.output_attentions else None
         self.hidden_states = () if on and config.output_hidden_states else None
         self.cross_attentions = self.attentions
+        self.on = any(v is not None for v in (self.scores, self.logits, self.attentions, self.hidden_states))
 
     def record(self, out, logits, scores) -> None:
         if self.scores is not None:
@@ -821,6 +845,24 @@ class _Recorder:
                 "decoder_hidden_states": self.hidden_states}
 
 
+def _eos_forbidden(processors) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(ids, until) when the processors only forbid eos ids while the sequence is short (min_length,
+    min_new_tokens): id ids[i] is set to -inf while the length is under until[i]. None for any other processor."""
+    ids, until = [], []
+    for p in processors:
+        if type(p) is MinLengthLogitsProcessor:
+            end = p.min_length
+        elif type(p) is MinNewTokensLengthLogitsProcessor:
+            end = p.prompt_length_to_skip + p.min_new_tokens
+        else:
+            return None
+        ids.append(p.eos_token_id.reshape(-1).long().cpu())
+        until.append(torch.full_like(ids[-1], end))
+    if not ids:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(ids), torch.cat(until)
+
+
 class _NonFiniteWatch:
     """NaN / Inf in the model's logits, flagged on the device with no host sync: a NaN or Inf logit makes the
     vocabulary sum NaN / Inf, and 0 * that sum is NaN (0 * a finite sum is 0), so `acc` stays 0 until one
@@ -837,6 +879,10 @@ class _NonFiniteWatch:
 
     def finite(self) -> torch.Tensor:
         return torch.isfinite(self.acc)
+
+    def flag(self) -> None:
+        """Logits were NaN or Inf (seen elsewhere: a compiled loop)."""
+        self.acc.fill_(float("nan"))
 
     def check(self, length: int) -> None:
         """Stop generation (a host sync) when logits were NaN / Inf. transformers 5.25 emits argmax(NaN) tokens

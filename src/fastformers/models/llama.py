@@ -22,7 +22,9 @@ from .. import layers, ops
 from ..configuration import PretrainedConfig
 from ..generation.cache import DynamicCache, StaticCache, cache_step
 from ..layers.linear import assignments, hooked, plain
-from ..ops.decode import DecodeWeights, decode_layers_cpu, linear_slots
+from ..ops.decode import DecodeWeights, decode_layers_cpu, decode_step_cpu, linear_slots, native_plan
+from ..ops.linear import packed_weight
+from ..ops.quant import QuantizedWeight
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
@@ -248,38 +250,60 @@ class LlamaModel(LlamaPreTrainedModel):
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
 
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        step = cache_step(cache, batch, seq, x.device, cache_position, attention_mask)
+        one_token = seq == 1 and isinstance(cache, StaticCache) and not (output_attentions or output_hidden_states)
+        native = self._native_step(input_ids, cache) if one_token and inputs_embeds is None else None
+        device = (input_ids if inputs_embeds is None else inputs_embeds).device
+        step = cache_step(cache, batch, seq, device, cache_position, attention_mask, raw_mask=native is not None)
         if step.end is not None:
             self._check_window(step.end)
         cache_position, key_mask = step.cache_position, step.key_mask
         if position_ids is None:
             position_ids = cache_position[None]
-        cos, sin = self.rotary_emb(position_ids, x.dtype)
 
         hidden_states = () if output_hidden_states else None
         attentions = () if output_attentions else None
-        one_call = None
-        if seq == 1 and isinstance(cache, StaticCache) and not (output_attentions or output_hidden_states):
-            one_call = self._one_call_step(x, cos, sin, cache, step)
-        if one_call is not None:
-            x = one_call
+        if native is not None:  # embedding, rotary tables, mask and every layer in one C++ call
+            x = decode_step_cpu(native, input_ids, position_ids, cache.keys, cache.values, cache_position,
+                                attention_mask, cache.written)
         else:
-            residual = None
-            for layer in self.layers:
-                if output_hidden_states:
-                    hidden_states += (x if residual is None else x + residual,)
-                x, residual, probs = call_layer(layer, x, residual, cos, sin, cache, cache_position, key_mask,
-                                                output_attentions)
-                if output_attentions:
-                    attentions += (probs,)
-            x = self.norm(x) if residual is None else self.norm(x, residual)[0]
+            x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            cos, sin = self.rotary_emb(position_ids, x.dtype)
+            one_call = self._one_call_step(x, cos, sin, cache, step) if one_token else None
+            if one_call is not None:
+                x = one_call
+            else:
+                residual = None
+                for layer in self.layers:
+                    if output_hidden_states:
+                        hidden_states += (x if residual is None else x + residual,)
+                    x, residual, probs = call_layer(layer, x, residual, cos, sin, cache, cache_position, key_mask,
+                                                    output_attentions)
+                    if output_attentions:
+                        attentions += (probs,)
+                x = self.norm(x) if residual is None else self.norm(x, residual)[0]
         if output_hidden_states:
             hidden_states += (x,)
         out = BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache if use_cache else None,
                                       hidden_states=hidden_states, attentions=attentions)
         return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
+
+    def _native_step(self, input_ids: torch.Tensor, cache: StaticCache):
+        """The model's DecodePlan (ops.decode.native_plan) when a one-token step from these ids can run on it, else
+        None: inference on the CPU, int64 ids, the layers in formats the step takes, its cpu kernel chosen (not
+        under torch.compile, no autograd, no forced backend), a plain nn.Embedding and this file's RotaryEmbedding."""
+        if (self.training or input_ids.device.type != "cpu" or input_ids.dtype != torch.long
+                or torch.compiler.is_compiling()):
+            return None
+        plan = _decode_plan(self)
+        if plan.native is None:
+            return None
+        if torch.is_grad_enabled() and self.embed_tokens.weight.requires_grad:
+            return None
+        cfg = self.config
+        args = (plan.probe, plan.weights.weights, plan.weights.formats, cache.keys, cache.values, None, None, None,
+                None, cfg.num_attention_heads, cfg.num_key_value_heads, plan.eps, plan.scale)
+        return plan.native if ops.decode_layers.choose("cpu", args) == "cpu" else None
 
     def _one_call_step(self, x, cos, sin, cache: StaticCache, step):
         """A one-token step over a static cache through ops.decode_layers when its cpu kernel takes it (every layer
@@ -308,7 +332,28 @@ class _DecodePlan(ModulePlan):
         super().__init__()
         self.weights: Optional[DecodeWeights] = None
         self.eps = self.scale = None
+        self.native = self.probe = None  # ops.decode.native_plan, and an x that stands for its embeddings in choose()
         self.reason = self._build(model)
+        if self.weights is not None:
+            self._build_native(model)
+
+    def _build_native(self, model) -> None:
+        """The DecodePlan that runs steps from token ids: when the embedding is a plain float32 nn.Embedding and the
+        rotary tables this file's RotaryEmbedding."""
+        embed, rotary = model.embed_tokens, model.rotary_emb
+        self.watch(model, "embed_tokens", "rotary_emb")
+        if (type(embed) is not nn.Embedding or type(rotary) is not RotaryEmbedding or hooked((embed, rotary))
+                or embed.max_norm is not None or embed.weight.dtype != torch.float32
+                or embed.weight.device.type != "cpu"):
+            return
+        self.watch(embed, "weight", kind="_parameters")
+        if rotary._inv_freq is None or rotary._inv_freq.device.type != "cpu":
+            rotary._inv_freq = rope_inv_freq(model.config, "cpu")
+        self.check(rotary.__dict__, "_inv_freq", rotary._inv_freq)
+        cfg = model.config
+        self.native = native_plan(self.weights, cfg.num_attention_heads, cfg.num_key_value_heads, self.eps,
+                                  self.scale, embed.weight, rotary._inv_freq)
+        self.probe = embed.weight.new_empty(1, 1, embed.weight.shape[1])
 
     def _build(self, model) -> Optional[str]:
         self.watch(model, "layers", "norm")
@@ -382,6 +427,37 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    def _compiled_greedy(self, state, eos, forbid, forbid_until):
+        """GenerationMixin's hook: the greedy loop in one C++ call (DecodePlan.greedy) when every step would run the
+        model's DecodePlan (LlamaModel._native_step) and a quantized LM head -- a quantized weight, or the packed
+        twin of a tied GGUF head (ops.linear) -- on the cpu kernels, and no module in between has hooks. Each step
+        runs what the step-by-step loop runs: the same kernels on the same inputs, so the same tokens."""
+        cache = state.cache
+        if not isinstance(cache, StaticCache) or not plain(self.lm_head) or hooked((self, self.model)):
+            return None
+        plan = self.model._native_step(state.positions[:, :1], cache)
+        if plan is None:
+            return None
+        weight, bias = self.lm_head.weight, self.lm_head.bias
+        probe = _decode_plan(self.model).probe
+        head = weight
+        if not isinstance(weight, QuantizedWeight):
+            if ops.linear.choose("cpu", (probe, weight, bias)) != "cpu":
+                return None
+            head = packed_weight(weight)  # the twin, for a tied GGUF head
+        if (not isinstance(head, QuantizedWeight) or head.method not in ("weight_only", "blockwise_a8")
+                or ops.quantized_linear.choose("cpu", (probe, head, bias)) != "cpu"
+                or not all(t is None or t.is_contiguous() for t in (head.qweight, head.scales, head.mins, bias))):
+            return None
+        fmt = [head.bits, head.group, int(head.method == "blockwise_a8")]
+        eos = torch.empty(0, dtype=torch.long) if eos is None else eos.reshape(-1).long()
+
+        def loop(seq, cur, stop):
+            return plan.greedy(seq, cur, stop, state.positions, cache.keys, cache.values, cache.written,
+                               head.qweight, head.scales, head.mins, bias, fmt, eos, forbid, forbid_until)
+
+        return loop
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,

@@ -4,6 +4,7 @@ See `backend.py` for the dispatch rule and `FASTFORMERS_BACKEND` / `use_backend`
 """
 
 from .activation import gelu, gelu_reference, silu_mul, silu_mul_reference
+from .argmax import argmax, argmax_reference
 from .attention import (
     attention,
     attention_reference,
@@ -29,7 +30,7 @@ from .quant import (
 from .rotary import rotary, rotary_reference
 
 __all__ = [
-    "BACKENDS", "BackendUnavailableError", "attention", "attention_with_probs", "backend_status",
+    "BACKENDS", "BackendUnavailableError", "argmax", "attention", "attention_with_probs", "backend_status",
     "current_backend", "decode_layers", "dequantize_weight", "encoder_layers", "gelu", "layer_norm", "linear", "linear_gelu", "Packing", "packed_attention",
     "pad", "QuantizedWeight",
     "quantize_weight", "quantized_linear", "rms_norm", "rotary", "silu_mul", "unpad", "unpadding_pays", "use_backend",

@@ -56,7 +56,7 @@ def kernels() -> dict:
 
 #: the ops fastformers._C registers (all CPU kernels today)
 OPS = ("quant_linear", "quant_linear_a8", "rms_norm", "add_rms_norm", "rotary", "decode_attention", "decode_layers",
-       "encoder_layers")
+       "encoder_layers", "argmax")
 
 
 def _register_fakes() -> None:
@@ -67,6 +67,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastformers_ext::quant_linear_a8")
     def _(x, qweight, scales, mins, bits, group_size, bias):
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+    @torch.library.register_fake("fastformers_ext::argmax")
+    def _(x):
+        return x.new_empty(x.shape[:-1], dtype=torch.long)
 
     @torch.library.register_fake("fastformers_ext::rms_norm")
     def _(x, weight, eps):
