@@ -293,8 +293,13 @@ def _step_by_step(model, *args, **kwargs):
         llama.LlamaForCausalLM._compiled_greedy = real
 
 
-@pytest.mark.parametrize("head", ["int4", "a8", "twin"])
-def test_compiled_greedy_loop_gives_the_step_by_step_tokens(head, tmp_path, greedy_calls):
+@pytest.mark.parametrize("head, chunk", [("int4", 64), ("a8", 64), ("twin", 64), ("int4", 3)])
+def test_compiled_greedy_loop_gives_the_step_by_step_tokens(head, chunk, tmp_path, greedy_calls, monkeypatch):
+    """Token for token, for every head format, eos stops, min_length / min_new_tokens, and in chunks of 3 tokens per
+    call (the loop hands back to Python every GREEDY_CHUNK tokens)."""
+    from fastformers.models import llama
+
+    monkeypatch.setattr(llama, "GREEDY_CHUNK", chunk)
     model = _greedy_model(tmp_path, head)
     ids = torch.randint(1, 99, (1, 7), generator=torch.Generator().manual_seed(3))
     free = _step_by_step(model, ids, max_new_tokens=20, do_sample=False, eos_token_id=None)
