@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,38 +53,44 @@ at::Tensor norm_weight(const c10::List<c10::optional<at::Tensor>>& ws, int64_t i
   return vector_slot(ws, i, size, optional, OP, layer, name);
 }
 
-// The linear `which` of `layer`, checked against (N outputs, K inputs); N < 0 takes whatever the weight has.
-// Checks one linear against (N outputs, K inputs); N < 0 takes whatever the weight has. `where` names it in errors.
-DecodeLinear checked(DecodeLinear l, const std::string& where, int64_t N, int64_t K) {
-  const char* at = where.c_str();
-  TORCH_CHECK(l.w.defined() && l.w.dim() == 2, OP, at, ": the weight is missing or not 2-D");
+// Where a linear sits, for error messages (written only when a check fails): "layer 3 qkv", or "lm_head".
+struct Where {
+  int64_t layer;
+  const char* name;
+};
+std::ostream& operator<<(std::ostream& out, const Where& w) {
+  return w.layer < 0 ? out << w.name : out << "layer " << w.layer << " " << w.name;
+}
+
+// Checks one linear against (N outputs, K inputs); N < 0 takes whatever the weight has.
+void checked(const DecodeLinear& l, const Where& where, int64_t N, int64_t K) {
+  TORCH_CHECK(l.w.defined() && l.w.dim() == 2, OP, where, ": the weight is missing or not 2-D");
   if (N < 0) N = l.w.size(0);
   if (l.bits == 0) {
-    TORCH_CHECK(is_f32(l.w) && l.w.size(0) == N && l.w.size(1) == K, OP, at, ": a float weight must be float32 (", N,
+    TORCH_CHECK(is_f32(l.w) && l.w.size(0) == N && l.w.size(1) == K, OP, where, ": a float weight must be float32 (", N,
                 ", ", K, "), got ", l.w.scalar_type(), " ", l.w.sizes());
   } else {
-    TORCH_CHECK(l.bits == 4 || l.bits == 8, OP, at, ": bits=", l.bits, "; expected 0, 4 or 8");
-    TORCH_CHECK(l.a8 == 0 || l.a8 == 1, OP, at, ": the int8-activation flag is ", l.a8, "; expected 0 or 1");
-    TORCH_CHECK(K % 32 == 0 && l.group > 0 && (l.group % 32 == 0 || (l.group == 16 && l.bits == 8)), OP, at,
+    TORCH_CHECK(l.bits == 4 || l.bits == 8, OP, where, ": bits=", l.bits, "; expected 0, 4 or 8");
+    TORCH_CHECK(l.a8 == 0 || l.a8 == 1, OP, where, ": the int8-activation flag is ", l.a8, "; expected 0 or 1");
+    TORCH_CHECK(K % 32 == 0 && l.group > 0 && (l.group % 32 == 0 || (l.group == 16 && l.bits == 8)), OP, where,
                 ": in_features=", K, " and group=", l.group, " must be multiples of 32 (or group 16 for 8-bit codes)");
     TORCH_CHECK(l.w.scalar_type() == (l.bits == 8 ? at::kChar : at::kByte) && l.w.size(0) == N &&
                     l.w.size(1) == (l.bits == 8 ? K : K / 2) && l.w.is_contiguous(),
-                OP, at, ": codes ", l.w.scalar_type(), " ", l.w.sizes(), " do not hold ", l.bits, "-bit weights (", N,
+                OP, where, ": codes ", l.w.scalar_type(), " ", l.w.sizes(), " do not hold ", l.bits, "-bit weights (", N,
                 ", ", K, ")");
     const int64_t groups = (K + l.group - 1) / l.group;
     TORCH_CHECK(l.scales.defined() && (is_f32(l.scales) || l.scales.scalar_type() == at::kHalf) &&
                     l.scales.dim() == 2 && l.scales.size(0) == N && l.scales.size(1) == groups &&
                     l.scales.is_contiguous(),
-                OP, at, ": scales must be contiguous float32 or float16 (", N, ", ", groups, ")");
+                OP, where, ": scales must be contiguous float32 or float16 (", N, ", ", groups, ")");
     TORCH_CHECK(l.mins.defined() ? l.mins.scalar_type() == l.scales.scalar_type() &&
                                        l.mins.sizes() == l.scales.sizes() && l.mins.is_contiguous()
                                  : l.bits == 8,
-                OP, at, ": mins must be contiguous, of the scales' dtype and shape (4-bit weights need them)");
+                OP, where, ": mins must be contiguous, of the scales' dtype and shape (4-bit weights need them)");
   }
   TORCH_CHECK(!l.bias.defined() || (is_f32(l.bias) && l.bias.dim() == 1 && l.bias.size(0) == N &&
                                     l.bias.is_contiguous()),
-              OP, at, ": the bias must be a contiguous float32 vector of ", N);
-  return l;
+              OP, where, ": the bias must be a contiguous float32 vector of ", N);
 }
 
 // The linear `which` of `layer`, checked against (N outputs, K inputs).
@@ -93,7 +100,8 @@ DecodeLinear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntAr
   const int64_t f = (layer * kLinears + which) * kFormat;
   DecodeLinear l{slot(ws, base), slot(ws, base + 1), slot(ws, base + 2), slot(ws, base + 3), formats[f],
                  formats[f + 1], formats[f + 2]};
-  return checked(std::move(l), c10::str("layer ", layer, " ", kLinearNames[which]), N, K);
+  checked(l, Where{layer, kLinearNames[which]}, N, K);
+  return l;
 }
 
 at::Tensor run_linear(const at::Tensor& x2d, const DecodeLinear& l) {
@@ -199,10 +207,41 @@ DecodePlan::DecodePlan(const c10::List<c10::optional<at::Tensor>>& weights, std:
   }
 }
 
+void DecodePlan::recheck() const {
+  const auto vector = [](const at::Tensor& t, int64_t size, int64_t layer, const char* name) {
+    TORCH_CHECK(!t.defined() || (is_f32(t) && t.dim() == 1 && t.size(0) == size && t.is_contiguous()), OP "layer ",
+                layer, ": ", name, " changed since the plan was made: it must stay a contiguous float32 vector of ",
+                size, ", got ", t.scalar_type(), " ", t.sizes());
+  };
+  const int64_t count = static_cast<int64_t>(layers_.size());
+  for (int64_t l = 0; l < count; ++l) {
+    const DecodeLayer& y = layers_[l];
+    vector(y.ln1, hidden_, l, "input_layernorm");
+    vector(y.ln2, hidden_, l, "post_attention_layernorm");
+    vector(y.qn, D_, l, "q_norm");
+    vector(y.kn, D_, l, "k_norm");
+    checked(y.qkv, Where{l, "qkv"}, (H_ + 2 * KV_) * D_, hidden_);
+    checked(y.o, Where{l, "o"}, hidden_, H_ * D_);
+    checked(y.gate_up, Where{l, "gate_up"}, 2 * y.inter, hidden_);
+    checked(y.down, Where{l, "down"}, hidden_, y.inter);
+  }
+  vector(final_norm_, hidden_, count, "the final norm");
+  TORCH_CHECK(!embedding_.defined() || (is_f32(embedding_) && embedding_.dim() == 2 && embedding_.size(1) == hidden_),
+              OP "the embedding changed since the plan was made: it must stay float32 (vocab, ", hidden_, ")");
+}
+
 at::Tensor DecodePlan::step(const at::Tensor& tokens, const at::Tensor& position_ids,
                             const std::vector<at::Tensor>& k_caches, const std::vector<at::Tensor>& v_caches,
                             const at::Tensor& cache_position, const c10::optional<at::Tensor>& attention_mask,
                             const at::Tensor& written) const {
+  recheck();
+  return run_step(tokens, position_ids, k_caches, v_caches, cache_position, attention_mask, written);
+}
+
+at::Tensor DecodePlan::run_step(const at::Tensor& tokens, const at::Tensor& position_ids,
+                                const std::vector<at::Tensor>& k_caches, const std::vector<at::Tensor>& v_caches,
+                                const at::Tensor& cache_position, const c10::optional<at::Tensor>& attention_mask,
+                                const at::Tensor& written) const {
   TORCH_CHECK(embedding_.defined() && inv_freq_.defined(), OP "this plan has no embedding or inv_freq to run step "
               "with");
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) == 1 && tokens.scalar_type() == at::kLong, OP "input_ids must be "
@@ -249,9 +288,10 @@ std::tuple<int64_t, bool> DecodePlan::greedy(const at::Tensor& seq, int64_t cur,
               positions.sizes());
   TORCH_CHECK(head_format.size() == 3, OP "greedy: the head's format is (bits, group, int8 activations)");
   const auto opt = [](const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); };
-  const DecodeLinear lm = checked(DecodeLinear{head, opt(head_scales), opt(head_mins), opt(head_bias), head_format[0],
-                                               head_format[1], head_format[2]},
-                                  "lm_head", -1, hidden_);
+  const DecodeLinear lm{head, opt(head_scales), opt(head_mins), opt(head_bias), head_format[0], head_format[1],
+                        head_format[2]};
+  checked(lm, Where{-1, "lm_head"}, -1, hidden_);
+  recheck();
   const int64_t V = lm.w.size(0);
   for (const at::Tensor* t : {&eos, &forbid, &forbid_until})
     TORCH_CHECK(t->dim() == 1 && t->scalar_type() == at::kLong && t->is_contiguous(), OP "greedy: eos, forbid and "
@@ -264,8 +304,8 @@ std::tuple<int64_t, bool> DecodePlan::greedy(const at::Tensor& seq, int64_t cur,
   at::Tensor position = at::empty({1}, seq.options());
   while (cur < stop) {
     position.data_ptr<int64_t>()[0] = cur - 1;
-    const at::Tensor x = step(seq.narrow(1, cur - 1, 1), positions.narrow(1, cur - 1, 1), k_caches, v_caches, position,
-                              c10::nullopt, written);
+    const at::Tensor x = run_step(seq.narrow(1, cur - 1, 1), positions.narrow(1, cur - 1, 1), k_caches, v_caches,
+                                  position, c10::nullopt, written);
     const at::Tensor logits = run_linear(x.view({1, hidden_}), lm).contiguous();
     float* lp = logits.data_ptr<float>();
     float probe[16] = {0};  // 0 * an Inf or NaN is NaN: one pass, vectorized, tells whether every logit is finite

@@ -59,6 +59,14 @@ class DecodePlan : public torch::CustomClassHolder {
                                    const at::Tensor& forbid_until) const;
 
  private:
+  // The checks made when the plan was built, made again on the tensors as they are now: a weight given another shape or
+  // dtype since (`param.data = ...`, `model.to(...)`) raises instead of being read as it was. step() runs them per
+  // call, greedy() once per call (no Python runs between its steps).
+  void recheck() const;
+  at::Tensor run_step(const at::Tensor& tokens, const at::Tensor& position_ids, const std::vector<at::Tensor>& k_caches,
+                      const std::vector<at::Tensor>& v_caches, const at::Tensor& cache_position,
+                      const c10::optional<at::Tensor>& attention_mask, const at::Tensor& written) const;
+
   int64_t H_, KV_, D_ = 0, hidden_ = 0;
   double eps_, scale_;
   std::vector<DecodeLayer> layers_;

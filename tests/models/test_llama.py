@@ -357,3 +357,19 @@ def test_compiled_greedy_loop_stops_at_nonfinite_logits_with_the_clear_error(tmp
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         model.generate(ids, do_sample=False, max_new_tokens=6, eos_token_id=None)
     assert greedy_calls[-1] == (8, 9)  # it stopped at the step that read the poisoned row, with no token from it
+
+
+def test_a_weight_reshaped_under_the_plan_is_refused_not_read(tmp_path, one_call_counter):
+    """`param.data = ...` keeps every module and parameter object, so the plan stays; its step checks the tensors
+    again and names the one that no longer fits, instead of reading it with the shape it had."""
+    path, _ = build_reference("llama", "AutoModelForCausalLM", tmp_path, **ONE_CALL)
+    model = fastformers.AutoModelForCausalLM.from_pretrained(path)
+    ids = torch.randint(1, 99, (1, 6))
+    cache = model.make_static_cache(1, 12)
+    with torch.no_grad():
+        model(ids[:, :3], past_key_values=cache)
+        model(ids[:, 3:4], past_key_values=cache, cache_position=torch.tensor([3]))
+        assert [kind for kind, _ in one_call_counter] == ["step"]
+        model.model.layers[1].post_attention_layernorm.weight.data = torch.ones(7)
+        with pytest.raises(RuntimeError, match="layer 1: post_attention_layernorm changed since the plan was made"):
+            model(ids[:, 4:5], past_key_values=cache, cache_position=torch.tensor([4]))
