@@ -76,8 +76,8 @@ void checked(const DecodeLinear& l, const Where& where, int64_t N, int64_t K) {
                 ": in_features=", K, " and group=", l.group, " must be multiples of 32 (or group 16 for 8-bit codes)");
     TORCH_CHECK(l.w.scalar_type() == (l.bits == 8 ? at::kChar : at::kByte) && l.w.size(0) == N &&
                     l.w.size(1) == (l.bits == 8 ? K : K / 2) && l.w.is_contiguous(),
-                OP, where, ": codes ", l.w.scalar_type(), " ", l.w.sizes(), " do not hold ", l.bits, "-bit weights (", N,
-                ", ", K, ")");
+                OP, where, ": codes ", l.w.scalar_type(), " ", l.w.sizes(), " do not hold ", l.bits, "-bit weights (",
+                N, ", ", K, ")");
     const int64_t groups = (K + l.group - 1) / l.group;
     TORCH_CHECK(l.scales.defined() && (is_f32(l.scales) || l.scales.scalar_type() == at::kHalf) &&
                     l.scales.dim() == 2 && l.scales.size(0) == N && l.scales.size(1) == groups &&

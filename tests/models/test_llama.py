@@ -338,7 +338,8 @@ def test_compiled_greedy_loop_is_skipped_where_steps_are_watched(tmp_path, greed
             return scores
 
     seen = []
-    for kwargs in (dict(do_sample=True), dict(streamer=Streamer()), dict(return_dict_in_generate=True, output_scores=True),
+    for kwargs in (dict(do_sample=True), dict(streamer=Streamer()),
+                   dict(return_dict_in_generate=True, output_scores=True),
                    dict(logits_processor=LogitsProcessorList([Processor()])), dict(repetition_penalty=1.3)):
         model.generate(ids, max_new_tokens=4, **kwargs)
     model.generate(ids.repeat(2, 1), do_sample=False, max_new_tokens=4)

@@ -31,10 +31,9 @@ from .rotary import rotary, rotary_reference
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "argmax", "attention", "attention_with_probs", "backend_status",
-    "current_backend", "decode_layers", "dequantize_weight", "encoder_layers", "gelu", "layer_norm", "linear", "linear_gelu", "Packing", "packed_attention",
-    "pad", "QuantizedWeight",
-    "quantize_weight", "quantized_linear", "rms_norm", "rotary", "silu_mul", "unpad", "unpadding_pays", "use_backend",
-    "varlen_attention",
+    "current_backend", "decode_layers", "dequantize_weight", "encoder_layers", "gelu", "layer_norm", "linear",
+    "linear_gelu", "Packing", "packed_attention", "pad", "QuantizedWeight", "quantize_weight", "quantized_linear",
+    "rms_norm", "rotary", "silu_mul", "unpad", "unpadding_pays", "use_backend", "varlen_attention",
 ]
 
 
