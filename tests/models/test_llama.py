@@ -1,6 +1,8 @@
 """Llama, Mistral, Qwen2, Qwen3 against transformers on tiny random weights (float32, left-padded batches),
 and the KV caches: decoding token by token equals the full forward."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -374,3 +376,23 @@ def test_a_weight_reshaped_under_the_plan_is_refused_not_read(tmp_path, one_call
         model.model.layers[1].post_attention_layernorm.weight.data = torch.ones(7)
         with pytest.raises(RuntimeError, match="layer 1: post_attention_layernorm changed since the plan was made"):
             model(ids[:, 4:5], past_key_values=cache, cache_position=torch.tensor([4]))
+
+
+def test_compiled_greedy_loop_gives_transformers_tokens(tmp_path, greedy_calls):
+    """Float layers and a tied head with a Q8_0-style twin (as a GGUF file's): the head's float weight holds exactly
+    the twin's values, so transformers on the same weights is the reference for the loop's tokens."""
+    from fastformers import ops
+    from fastformers.ops.linear import attach_quantized_twin
+
+    path, hf = build_reference("llama", "AutoModelForCausalLM", tmp_path, **dict(ONE_CALL, tie_word_embeddings=True))
+    qw = ops.quantize_weight(hf.model.embed_tokens.weight.detach(), bits=8, group_size=32)
+    qw = dataclasses.replace(qw, qweight=qw.qweight.contiguous())
+    with torch.no_grad():
+        hf.model.embed_tokens.weight.copy_(ops.dequantize_weight(qw, torch.float32))
+    hf.save_pretrained(tmp_path / "twin")
+    model = fastformers.AutoModelForCausalLM.from_pretrained(tmp_path / "twin")
+    assert attach_quantized_twin(model.lm_head.weight, qw)
+    ids = torch.randint(1, 99, (1, 7), generator=torch.Generator().manual_seed(6))
+    ours = model.generate(ids, do_sample=False, max_new_tokens=24, eos_token_id=None)
+    theirs = hf.generate(ids, do_sample=False, max_new_tokens=24, eos_token_id=None, pad_token_id=0)
+    assert len(greedy_calls) == 1 and torch.equal(ours, theirs)

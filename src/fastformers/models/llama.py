@@ -23,8 +23,7 @@ from ..configuration import PretrainedConfig
 from ..generation.cache import DynamicCache, StaticCache, cache_step
 from ..layers.linear import assignments, hooked, plain
 from ..ops.decode import DecodeWeights, decode_layers_cpu, decode_step_cpu, linear_slots, native_plan
-from ..ops.linear import packed_weight
-from ..ops.quant import QuantizedWeight
+from ..ops.linear import cpu_quantized_weight
 from ..generation.utils import GenerationMixin
 from ..modeling import PreTrainedModel
 from ..outputs import _output
@@ -442,15 +441,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         plan = self.model._native_step(state.positions[:, :1], cache)
         if plan is None:
             return None
-        weight, bias = self.lm_head.weight, self.lm_head.bias
-        probe = _decode_plan(self.model).probe
-        head = weight
-        if not isinstance(weight, QuantizedWeight):
-            if ops.linear.choose("cpu", (probe, weight, bias)) != "cpu":
-                return None
-            head = packed_weight(weight)  # the twin, for a tied GGUF head
-        if (not isinstance(head, QuantizedWeight) or head.method not in ("weight_only", "blockwise_a8")
-                or ops.quantized_linear.choose("cpu", (probe, head, bias)) != "cpu"
+        bias = self.lm_head.bias
+        head = cpu_quantized_weight(_decode_plan(self.model).probe, self.lm_head.weight, bias)
+        if (head is None or head.method not in ("weight_only", "blockwise_a8")
                 or not all(t is None or t.is_contiguous() for t in (head.qweight, head.scales, head.mins, bias))):
             return None
         fmt = [head.bits, head.group, int(head.method == "blockwise_a8")]

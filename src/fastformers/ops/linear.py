@@ -231,14 +231,34 @@ def attach_quantized_twin(weight: torch.Tensor, qw: QuantizedWeight) -> bool:
     return True
 
 
+def _twin_serves(x) -> bool:
+    """Whether a quantized twin runs this call: GEMVs read its bytes; many tokens run the float GEMM."""
+    return x.numel() <= 16 * x.shape[-1]
+
+
 @linear.register("cpu", unsupported=_linear_cpu_unsupported)
 def linear_cpu(x, weight, bias=None):
     packed = packed_weight(weight)
     if packed is None:
         return F.linear(x, weight, bias)
-    if isinstance(packed, QuantizedWeight):  # a quantized twin: GEMVs read its bytes; many tokens run the float GEMM
-        return quantized_linear(x, packed, bias) if x.numel() <= 16 * x.shape[-1] else F.linear(x, weight, bias)
+    if isinstance(packed, QuantizedWeight):
+        return quantized_linear(x, packed, bias) if _twin_serves(x) else F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def cpu_quantized_weight(x, weight, bias=None) -> Optional[QuantizedWeight]:
+    """The packed weight that `linear(x, weight, bias)` runs on the cpu quantized kernel for an x of this shape and
+    dtype -- a quantized weight, or a float weight's quantized twin at a few tokens -- or None when the call would
+    run anything else (a float GEMM, a forced backend, the reference). For code that runs the same kernel itself
+    (the compiled greedy loop of models/llama.py)."""
+    qw = weight
+    if not isinstance(weight, QuantizedWeight):
+        if linear.choose(x.device.type, (x, weight, bias)) != "cpu" or not _twin_serves(x):
+            return None
+        qw = packed_weight(weight)
+        if not isinstance(qw, QuantizedWeight):
+            return None
+    return qw if quantized_linear.choose(x.device.type, (x, qw, bias)) == "cpu" else None
 
 
 def linear_gelu_reference(x, weight, bias=None, *, approximate: str = "none"):
