@@ -85,7 +85,9 @@ def test_rotary_kernel(triton_backend, case, dtype):
     # arbitrary tables (halves differ): the kernel must follow the reference's formula, not just true angles
     table_shape = (b, s, rot) if table_dims == 3 else (s, rot)
     cos, sin = _rand(g, *table_shape, dtype=dtype), _rand(g, *table_shape, dtype=dtype)
-    grads = (_rand(g, b, h, s, d), _rand(g, b, hk, s, d))
+    # the output gradients in the outputs' dtype, the same values for both (a rounding of the kernel's input is
+    # not the kernel's error)
+    grads = (_rand(g, b, h, s, d, dtype=dtype), _rand(g, b, hk, s, d, dtype=dtype))
     got = _run(ops.rotary, leaves, make, (cos, sin), grads)
     want = _run(rotary_reference, [t.double() for t in leaves], make, (cos.double(), sin.double()), grads)
     assert got[0].dtype == got[1].dtype == dtype
@@ -161,7 +163,9 @@ def test_rotary_kernel_at_model_sizes(triton_backend, dtype):
     ang = rope_tables(s, d)
     emb = torch.cat((ang, ang), -1).to(DEVICE)
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-    grads = (_rand(g, b, h, s, d), _rand(g, b, hk, s, d))
+    # the output gradients in the outputs' dtype, the same values for both (a rounding of the kernel's input is
+    # not the kernel's error)
+    grads = (_rand(g, b, h, s, d, dtype=dtype), _rand(g, b, hk, s, d, dtype=dtype))
     got = _run(ops.rotary, leaves, make, (cos, sin), grads)
     want = _run(rotary_reference, [t.double() for t in leaves], make, (cos.double(), sin.double()), grads)
     for x, y in zip(got, want):
