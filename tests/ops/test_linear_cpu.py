@@ -35,13 +35,32 @@ def test_prepacked_linear_matches_reference(shape, out_features, dtype, tol, wit
             layer.bias.copy_(torch.randn(out_features, generator=g))
     x = torch.randn(*shape, generator=g).to(dtype)
     assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "torch"  # autograd on: F.linear
+    packs = _packs_here(dtype)
     with torch.no_grad():
-        assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == "cpu"
+        assert ops.linear.choose("cpu", (x, layer.weight, layer.bias)) == ("cpu" if packs else "torch")
         got = layer(x)
     expected = x.double() @ layer.weight.double().t() + (layer.bias.double() if with_bias else 0)
     assert got.shape == (*shape[:-1], out_features) and got.dtype == dtype
     assert rel_err(got, expected) < tol
-    assert linear_module._packs.entries.get(id(layer.weight)) is not None  # it ran packed
+    assert (linear_module._packs.entries.get(id(layer.weight)) is not None) == packs  # it ran packed
+
+
+def _packs_here(dtype) -> bool:
+    """Whether oneDNN packs `dtype` weights on this CPU (bfloat16 needs AVX-512 or AVX-NE-CONVERT)."""
+    return dtype == torch.float32 or linear_module._bf16_packable()
+
+
+def test_bfloat16_where_onednn_packs_none_runs_f_linear(monkeypatch):
+    """On a CPU without AVX-512 oneDNN refuses to pack bfloat16 weights ("bf16 path needs the cpu support ..."):
+    such calls run F.linear, with the reason, instead of raising."""
+    monkeypatch.setattr(linear_module, "_bf16_packable", lambda: False)
+    layer, x = _gelu_layer((3, 24), 10, torch.bfloat16, True, 5)
+    with torch.no_grad():
+        args = (x, layer.weight, layer.bias)
+        assert "bfloat16" in ops.linear.unsupported["cpu"](*args) and ops.linear.choose("cpu", args) == "torch"
+        assert torch.equal(ops.linear(*args), torch.nn.functional.linear(*args))
+        assert torch.equal(ops.linear_gelu(*args), torch.nn.functional.gelu(torch.nn.functional.linear(*args)))
+    assert linear_module._packs.entries.get(id(layer.weight)) is None
 
 
 def _layer(seed=0):
@@ -219,8 +238,9 @@ def test_linear_gelu_matches_reference(shape, out_features, dtype, tol, approxim
     layer, x = _gelu_layer(shape, out_features, dtype, with_bias, sum(shape) + out_features)
     args = (x, layer.weight, layer.bias)
     assert ops.linear_gelu.choose("cpu", args, {"approximate": approximate}) == "torch"  # autograd: linear, gelu
+    packs = _packs_here(dtype)
     with torch.no_grad():
-        assert ops.linear_gelu.choose("cpu", args, {"approximate": approximate}) == "cpu"
+        assert ops.linear_gelu.choose("cpu", args, {"approximate": approximate}) == ("cpu" if packs else "torch")
         got = ops.linear_gelu(*args, approximate=approximate)
         unfused = ops.gelu(ops.linear(*args), approximate=approximate)
     expected = torch.nn.functional.gelu(
@@ -228,7 +248,7 @@ def test_linear_gelu_matches_reference(shape, out_features, dtype, tol, approxim
     assert got.shape == (*shape[:-1], out_features) and got.dtype == dtype
     assert rel_err(got, expected) < tol
     assert rel_err(got, unfused.double()) < tol  # what ops.linear then ops.gelu give
-    assert linear_module._packs.entries.get(id(layer.weight)) is not None  # it ran packed
+    assert (linear_module._packs.entries.get(id(layer.weight)) is not None) == packs  # it ran packed
 
 
 def test_linear_gelu_off_the_packed_path_is_linear_then_gelu():

@@ -23,6 +23,7 @@ backend with a packed weight the GELU runs as oneDNN's post-op on the GEMM's out
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -120,6 +121,14 @@ def _budget() -> int:
     return _packs.budget
 
 
+@functools.lru_cache(maxsize=None)
+def _bf16_packable() -> bool:
+    """Whether oneDNN packs bfloat16 weights here: it refuses on CPUs without AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT
+    ("bf16 path needs the cpu support ..."), where F.linear still runs bfloat16."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return check is not None and bool(check())
+
+
 def _linear_cpu_unsupported(x, weight, bias=None) -> Optional[str]:
     if torch.compiler.is_compiling():
         return "under torch.compile (Inductor packs the weights of a frozen graph itself)"
@@ -127,6 +136,8 @@ def _linear_cpu_unsupported(x, weight, bias=None) -> Optional[str]:
         return "not a 2-D float weight"
     if x.dtype not in _PACKABLE or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         return f"dtype {x.dtype} (prepacked: float32, bfloat16)"
+    if x.dtype == torch.bfloat16 and not _bf16_packable():
+        return "bfloat16 on a CPU where oneDNN packs no bfloat16 weights (it needs AVX-512 or AVX-NE-CONVERT)"
     if x.device.type != "cpu" or weight.device.type != "cpu":
         return "not on the CPU"
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
