@@ -15,7 +15,8 @@
 //   1  oneDNN's packed copy of a float32 weight (torch.ops.mkldnn._reorder_linear_weight), its packed GEMM, with
 //      the activation as oneDNN's post-op for the intermediate linear (ops/linear.py packs the same way);
 //   2  W8A8: int8 codes (out, in) and float32 scales (out): activations quantized per token to int8 (round half to
-//      even of x / (max|x| / 127)), the products summed in int32 by torch._int_mm, then acc * sx * scale + bias.
+//      even of x / (max|x| / 127)), the products summed in int32 (int8_sums: torch._int_mm with AVX-512 VNNI, exact
+//      float32 GEMMs elsewhere), then acc * sx * scale + bias.
 //   3  method blockwise_a8 with 8-bit codes in groups of 32, packed for gemm_a8.cpp (ops/encoder.py's
 //      pack_blockwise8: uint8 (out, in) and the scales transposed, (in / 32, out)); AVX-512 VNNI only.
 //   4  W8A8 as 2, the codes packed for gemm_a8.cpp (ops/encoder.py's pack_w8a8: uint8 (out, in); scales (out)), the
@@ -221,6 +222,31 @@ void release_workspace_if_large() {
     for (Block& b : workspace) b.reset();
 }
 
+// acc = xq wq^T summed exactly in int32, as ops/quant.py's int8_matmul: torch._int_mm where the CPU has AVX-512 VNNI
+// (or AMX, whose CPUs have it too); elsewhere oneDNN's int8 GEMM is ~20x slower than its float32 one, so float32 GEMMs
+// over blocks of at most 1024 columns, whose partial sums are integers below 2^24 (exact), added in int32.
+void int8_sums(const at::Tensor& xq, const at::Tensor& wq, at::Tensor& acc) {
+#if FF_X86
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+#else
+  const bool vnni = true;
+#endif
+  if (vnni) {
+    at::_int_mm_out(acc, xq, wq.t());
+    return;
+  }
+  constexpr int64_t kExactColumns = 1024;  // 1024 * 127 * 127 < 2^24
+  const int64_t K = xq.size(1);
+  acc.zero_();
+  for (int64_t k0 = 0; k0 < K; k0 += kExactColumns) {
+    const int64_t k1 = std::min(K, k0 + kExactColumns);
+    acc.add_(at::mm(xq.slice(1, k0, k1).to(at::kFloat), wq.slice(1, k0, k1).to(at::kFloat).t()).to(at::kInt));
+  }
+}
+
 at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l, at::Tensor out) {
   const int64_t T = x.size(0), K = x.size(1), N = l.w.size(0);
   at::Tensor xq = buffer(kCodes, T, K, at::kChar);
@@ -231,7 +257,7 @@ at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l, at::Tensor out) {
     for (int64_t t = t0; t < t1; ++t) quantize_row(xp + t * K, K, qp + t * K, &sx[t]);
   });
   at::Tensor acc = buffer(kSums, T, N, at::kInt);
-  at::_int_mm_out(acc, xq, l.w.t());
+  int8_sums(xq, l.w, acc);
   const int32_t* ap = acc.data_ptr<int32_t>();
   const float* sp = l.scales.data_ptr<float>();
   const float* bp = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;

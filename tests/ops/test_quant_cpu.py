@@ -1,5 +1,6 @@
-"""The cpu backend's quantized_linear (W8A8 through torch._int_mm; weight-only formats: test_native.py) against the float64 reference, and the auto rule
-that sends CPU tensors to it."""
+"""The cpu backend's quantized_linear (W8A8 through int8_matmul: torch._int_mm, or exact float32 GEMMs on CPUs
+without VNNI; weight-only formats: test_native.py) against the float64 reference, and the auto rule that sends CPU
+tensors to it."""
 
 from __future__ import annotations
 
@@ -7,12 +8,35 @@ import pytest
 import torch
 
 from fastformers import ops
-from fastformers.ops.quant import quantized_linear_reference
+from fastformers.ops import quant
+from fastformers.ops.quant import int8_matmul, quantized_linear_reference
+
+
+@pytest.fixture(params=["int_mm", "float32 blocks"])
+def int8_sums(request, monkeypatch):
+    """Both ways int8_matmul sums: torch._int_mm (CPUs with VNNI or AMX) and exact float32 GEMMs (elsewhere)."""
+    monkeypatch.setattr(quant, "int_mm_is_fast", lambda: request.param == "int_mm")
+    return request.param
+
+
+@pytest.mark.parametrize("m, k, n", [(5, 2500, 7), (17, 1024, 33), (1, 1025, 1), (3, 0, 2)])
+def test_int8_matmul_sums_exactly(int8_sums, m, k, n):
+    """The largest products (-127 and 127 everywhere, of one sign per row: the partial sums reach 1024 * 127^2, just
+    under 2^24, in every block) and random codes: the int32 sums equal int64 arithmetic."""
+    g = torch.Generator().manual_seed(m * k + n)
+    signs = torch.randint(0, 2, (m, 1), generator=g) * 2 - 1
+    extreme = (signs * 127).expand(m, k).to(torch.int8), torch.full((n, k), 127, dtype=torch.int8)
+    randoms = (torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8),
+               torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8))
+    for xq, wq in (extreme, randoms):
+        got = int8_matmul(xq.contiguous(), wq)
+        assert got.dtype == torch.int32 and got.shape == (m, n)
+        assert torch.equal(got.long(), xq.long() @ wq.long().t())
 
 
 @pytest.mark.parametrize("shape, out_features", [((1, 384), 1536), ((2, 13, 383), 7), ((3, 1, 5), 2), ((0, 16), 8)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_w8a8_cpu_matches_reference(shape, out_features, dtype):
+def test_w8a8_cpu_matches_reference(int8_sums, shape, out_features, dtype):
     g = torch.Generator().manual_seed(sum(shape) + out_features)
     w = torch.randn(out_features, shape[-1], generator=g) * 0.05
     qw = ops.quantize_weight(w, bits=8, method="w8a8")
