@@ -378,9 +378,121 @@ FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v
   for (; i + 4 <= L; i += 4) attend_rows_avx512<4>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
   for (; i < L; ++i) attend_rows_avx512<1>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
 }
+
+#define FF_AVX2 __attribute__((target("avx2,fma")))
+
+// e^x for x <= 0, 8 at a time: exp_nonpositive16's arithmetic, with 2^n put into the exponent bits (x >= -87 keeps
+// n >= -126, a normal float).
+FF_AVX2 inline __m256 exp_nonpositive8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// lanes j < count of 8 (count >= 8: all), as a maskload / maskstore mask
+FF_AVX2 inline __m256i first_lanes8(int64_t count) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(count, 8))), lane);
+}
+
+// attend_rows_avx512 with 8-lane vectors (16 registers): Q query rows x 4 blocks of 8 scores per pass, then the
+// softmax, then Q rows x 32 output dims per pass.
+template <int Q>
+FF_AVX2 void attend_rows_avx2(const float* q, const float* v, int64_t step, int64_t L, int64_t Lp, int64_t D,
+                              float scale, const float* kt, float* p, int64_t i, float* out, int64_t out_step) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (int64_t j = 0; j < Lp; j += 32) {
+    __m256 a[Q][4];
+    for (int r = 0; r < Q; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const float* kr = kt + d * Lp + j;
+      const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8), k2 = _mm256_loadu_ps(kr + 16),
+                   k3 = _mm256_loadu_ps(kr + 24);
+      for (int r = 0; r < Q; ++r) {
+        const __m256 qd = _mm256_broadcast_ss(q + (i + r) * step + d);
+        a[r][0] = _mm256_fmadd_ps(qd, k0, a[r][0]);
+        a[r][1] = _mm256_fmadd_ps(qd, k1, a[r][1]);
+        a[r][2] = _mm256_fmadd_ps(qd, k2, a[r][2]);
+        a[r][3] = _mm256_fmadd_ps(qd, k3, a[r][3]);
+      }
+    }
+    for (int r = 0; r < Q; ++r)
+      for (int c = 0; c < 4; ++c) _mm256_storeu_ps(p + r * Lp + j + 8 * c, _mm256_mul_ps(a[r][c], vscale));
+  }
+  float inv[Q];
+  for (int r = 0; r < Q; ++r) {
+    float* pr = p + r * Lp;
+    __m256 top = _mm256_set1_ps(-FLT_MAX);
+    int64_t j = 0;
+    for (; j + 8 <= L; j += 8) top = _mm256_max_ps(top, _mm256_loadu_ps(pr + j));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, top);
+    float best = lanes[0];
+    for (int c = 1; c < 8; ++c) best = std::max(best, lanes[c]);
+    for (; j < L; ++j) best = std::max(best, pr[j]);
+    const __m256 vbest = _mm256_set1_ps(best);
+    __m256 sum = _mm256_setzero_ps();
+    for (j = 0; j < L; j += 8) {  // the lanes past L (scores of zero keys, within Lp) are zeroed, not summed
+      const __m256i m = first_lanes8(L - j);
+      const __m256 e = _mm256_and_ps(exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(pr + j), vbest)),
+                                     _mm256_castsi256_ps(m));
+      _mm256_storeu_ps(pr + j, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    _mm256_storeu_ps(lanes, sum);
+    float total = 0;
+    for (int c = 0; c < 8; ++c) total += lanes[c];
+    inv[r] = 1.f / total;
+  }
+  for (int64_t d = 0; d < D; d += 32) {
+    __m256i m[4];
+    for (int c = 0; c < 4; ++c) m[c] = first_lanes8(D - d - 8 * c);  // a count <= 0 gives no lanes
+    __m256 a[Q][4];
+    for (int r = 0; r < Q; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < L; ++j) {
+      const float* vr = v + j * step + d;
+      __m256 vv[4];
+      for (int c = 0; c < 4; ++c) vv[c] = _mm256_maskload_ps(vr + 8 * c, m[c]);
+      for (int r = 0; r < Q; ++r) {
+        const __m256 pj = _mm256_broadcast_ss(p + r * Lp + j);
+        for (int c = 0; c < 4; ++c) a[r][c] = _mm256_fmadd_ps(pj, vv[c], a[r][c]);
+      }
+    }
+    for (int r = 0; r < Q; ++r) {
+      float* o = out + (i + r) * out_step + d;
+      const __m256 vinv = _mm256_set1_ps(inv[r]);
+      for (int c = 0; c < 4; ++c) _mm256_maskstore_ps(o + 8 * c, m[c], _mm256_mul_ps(a[r][c], vinv));
+    }
+  }
+}
+
+FF_AVX2 void attend_head_avx2(const float* q, const float* k, const float* v, int64_t step, int64_t L, int64_t D,
+                              float scale, float* kt, float* p, float* out, int64_t out_step) {
+  const int64_t Lp = (L + 63) / 64 * 64;
+  for (int64_t d = 0; d < D; ++d) {
+    float* row = kt + d * Lp;
+    for (int64_t j = 0; j < L; ++j) row[j] = k[j * step + d];
+    for (int64_t j = L; j < Lp; ++j) row[j] = 0.f;
+  }
+  int64_t i = 0;
+  for (; i + 2 <= L; i += 2) attend_rows_avx2<2>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
+  for (; i < L; ++i) attend_rows_avx2<1>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
+}
 #endif
 
-// Attention of every sequence and head (AVX-512: attend_head_avx512; elsewhere attention.cpp's attend_row):
+// Attention of every sequence and head (AVX-512: attend_head_avx512; AVX2 with FMA: attend_head_avx2; elsewhere
+// attention.cpp's attend_row):
 // qkv (T, 3 * heads * D) rows [q heads | k heads | v heads] -> out (T, heads D).
 void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, int64_t D, float scale,
             at::Tensor& out) {
@@ -390,13 +502,18 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
   int64_t longest = 0;
   for (int64_t b = 0; b < B; ++b) longest = std::max(longest, cu[b + 1] - cu[b]);
 #if FF_X86
-  static const bool wide = avx512_usable(false);
+  // FASTFORMERS_CPU_NO_AVX512=1 runs the AVX2 kernel on an AVX-512 CPU (its tests run it everywhere)
+  static const bool wide = avx512_usable(false) && !std::getenv("FASTFORMERS_CPU_NO_AVX512");
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !std::getenv("FASTFORMERS_CPU_PORTABLE");
+  }();
 #else
-  const bool wide = false;
+  const bool wide = false, avx2 = false;
 #endif
   const int64_t padded = (longest + 63) / 64 * 64;
   at::parallel_for(0, B * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(wide ? padded * D : 0), p(4 * padded);
+    std::vector<float> kt(wide || avx2 ? padded * D : 0), p(4 * padded);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads, L = cu[b + 1] - cu[b];
       if (L == 0) continue;
@@ -405,6 +522,10 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
 #if FF_X86
       if (wide) {
         attend_head_avx512(q, q + heads * D, q + 2 * heads * D, width, L, D, scale, kt.data(), p.data(), o, heads * D);
+        continue;
+      }
+      if (avx2) {
+        attend_head_avx2(q, q + heads * D, q + 2 * heads * D, width, L, D, scale, kt.data(), p.data(), o, heads * D);
         continue;
       }
 #endif

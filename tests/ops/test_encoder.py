@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -94,6 +96,7 @@ CASES = {
     "float-head-dim-20": dict(kinds="float", hidden=60, heads=3, act=1),
     "one-sequence": dict(kinds="packed", lengths=(16,)),
     "long-sequences": dict(kinds="packed", lengths=(130, 64), layers=1),
+    "head-dim-40": dict(kinds="float", hidden=80, heads=2, lengths=(5, 1, 67, 2)),  # a 32-wide block and a tail
     "w8a8": dict(kinds="w8a8"),
     "mixed": dict(kinds="mixed", act=1),
     "block8": dict(kinds="block8", hidden=96, inter=160),
@@ -257,3 +260,29 @@ def test_calls_of_other_sizes_in_a_row_do_not_disturb_each_other(kinds):
         assert torch.equal(encoder_layers_cpu(*big), big_first)
     assert torch.equal(first, kept)
     assert (first - encoder_layers_reference(*ref_small)).abs().max() <= 1e-3 * first.abs().max()
+
+
+_ATTENTION_PATHS = """
+import torch
+from test_encoder import CASES, make_case
+from fastformers.ops.encoder import encoder_layers_cpu, encoder_layers_reference
+for name in ("float", "float-head-dim-20", "head-dim-40", "long-sequences", "one-sequence", "packed-gelu-tanh"):
+    got, ref64, _ = make_case(1, **CASES[name])
+    out = encoder_layers_cpu(*got)
+    ref = encoder_layers_reference(*ref64)
+    err = float((out.double() - ref).abs().max() / ref.abs().max())
+    assert err <= 2e-5, (name, err)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("setting", ["FASTFORMERS_CPU_NO_AVX512", "FASTFORMERS_CPU_PORTABLE"])
+def test_every_attention_kernel_matches(setting):
+    """The attention's AVX2 kernel (FASTFORMERS_CPU_NO_AVX512=1 on an AVX-512 CPU; the default on an AVX2 one) and
+    its portable loop (FASTFORMERS_CPU_PORTABLE=1), each read when the library loads, hence a fresh process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    env[setting] = "1"
+    done = subprocess.run([sys.executable, "-c", _ATTENTION_PATHS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
