@@ -13,6 +13,7 @@
 #include "cpu/attention.h"
 #include "cpu/decode_step.h"
 #include "cpu/encoder_step.h"
+#include "cpu/gemm_f32.h"
 #include "cpu/norm.h"
 #include "cpu/quant_linear.h"
 #include "cpu/rotary.h"
@@ -74,6 +75,28 @@ at::Tensor quant_linear_a8(const at::Tensor& x, const at::Tensor& qweight, const
                           group_size, bias);
 }
 
+// act(x packed^T + bias) (+ residual) for x (..., K): gemm_f32.h
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual, int64_t act) {
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "fastformers_ext::linear_f32: x must be float32, got ",
+              x.scalar_type());
+  TORCH_CHECK(out_features >= 0, "fastformers_ext::linear_f32: out_features=", out_features);
+  const int64_t K = x.size(-1);
+  at::Tensor rows = x.reshape({-1, K});
+  if (rows.stride(1) != 1) rows = rows.contiguous();
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_features;
+  at::Tensor y = at::empty({rows.size(0), out_features}, x.options());
+  at::Tensor r;
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->sizes() == at::IntArrayRef(shape), "fastformers_ext::linear_f32: the residual must be ",
+                at::IntArrayRef(shape), ", got ", residual->sizes());
+    r = residual->reshape({-1, out_features}).contiguous();
+  }
+  gemm_f32_cpu(rows, packed, out_features, bias.has_value() ? bias->contiguous() : at::Tensor(), r, act, y);
+  return y.view(shape);
+}
+
 std::string cpu_isa() { return selected_isa(); }
 std::string cpu_a8_isa() { return selected_a8_isa(); }
 
@@ -95,6 +118,9 @@ TORCH_LIBRARY(fastformers_ext, m) {
   m.def("encoder_layers(Tensor x, Tensor cu_seqlens, Tensor?[] weights, int[] formats, int num_heads, float eps, "
         "int act) -> Tensor");
   m.def("argmax(Tensor x) -> Tensor");
+  m.def("pack_f32(Tensor weight) -> Tensor");
+  m.def("linear_f32(Tensor x, Tensor packed, int out_features, Tensor? bias, Tensor? residual, int act) -> Tensor");
+  m.def("gemm_f32_usable() -> bool", &fastformers::gemm_f32_usable);
   m.def("cpu_isa() -> str", &fastformers::cpu_isa);
   // the decode step's weights, checked once (csrc/cpu/decode_step.h): the model keeps one per set of modules
   m.class_<fastformers::DecodePlan>("DecodePlan")
@@ -115,6 +141,8 @@ TORCH_LIBRARY_IMPL(fastformers_ext, CPU, m) {
   m.impl("decode_layers", &fastformers::decode_layers_cpu);
   m.impl("encoder_layers", &fastformers::encoder_layers_cpu);
   m.impl("argmax", &fastformers::argmax_cpu);
+  m.impl("pack_f32", &fastformers::pack_f32_cpu);
+  m.impl("linear_f32", &fastformers::linear_f32);
 }
 
 // oneDNN's packed weights (format 1 of encoder_layers) are MkldnnCPU tensors: a call holding one dispatches here

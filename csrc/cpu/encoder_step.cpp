@@ -21,6 +21,8 @@
 //      pack_blockwise8: uint8 (out, in) and the scales transposed, (in / 32, out)); AVX-512 VNNI only.
 //   4  W8A8 as 2, the codes packed for gemm_a8.cpp (ops/encoder.py's pack_w8a8: uint8 (out, in); scales (out)), the
 //      same integer sums by its VNNI tiles instead of torch._int_mm; AVX-512 VNNI only.
+//   5  a float32 weight packed for gemm_f32.cpp (fastformers_ext::pack_f32: (ceil(out / 16), in, 16)), its AVX2
+//      GEMM with the bias, the activation (intermediate) and the residual (o, output) in its epilogue.
 // `act`: 0 GELU (erf), 1 GELU (tanh approximation).
 
 #include <ATen/ATen.h>
@@ -39,8 +41,10 @@
 #include <vector>
 
 #include "attention.h"
+#include "avx2.h"
 #include "encoder_step.h"
 #include "gemm_a8.h"
+#include "gemm_f32.h"
 #include "quant_x86.h"
 #include "slots.h"
 
@@ -60,7 +64,7 @@ constexpr int kLanes = 16;  // independent accumulators: the compiler vectorizes
 const char* const kLinearNames[kLinears] = {"qkv", "o", "intermediate", "output"};
 #define OP "fastformers_ext::encoder_layers: "
 
-enum Kind : int64_t { kFloat = 0, kPacked = 1, kW8A8 = 2, kBlock8 = 3, kW8A8Packed = 4 };
+enum Kind : int64_t { kFloat = 0, kPacked = 1, kW8A8 = 2, kBlock8 = 3, kW8A8Packed = 4, kF32Packed = 5 };
 
 struct Linear {
   at::Tensor w, scales, bias;
@@ -72,16 +76,31 @@ at::Tensor vector_at(const c10::List<c10::optional<at::Tensor>>& ws, int64_t i, 
   return vector_slot(ws, i, size, false, OP, layer, name);
 }
 
-// The linear `which` of `layer`, checked against (N outputs, K inputs); N < 0 takes whatever the weight has.
+// The input features of the linear `which` of `layer` (size(1) of its weight in every format), 0 when it is missing.
+int64_t inputs_of(const c10::List<c10::optional<at::Tensor>>& ws, int64_t layer, int which) {
+  const at::Tensor w = slot(ws, layer * kSlots + 3 * which);
+  return w.defined() && w.dim() >= 2 ? w.size(1) : 0;
+}
+
+// The linear `which` of `layer`, checked against (N outputs, K inputs).
 Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef formats, int64_t layer, int which,
                  int64_t N, int64_t K) {
   const int64_t base = layer * kSlots + 3 * which;
   Linear l{slot(ws, base), slot(ws, base + 1), slot(ws, base + 2), formats[layer * kLinears + which]};
   const char* name = kLinearNames[which];
-  TORCH_CHECK(l.w.defined() && l.w.dim() == 2, OP "layer ", layer, " ", name, ": the weight is missing or not 2-D");
-  if (N < 0) N = l.w.size(0);
-  TORCH_CHECK(l.w.size(0) == N && l.w.size(1) == K, OP "layer ", layer, " ", name, ": the weight is ", l.w.sizes(),
-              ", expected (", N, ", ", K, ")");
+  if (l.kind == kF32Packed) {
+    TORCH_CHECK(gemm_f32_usable(), OP "layer ", layer, " ", name, ": format 5 needs AVX2 with FMA, which this CPU "
+                "lacks (or FASTFORMERS_CPU_PORTABLE=1)");
+    TORCH_CHECK(l.w.defined() && is_f32(l.w) && l.w.dim() == 3 && l.w.is_contiguous() && !l.w.is_mkldnn() &&
+                    l.w.size(0) == (N + 15) / 16 && l.w.size(1) == K && l.w.size(2) == 16,
+                OP "layer ", layer, " ", name, ": format 5 takes a contiguous float32 weight packed by pack_f32, (",
+                (N + 15) / 16, ", ", K, ", 16) for (", N, ", ", K, "), got ",
+                l.w.defined() ? l.w.sizes() : at::IntArrayRef{});
+  } else {
+    TORCH_CHECK(l.w.defined() && l.w.dim() == 2, OP "layer ", layer, " ", name, ": the weight is missing or not 2-D");
+    TORCH_CHECK(l.w.size(0) == N && l.w.size(1) == K, OP "layer ", layer, " ", name, ": the weight is ",
+                l.w.sizes(), ", expected (", N, ", ", K, ")");
+  }
   switch (l.kind) {
     case kFloat:
       TORCH_CHECK(is_f32(l.w) && !l.w.is_mkldnn(), OP "layer ", layer, " ", name, ": format 0 takes a float32 "
@@ -116,9 +135,12 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
       TORCH_CHECK(is_f32(l.scales) && l.scales.numel() == N && l.scales.is_contiguous(), OP "layer ", layer, " ", name,
                   ": format 4 (W8A8) needs contiguous float32 scales, one per output (", N, ")");
       break;
+    case kF32Packed:
+      break;
     default:
       TORCH_CHECK(false, OP "layer ", layer, " ", name, ": format ", l.kind, "; expected 0 (float32), 1 (oneDNN-packed "
-                  "float32), 2 (W8A8), 3 (packed int8 with int8 activations per block of 32) or 4 (W8A8, packed)");
+                  "float32), 2 (W8A8), 3 (packed int8 with int8 activations per block of 32), 4 (W8A8, packed) or 5 "
+                  "(float32 packed by pack_f32)");
   }
   TORCH_CHECK(!l.bias.defined() || (is_f32(l.bias) && l.bias.dim() == 1 && l.bias.size(0) == N &&
                                     l.bias.is_contiguous()),
@@ -268,12 +290,18 @@ at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l, at::Tensor out) {
   return out;
 }
 
-// act(x W^T + b) when `activate`, else x W^T + b: written into buffer `into` (oneDNN's packed GEMM returns its own).
-at::Tensor run_linear(const at::Tensor& x, const Linear& l, bool activate, int64_t act, Buffer into) {
+// act(x W^T + b) when `activate`, else x W^T + b, for N outputs: written into buffer `into` (oneDNN's packed GEMM
+// returns its own). `residual` (format 5 only; else undefined) is added in the GEMM's epilogue.
+at::Tensor run_linear(const at::Tensor& x, const Linear& l, int64_t N, bool activate, int64_t act, Buffer into,
+                      const at::Tensor& residual = at::Tensor()) {
   const char* approximate = act == 1 ? "tanh" : "none";
   if (l.kind == kPacked)
     return packed_linear(x, l, activate ? "gelu" : "none", activate ? approximate : "").contiguous();
-  at::Tensor y = buffer(into, x.size(0), l.w.size(0), at::kFloat);
+  at::Tensor y = buffer(into, x.size(0), N, at::kFloat);
+  if (l.kind == kF32Packed) {
+    gemm_f32_cpu(x, l.w, N, l.bias, residual, activate ? act + 1 : 0, y);
+    return y;
+  }
   if (l.kind == kW8A8)
     w8a8_linear(x, l, y);
   else if (l.kind == kBlock8 || l.kind == kW8A8Packed)
@@ -379,33 +407,6 @@ FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v
   for (; i < L; ++i) attend_rows_avx512<1>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
 }
 
-#define FF_AVX2 __attribute__((target("avx2,fma")))
-
-// e^x for x <= 0, 8 at a time: exp_nonpositive16's arithmetic, with 2^n put into the exponent bits (x >= -87 keeps
-// n >= -126, a normal float).
-FF_AVX2 inline __m256 exp_nonpositive8(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-
-// lanes j < count of 8 (count >= 8: all), as a maskload / maskstore mask
-FF_AVX2 inline __m256i first_lanes8(int64_t count) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(count, 8))), lane);
-}
-
 // attend_rows_avx512 with 8-lane vectors (16 registers): Q query rows x 4 blocks of 8 scores per pass, then the
 // softmax, then Q rows x 32 output dims per pass.
 template <int Q>
@@ -460,10 +461,11 @@ FF_AVX2 void attend_rows_avx2(const float* q, const float* v, int64_t step, int6
     for (int c = 0; c < 4; ++c) m[c] = first_lanes8(D - d - 8 * c);  // a count <= 0 gives no lanes
     __m256 a[Q][4];
     for (int r = 0; r < Q; ++r) a[r][0] = a[r][1] = a[r][2] = a[r][3] = _mm256_setzero_ps();
+    const bool whole = D - d >= 32;  // plain loads and stores (masked ones are slow on some CPUs)
     for (int64_t j = 0; j < L; ++j) {
       const float* vr = v + j * step + d;
       __m256 vv[4];
-      for (int c = 0; c < 4; ++c) vv[c] = _mm256_maskload_ps(vr + 8 * c, m[c]);
+      for (int c = 0; c < 4; ++c) vv[c] = whole ? _mm256_loadu_ps(vr + 8 * c) : _mm256_maskload_ps(vr + 8 * c, m[c]);
       for (int r = 0; r < Q; ++r) {
         const __m256 pj = _mm256_broadcast_ss(p + r * Lp + j);
         for (int c = 0; c < 4; ++c) a[r][c] = _mm256_fmadd_ps(pj, vv[c], a[r][c]);
@@ -472,7 +474,12 @@ FF_AVX2 void attend_rows_avx2(const float* q, const float* v, int64_t step, int6
     for (int r = 0; r < Q; ++r) {
       float* o = out + (i + r) * out_step + d;
       const __m256 vinv = _mm256_set1_ps(inv[r]);
-      for (int c = 0; c < 4; ++c) _mm256_maskstore_ps(o + 8 * c, m[c], _mm256_mul_ps(a[r][c], vinv));
+      for (int c = 0; c < 4; ++c) {
+        if (whole)
+          _mm256_storeu_ps(o + 8 * c, _mm256_mul_ps(a[r][c], vinv));
+        else
+          _mm256_maskstore_ps(o + 8 * c, m[c], _mm256_mul_ps(a[r][c], vinv));
+      }
     }
   }
 }
@@ -504,10 +511,7 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
 #if FF_X86
   // FASTFORMERS_CPU_NO_AVX512=1 runs the AVX2 kernel on an AVX-512 CPU (its tests run it everywhere)
   static const bool wide = avx512_usable(false) && !std::getenv("FASTFORMERS_CPU_NO_AVX512");
-  static const bool avx2 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !std::getenv("FASTFORMERS_CPU_PORTABLE");
-  }();
+  static const bool avx2 = avx2_usable();
 #else
   const bool wide = false, avx2 = false;
 #endif
@@ -537,20 +541,20 @@ void attend(const at::Tensor& qkv, const int64_t* cu, int64_t B, int64_t heads, 
 }
 
 // out = LayerNorm(h + r) over rows of H (weight w, bias b), torch's float32 arithmetic: mean, then the mean of the
-// squared deviations. out may be h.
+// squared deviations. out may be h; r null: LayerNorm(h) (the residual was added in the GEMM's epilogue).
 FF_WIDE void add_layer_norm_row(const float* h, const float* r, const float* w, const float* b, int64_t H, float eps,
                                 float* out) {
   float lanes[kLanes] = {0};
   int64_t i = 0;
   for (; i + kLanes <= H; i += kLanes)
     for (int c = 0; c < kLanes; ++c) {
-      out[i + c] = h[i + c] + r[i + c];
+      out[i + c] = r ? h[i + c] + r[i + c] : h[i + c];
       lanes[c] += out[i + c];
     }
   float sum = 0;
   for (int c = 0; c < kLanes; ++c) sum += lanes[c];
   for (; i < H; ++i) {
-    out[i] = h[i] + r[i];
+    out[i] = r ? h[i] + r[i] : h[i];
     sum += out[i];
   }
   const float mean = sum / static_cast<float>(H);
@@ -568,11 +572,12 @@ FF_WIDE void add_layer_norm_row(const float* h, const float* r, const float* w, 
 void add_layer_norm(at::Tensor& h, const at::Tensor& r, const at::Tensor& w, const at::Tensor& b, float eps) {
   const int64_t T = h.size(0), H = h.size(1);
   float* hp = h.data_ptr<float>();
-  const float* rp = r.data_ptr<float>();
+  const float* rp = r.defined() ? r.data_ptr<float>() : nullptr;
   const float* wp = w.data_ptr<float>();
   const float* bp = b.data_ptr<float>();
   at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) add_layer_norm_row(hp + t * H, rp + t * H, wp, bp, H, eps, hp + t * H);
+    for (int64_t t = t0; t < t1; ++t)
+      add_layer_norm_row(hp + t * H, rp ? rp + t * H : nullptr, wp, bp, H, eps, hp + t * H);
   });
 }
 
@@ -607,22 +612,25 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
   for (int64_t l = 0; l < layers; ++l) {
     const Linear qkv = linear_at(weights, formats, l, 0, 3 * hidden, hidden);
     const Linear o = linear_at(weights, formats, l, 1, hidden, hidden);
-    const Linear inter = linear_at(weights, formats, l, 2, -1, hidden);
-    const Linear output = linear_at(weights, formats, l, 3, hidden, inter.w.size(0));
+    const int64_t inter_size = inputs_of(weights, l, 3);  // the output linear's inputs
+    const Linear inter = linear_at(weights, formats, l, 2, inter_size, hidden);
+    const Linear output = linear_at(weights, formats, l, 3, hidden, inter_size);
     const int64_t base = l * kSlots + 3 * kLinears;
     const at::Tensor ln1w = vector_at(weights, base, hidden, l, "attention LayerNorm weight");
     const at::Tensor ln1b = vector_at(weights, base + 1, hidden, l, "attention LayerNorm bias");
     const at::Tensor ln2w = vector_at(weights, base + 2, hidden, l, "output LayerNorm weight");
     const at::Tensor ln2b = vector_at(weights, base + 3, hidden, l, "output LayerNorm bias");
 
-    const at::Tensor projected = run_linear(state, qkv, false, act, kQkv);
+    const at::Tensor projected = run_linear(state, qkv, 3 * hidden, false, act, kQkv);
     at::Tensor attn = buffer(kAttn, T, hidden, at::kFloat);
     attend(projected, cp, B, heads, D, scale, attn);
-    at::Tensor h = run_linear(attn, o, false, act, kHidden);
-    add_layer_norm(h, state, ln1w, ln1b, e);
-    // the layer's output goes where its input was when that is a buffer (the input is dead after the first norm)
-    at::Tensor y = run_linear(run_linear(h, inter, true, act, kInter), output, false, act, kOut);
-    add_layer_norm(y, h, ln2w, ln2b, e);
+    // format 5 adds the residual in the GEMM's epilogue, the others in the LayerNorm's first pass
+    const bool fuse_o = o.kind == kF32Packed, fuse_out = output.kind == kF32Packed;
+    at::Tensor h = run_linear(attn, o, hidden, false, act, kHidden, fuse_o ? state : at::Tensor());
+    add_layer_norm(h, fuse_o ? at::Tensor() : state, ln1w, ln1b, e);
+    at::Tensor y = run_linear(run_linear(h, inter, inter_size, true, act, kInter), output, hidden, false, act, kOut,
+                              fuse_out ? h : at::Tensor());
+    add_layer_norm(y, fuse_out ? at::Tensor() : h, ln2w, ln2b, e);
     state = y;
   }
   at::Tensor result = state.clone();  // the buffers stay ours

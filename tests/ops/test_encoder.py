@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from fastformers import ops
+from fastformers.ops import native
 from fastformers.ops.encoder import (
     BLOCK8,
+    F32_PACKED,
     FLOAT,
     PACKED,
     SLOTS,
@@ -37,8 +39,11 @@ pytestmark = pytest.mark.skipif(os.environ.get("FASTFORMERS_BUILD_EXT") == "0",
 
 KINDS = {"float": [FLOAT] * 4, "packed": [PACKED] * 4, "w8a8": [W8A8] * 4, "mixed": [PACKED, W8A8, FLOAT, W8A8],
          "block8": [BLOCK8] * 4, "block8-mixed": [BLOCK8, PACKED, W8A8, BLOCK8], "w8a8-packed": [W8A8_PACKED] * 4,
-         "w8a8-packed-mixed": [W8A8_PACKED, W8A8, BLOCK8, W8A8_PACKED]}
+         "w8a8-packed-mixed": [W8A8_PACKED, W8A8, BLOCK8, W8A8_PACKED], "f32": [F32_PACKED] * 4,
+         "f32-mixed": [F32_PACKED, W8A8, FLOAT, F32_PACKED]}
 VNNI_KINDS = {"block8", "block8-mixed", "w8a8-packed", "w8a8-packed-mixed"}  # formats 3 and 4
+F32_KINDS = {"f32", "f32-mixed"}  # format 5: AVX2 with FMA
+f32_usable = native.available() and torch.ops.fastformers_ext.gemm_f32_usable()
 needs_vnni = pytest.mark.skipif(not block8_usable(),
                                 reason="formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
 
@@ -70,7 +75,9 @@ def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, l
                 linears[1].append(parts)
                 linears[2].append(parts)
                 continue
-            linears[0].append((torch.ops.mkldnn._reorder_linear_weight(w, None) if kind == PACKED else w, None, b, kind))
+            packed = {PACKED: lambda: torch.ops.mkldnn._reorder_linear_weight(w, None),
+                      F32_PACKED: lambda: torch.ops.fastformers_ext.pack_f32(w)}.get(kind, lambda: w)()
+            linears[0].append((packed, None, b, kind))
             linears[1].append((w.double(), None, b.double(), FLOAT))
             linears[2].append((w, None, b, FLOAT))
         norms = [1 + 0.3 * torch.randn(hidden, generator=g), 0.1 * torch.randn(hidden, generator=g),
@@ -85,7 +92,7 @@ def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, l
     def args(w, xx):
         return (xx, cu, w.weights, w.formats) + tail
 
-    exact = all(kind in (FLOAT, PACKED) for kind in KINDS[kinds])  # int8 activations: compared in float32
+    exact = all(kind in (FLOAT, PACKED, F32_PACKED) for kind in KINDS[kinds])  # int8 activations: compared in float32
     return args(got, x), (args(ref64, x.double()) if exact else None), args(ref32, x)
 
 
@@ -97,6 +104,10 @@ CASES = {
     "one-sequence": dict(kinds="packed", lengths=(16,)),
     "long-sequences": dict(kinds="packed", lengths=(130, 64), layers=1),
     "head-dim-40": dict(kinds="float", hidden=80, heads=2, lengths=(5, 1, 67, 2)),  # a 32-wide block and a tail
+    # 216 qkv and 100 intermediate outputs: panels of 16 with tails; 61 tokens: tiles of 6 with a tail
+    "f32": dict(kinds="f32"),
+    "f32-gelu-tanh-long": dict(kinds="f32", act=1, hidden=64, heads=2, inter=136, lengths=(130, 7)),
+    "f32-mixed": dict(kinds="f32-mixed", act=1),
     "w8a8": dict(kinds="w8a8"),
     "mixed": dict(kinds="mixed", act=1),
     "block8": dict(kinds="block8", hidden=96, inter=160),
@@ -111,6 +122,8 @@ CASES = {
 def test_encoder_layers_matches_the_reference(case):
     if CASES[case]["kinds"] in VNNI_KINDS and not block8_usable():
         pytest.skip("formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
+    if CASES[case]["kinds"] in F32_KINDS and not f32_usable:
+        pytest.skip("format 5 (gemm_f32.cpp) needs AVX2 with FMA, which this CPU lacks")
     got, ref64, ref32 = make_case(1, **CASES[case])
     out = encoder_layers_cpu(*got)
     assert out.shape == got[0].shape and out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -144,9 +157,11 @@ def test_the_op_dispatches_to_the_cpu_kernel_at_inference_and_to_the_reference_w
     assert ops.encoder_layers.choose("cpu", (got[0].bfloat16(),) + got[1:]) == "torch"
 
 
-def test_the_reference_refuses_a_packed_weight():
-    got, _, _ = make_case(4, kinds="packed", layers=1)
-    with pytest.raises(ValueError, match="oneDNN-packed weight"):
+@pytest.mark.parametrize("kinds", ["packed", pytest.param("f32", marks=pytest.mark.skipif(
+    not f32_usable, reason="format 5 (gemm_f32.cpp) needs AVX2 with FMA, which this CPU lacks"))])
+def test_the_reference_refuses_a_packed_weight(kinds):
+    got, _, _ = make_case(4, kinds=kinds, layers=1)
+    with pytest.raises(ValueError, match="packed float32 weight"):
         encoder_layers_reference(*got)
 
 
@@ -174,6 +189,8 @@ def _slot(args, i, value):
     (lambda a: _with(a, 6, 2), "act=2"),
     (lambda a: _with(a, 3, [7] + list(a[3][1:])), "layer 0 qkv: format 7"),
     (lambda a: _with(a, 3, [PACKED] + list(a[3][1:])), "layer 0 qkv: format 1 takes oneDNN's packed"),
+    (lambda a: _with(a, 3, [F32_PACKED] + list(a[3][1:])),
+     r"layer 0 qkv: format 5 (takes a contiguous float32 weight packed by pack_f32|needs AVX2)"),
     (lambda a: _slot(a, 3, a[2][3][:, :-1]), r"layer 0 o: the weight is \[72, 71\]"),
     (lambda a: _slot(a, 0, None), "layer 0 qkv: the weight is missing"),
     (lambda a: _slot(a, SLOTS + 11, a[2][SLOTS + 11][:-1]), "layer 1 output: the bias"),

@@ -20,6 +20,7 @@ from ..modeling import PreTrainedModel
 from ..ops.encoder import (
     ACTS,
     BLOCK8,
+    F32_PACKED,
     FLOAT,
     PACKED,
     W8A8,
@@ -27,6 +28,7 @@ from ..ops.encoder import (
     EncoderWeights,
     block8_usable,
     encoder_layers_cpu,
+    f32_packing_preferred,
     pack_blockwise8,
     pack_w8a8,
 )
@@ -238,11 +240,12 @@ class _EncoderPlan(ModulePlan):
             return weight.qweight.contiguous(), weight.scales.reshape(-1).contiguous(), bias, W8A8
         if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32:
             return None
-        packed = packed_weight(weight)
+        f32 = f32_packing_preferred()
+        packed = packed_weight(weight, "gemm_f32" if f32 else "onednn")
         if packed is None or isinstance(packed, ops.QuantizedWeight):
             return weight, None, bias, FLOAT
         self.packs.add(weight)
-        return packed, None, bias, PACKED
+        return packed, None, bias, (F32_PACKED if f32 else PACKED)
 
     def _build(self, encoder: BertEncoder) -> Optional[str]:
         self.watch(encoder, "layer")

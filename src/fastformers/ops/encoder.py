@@ -17,7 +17,8 @@ Arguments (`EncoderWeights` assembles the weights and formats from a model's mod
       BLOCK8 (method "blockwise_a8" with 8-bit codes in groups of 32, activations quantized per block of 32 too:
       pack_blockwise8's (codes, transposed scales); the kernel needs AVX-512 VNNI, block8_usable()), W8A8_PACKED
       (W8A8 packed for that kernel: pack_w8a8's (codes, scales); the same integer sums as W8A8's torch._int_mm,
-      ~2x faster at batch 1; AVX-512 VNNI too).
+      ~2x faster at batch 1; AVX-512 VNNI too), F32_PACKED (a float32 weight packed by pack_f32 for the AVX2 GEMM of
+      csrc/cpu/gemm_f32.cpp, f32_packing_preferred(); the cpu kernel only).
   num_heads, eps (the LayerNorms'), act: 0 GELU, 1 GELU with the tanh approximation.
 Returns the last layer's output (tokens, hidden).
 """
@@ -35,7 +36,7 @@ from .quant import QuantizedWeight, quantized_linear_reference
 
 SLOTS = 16  # weights per layer
 LINEARS = ("qkv", "o", "intermediate", "output")
-FLOAT, PACKED, W8A8, BLOCK8, W8A8_PACKED = 0, 1, 2, 3, 4
+FLOAT, PACKED, W8A8, BLOCK8, W8A8_PACKED, F32_PACKED = 0, 1, 2, 3, 4, 5
 ACTS = {"none": 0, "tanh": 1}  # GELU's `approximate` -> act
 
 
@@ -76,6 +77,15 @@ def unpack_w8a8(packed: torch.Tensor, scales: torch.Tensor) -> QuantizedWeight:
     return QuantizedWeight(_unpack_codes(packed), scales.view(-1, 1), None, 8, None, packed.shape[1], "w8a8")
 
 
+def f32_packing_preferred() -> bool:
+    """Whether float32 weights run on gemm_f32.cpp's GEMM (format F32_PACKED) rather than oneDNN's: on CPUs with AVX2
+    and FMA but no AVX-512. Measured on an AVX2-only EPYC (2 threads): the same ~70 GFLOP/s as oneDNN at 1024 tokens,
+    1.3-1.6x oneDNN's speed at 16, and nothing built per shape. On AVX-512 CPUs oneDNN's GEMM ran at ~91% of the FMA
+    peak, so it stays there."""
+    return (native.available() and bool(torch.ops.fastformers_ext.gemm_f32_usable())
+            and torch.backends.cpu.get_cpu_capability() != "AVX512")
+
+
 def block8_usable() -> bool:
     """Whether the BLOCK8 kernel runs on this CPU (AVX-512 VNNI; not with FASTFORMERS_CPU_PORTABLE=1)."""
     return native.available() and torch.ops.fastformers_ext.cpu_a8_isa() == "avx512-vnni"
@@ -91,7 +101,7 @@ def _linear(x, weight, scales, bias, kind: int):
         return quantized_linear_reference(x, unpack_blockwise8(weight, scales), bias)
     if kind == W8A8_PACKED:
         return quantized_linear_reference(x, unpack_w8a8(weight, scales), bias)
-    raise ValueError(f"encoder_layers: format {kind} is not one the reference runs (a oneDNN-packed weight: pass the "
+    raise ValueError(f"encoder_layers: format {kind} is not one the reference runs (a packed float32 weight: pass the "
                      f"float weight with format {FLOAT})")
 
 

@@ -57,7 +57,8 @@ SAMPLE = 16  # elements compared per call to notice edits that bypass the versio
 
 
 class _Packs:
-    """id(weight) -> (weakref to it, version, address, sample positions, sample, packed copy, bytes).
+    """id(weight) (or (id(weight), layout)) -> (weakref to it, version, address, sample positions, sample, packed copy,
+    bytes).
 
     A weight's weakref callback drops its entry, and the cyclic garbage collector can run such a callback at any
     allocation, inside a locked region of this same thread included: so the lock is reentrant, a callback drops
@@ -65,7 +66,7 @@ class _Packs:
     once deadlocked a test run for good)."""
 
     def __init__(self) -> None:
-        self.entries: Dict[int, tuple] = {}
+        self.entries: Dict[object, tuple] = {}
         self.lock = threading.RLock()
         self.bytes = 0
         self.budget: Optional[int] = None
@@ -75,7 +76,7 @@ class _Packs:
             self.entries.clear()
             self.bytes = 0
 
-    def put(self, key: int, weight: torch.Tensor, state: tuple, packed, size: int) -> None:
+    def put(self, key, weight: torch.Tensor, state: tuple, packed, size: int) -> None:
         """entries[key] = (weakref to weight, *state, packed, size); state is (version, address, positions, sample)."""
         with self.lock:
             ref = weakref.ref(weight, lambda dead, key=key: self.drop(key, dead))
@@ -84,7 +85,7 @@ class _Packs:
             self.entries[key] = (ref, *state, packed, size)
             self.bytes += delta
 
-    def drop(self, key: int, ref: Optional[weakref.ref] = None) -> None:
+    def drop(self, key, ref: Optional[weakref.ref] = None) -> None:
         """Forget entries[key] (only if it is still `ref`'s, when given)."""
         with self.lock:
             entry = self.entries.get(key)
@@ -165,9 +166,17 @@ def _state(weight: torch.Tensor, positions: torch.Tensor):
     return version, weight.data_ptr(), torch.take(weight.detach(), positions)
 
 
-def packed_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
-    """oneDNN's packed copy of `weight` (made now if it has none or it changed), or None past the budget."""
-    key = id(weight)
+def _pack(weight: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "gemm_f32":
+        return torch.ops.fastformers_ext.pack_f32(weight)
+    return torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
+
+def packed_weight(weight: torch.Tensor, layout: str = "onednn") -> Optional[torch.Tensor]:
+    """A packed copy of `weight` (made now if it has none or it changed), or None past the budget. layout "onednn":
+    oneDNN's (ops.linear's CPU GEMM); "gemm_f32": fastformers_ext.pack_f32's, a plain float32 tensor (the one-call
+    encoder's format F32_PACKED on AVX2 CPUs, ops/encoder.py). Each layout is kept apart."""
+    key = id(weight) if layout == "onednn" else (id(weight), layout)
     entry = _packs.entries.get(key)
     if entry is not None and entry[0]() is weight:
         version, address, sample = _state(weight, entry[3])
@@ -180,7 +189,7 @@ def packed_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
     positions = _sample_positions(weight)
     version, address, sample = _state(weight, positions)
     with torch.no_grad():
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+        packed = _pack(weight.detach().contiguous(), layout)
     _packs.put(key, weight, (version, address, positions, sample), packed, size)
     return packed
 
