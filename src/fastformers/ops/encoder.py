@@ -3,7 +3,8 @@ unpadded tokens as a single op.
 
 A layer is ~15 small ops; at a CPU's batch 1 their Python and dispatch cost as much as the GEMMs (all-MiniLM-L6-v2,
 16 tokens, 2 threads: ~3.4 of 6.6 ms per forward outside the GEMMs). The `cpu` backend runs every layer in one C++
-call (csrc/cpu/encoder_step.cpp, fastformers._C): oneDNN's packed GEMMs (the GELU as their post-op), torch._int_mm
+call (csrc/cpu/encoder_step.cpp, fastformers._C): oneDNN's packed GEMMs (the GELU as their post-op) on AVX-512
+CPUs, its own AVX2 GEMM (csrc/cpu/gemm_f32.cpp) on AVX2 ones, torch._int_mm (or exact float32 GEMMs without VNNI)
 or VNNI tiles for int8, and its own attention, LayerNorm and activation quantization loops. On other backends the
 model runs its layers as usual; the reference below is the specification the kernel is tested against.
 
