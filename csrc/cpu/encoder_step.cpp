@@ -330,6 +330,17 @@ FF_AVX512 inline __m512 exp_nonpositive16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// kt (D rows of Lp floats) = the L keys (rows `step` apart) transposed, zeros after L; returns Lp, L rounded up to 64.
+int64_t transpose_keys(const float* k, int64_t step, int64_t L, int64_t D, float* kt) {
+  const int64_t Lp = (L + 63) / 64 * 64;
+  for (int64_t d = 0; d < D; ++d) {
+    float* row = kt + d * Lp;
+    for (int64_t j = 0; j < L; ++j) row[j] = k[j * step + d];
+    for (int64_t j = L; j < Lp; ++j) row[j] = 0.f;
+  }
+  return Lp;
+}
+
 // Q query rows (from row i) of one head's softmax(q k^T * scale) v with AVX-512: Q x 4 blocks of 16 scores accumulate
 // at once over d from the transposed keys kt (D rows of Lp = L rounded up to 64, zeros after L); then per query the
 // max-subtracted exponents; then the weighted sum of values, Q queries x 32 output dims per pass, so each value row
@@ -396,12 +407,7 @@ FF_AVX512 void attend_rows_avx512(const float* q, const float* v, int64_t step, 
 // out rows `out_step` apart (p: 4 * Lp floats of scratch, kt: D * Lp).
 FF_AVX512 void attend_head_avx512(const float* q, const float* k, const float* v, int64_t step, int64_t L, int64_t D,
                                   float scale, float* kt, float* p, float* out, int64_t out_step) {
-  const int64_t Lp = (L + 63) / 64 * 64;
-  for (int64_t d = 0; d < D; ++d) {
-    float* row = kt + d * Lp;
-    for (int64_t j = 0; j < L; ++j) row[j] = k[j * step + d];
-    for (int64_t j = L; j < Lp; ++j) row[j] = 0.f;
-  }
+  const int64_t Lp = transpose_keys(k, step, L, D, kt);
   int64_t i = 0;
   for (; i + 4 <= L; i += 4) attend_rows_avx512<4>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
   for (; i < L; ++i) attend_rows_avx512<1>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
@@ -486,12 +492,7 @@ FF_AVX2 void attend_rows_avx2(const float* q, const float* v, int64_t step, int6
 
 FF_AVX2 void attend_head_avx2(const float* q, const float* k, const float* v, int64_t step, int64_t L, int64_t D,
                               float scale, float* kt, float* p, float* out, int64_t out_step) {
-  const int64_t Lp = (L + 63) / 64 * 64;
-  for (int64_t d = 0; d < D; ++d) {
-    float* row = kt + d * Lp;
-    for (int64_t j = 0; j < L; ++j) row[j] = k[j * step + d];
-    for (int64_t j = L; j < Lp; ++j) row[j] = 0.f;
-  }
+  const int64_t Lp = transpose_keys(k, step, L, D, kt);
   int64_t i = 0;
   for (; i + 2 <= L; i += 2) attend_rows_avx2<2>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
   for (; i < L; ++i) attend_rows_avx2<1>(q, v, step, L, Lp, D, scale, kt, p, i, out, out_step);
