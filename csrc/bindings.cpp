@@ -13,6 +13,7 @@
 #include "cpu/attention.h"
 #include "cpu/decode_step.h"
 #include "cpu/encoder_step.h"
+#include "cpu/gemm_a8.h"
 #include "cpu/gemm_f32.h"
 #include "cpu/norm.h"
 #include "cpu/quant_linear.h"
@@ -75,12 +76,13 @@ at::Tensor quant_linear_a8(const at::Tensor& x, const at::Tensor& qweight, const
                           group_size, bias);
 }
 
-// act(x packed^T + bias) (+ residual) for x (..., K): gemm_f32.h
-at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
-                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual, int64_t act) {
-  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "fastformers_ext::linear_f32: x must be float32, got ",
-              x.scalar_type());
-  TORCH_CHECK(out_features >= 0, "fastformers_ext::linear_f32: out_features=", out_features);
+// act(x W^T + bias) (+ residual) for x (..., K) and a weight packed for gemm_f32.h's GEMMs: float32 (pack_f32,
+// `scales` undefined) or blockwise int8 codes (pack_q8, with their transposed scales).
+at::Tensor packed_linear(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                         const at::Tensor& scales, const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& residual, int64_t act) {
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(out_features >= 0, op, ": out_features=", out_features);
   const int64_t K = x.size(-1);
   at::Tensor rows = x.reshape({-1, K});
   if (rows.stride(1) != 1) rows = rows.contiguous();
@@ -89,12 +91,27 @@ at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& packed, int64_t out
   at::Tensor y = at::empty({rows.size(0), out_features}, x.options());
   at::Tensor r;
   if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes() == at::IntArrayRef(shape), "fastformers_ext::linear_f32: the residual must be ",
-                at::IntArrayRef(shape), ", got ", residual->sizes());
+    TORCH_CHECK(residual->sizes() == at::IntArrayRef(shape), op, ": the residual must be ", at::IntArrayRef(shape),
+                ", got ", residual->sizes());
     r = residual->reshape({-1, out_features}).contiguous();
   }
-  gemm_f32_cpu(rows, packed, out_features, bias.has_value() ? bias->contiguous() : at::Tensor(), r, act, y);
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (scales.defined())
+    gemm_block8_cpu(rows, packed, out_features, scales, b, r, act, y);
+  else
+    gemm_f32_cpu(rows, packed, out_features, b, r, act, y);
   return y.view(shape);
+}
+
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual, int64_t act) {
+  return packed_linear("fastformers_ext::linear_f32", x, packed, out_features, at::Tensor(), bias, residual, act);
+}
+
+at::Tensor linear_block8(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                         const at::Tensor& scales_t, const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& residual, int64_t act) {
+  return packed_linear("fastformers_ext::linear_block8", x, packed, out_features, scales_t, bias, residual, act);
 }
 
 std::string cpu_isa() { return selected_isa(); }
@@ -120,7 +137,11 @@ TORCH_LIBRARY(fastformers_ext, m) {
   m.def("argmax(Tensor x) -> Tensor");
   m.def("pack_f32(Tensor weight) -> Tensor");
   m.def("linear_f32(Tensor x, Tensor packed, int out_features, Tensor? bias, Tensor? residual, int act) -> Tensor");
+  m.def("pack_q8(Tensor codes) -> Tensor");
+  m.def("linear_block8(Tensor x, Tensor packed, int out_features, Tensor scales_t, Tensor? bias, Tensor? residual, "
+        "int act) -> Tensor");
   m.def("gemm_f32_usable() -> bool", &fastformers::gemm_f32_usable);
+  m.def("gemm_a8_usable(bool per_token) -> bool", &fastformers::gemm_a8_usable);
   m.def("cpu_isa() -> str", &fastformers::cpu_isa);
   // the decode step's weights, checked once (csrc/cpu/decode_step.h): the model keeps one per set of modules
   m.class_<fastformers::DecodePlan>("DecodePlan")
@@ -143,6 +164,8 @@ TORCH_LIBRARY_IMPL(fastformers_ext, CPU, m) {
   m.impl("argmax", &fastformers::argmax_cpu);
   m.impl("pack_f32", &fastformers::pack_f32_cpu);
   m.impl("linear_f32", &fastformers::linear_f32);
+  m.impl("pack_q8", &fastformers::pack_q8_cpu);
+  m.impl("linear_block8", &fastformers::linear_block8);
 }
 
 // oneDNN's packed weights (format 1 of encoder_layers) are MkldnnCPU tensors: a call holding one dispatches here

@@ -20,9 +20,12 @@
 //   3  method blockwise_a8 with 8-bit codes in groups of 32, packed for gemm_a8.cpp (ops/encoder.py's
 //      pack_blockwise8: uint8 (out, in) and the scales transposed, (in / 32, out)); AVX-512 VNNI only.
 //   4  W8A8 as 2, the codes packed for gemm_a8.cpp (ops/encoder.py's pack_w8a8: uint8 (out, in); scales (out)), the
-//      same integer sums by its VNNI tiles instead of torch._int_mm; AVX-512 VNNI only.
+//      same integer sums by its VNNI tiles (or its AVX2 int16 tiles) instead of torch._int_mm.
 //   5  a float32 weight packed for gemm_f32.cpp (fastformers_ext::pack_f32: (ceil(out / 16), in, 16)), its AVX2
 //      GEMM with the bias, the activation (intermediate) and the residual (o, output) in its epilogue.
+//   6  as 3 (blockwise_a8, 8-bit codes in groups of 32) for CPUs with AVX2 (gemm_f32.cpp's gemm_block8): the codes
+//      packed by fastformers_ext::pack_q8 (int8 (ceil(out / 16), in, 16)), the scales transposed, (in / 32, out);
+//      the epilogue as format 5's.
 // `act`: 0 GELU (erf), 1 GELU (tanh approximation).
 
 #include <ATen/ATen.h>
@@ -64,7 +67,9 @@ constexpr int kLanes = 16;  // independent accumulators: the compiler vectorizes
 const char* const kLinearNames[kLinears] = {"qkv", "o", "intermediate", "output"};
 #define OP "fastformers_ext::encoder_layers: "
 
-enum Kind : int64_t { kFloat = 0, kPacked = 1, kW8A8 = 2, kBlock8 = 3, kW8A8Packed = 4, kF32Packed = 5 };
+enum Kind : int64_t {
+  kFloat = 0, kPacked = 1, kW8A8 = 2, kBlock8 = 3, kW8A8Packed = 4, kF32Packed = 5, kBlock8Panels = 6
+};
 
 struct Linear {
   at::Tensor w, scales, bias;
@@ -88,14 +93,16 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
   const int64_t base = layer * kSlots + 3 * which;
   Linear l{slot(ws, base), slot(ws, base + 1), slot(ws, base + 2), formats[layer * kLinears + which]};
   const char* name = kLinearNames[which];
-  if (l.kind == kF32Packed) {
-    TORCH_CHECK(gemm_f32_usable(), OP "layer ", layer, " ", name, ": format 5 needs AVX2 with FMA, which this CPU "
-                "lacks (or FASTFORMERS_CPU_PORTABLE=1)");
-    TORCH_CHECK(l.w.defined() && is_f32(l.w) && l.w.dim() == 3 && l.w.is_contiguous() && !l.w.is_mkldnn() &&
-                    l.w.size(0) == (N + 15) / 16 && l.w.size(1) == K && l.w.size(2) == 16,
-                OP "layer ", layer, " ", name, ": format 5 takes a contiguous float32 weight packed by pack_f32, (",
-                (N + 15) / 16, ", ", K, ", 16) for (", N, ", ", K, "), got ",
-                l.w.defined() ? l.w.sizes() : at::IntArrayRef{});
+  if (l.kind == kF32Packed || l.kind == kBlock8Panels) {
+    const bool f32 = l.kind == kF32Packed;
+    TORCH_CHECK(gemm_f32_usable(), OP "layer ", layer, " ", name, ": format ", l.kind, " needs AVX2 with FMA, which "
+                "this CPU lacks (or FASTFORMERS_CPU_PORTABLE=1)");
+    TORCH_CHECK(l.w.defined() && l.w.scalar_type() == (f32 ? at::kFloat : at::kChar) && l.w.dim() == 3 &&
+                    l.w.is_contiguous() && !l.w.is_mkldnn() && l.w.size(0) == (N + 15) / 16 && l.w.size(1) == K &&
+                    l.w.size(2) == 16,
+                OP "layer ", layer, " ", name, ": format ", l.kind, " takes a contiguous ", f32 ? "float32 weight "
+                "packed by pack_f32" : "int8 weight packed by pack_q8", ", (", (N + 15) / 16, ", ", K, ", 16) for (",
+                N, ", ", K, "), got ", l.w.defined() ? l.w.sizes() : at::IntArrayRef{});
   } else {
     TORCH_CHECK(l.w.defined() && l.w.dim() == 2, OP "layer ", layer, " ", name, ": the weight is missing or not 2-D");
     TORCH_CHECK(l.w.size(0) == N && l.w.size(1) == K, OP "layer ", layer, " ", name, ": the weight is ",
@@ -117,8 +124,8 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
                   ": W8A8 needs contiguous float32 scales, one per output (", N, ")");
       break;
     case kBlock8:
-      TORCH_CHECK(gemm_a8_usable(), OP "layer ", layer, " ", name, ": format 3 needs AVX-512 VNNI, which this CPU "
-                  "lacks (or FASTFORMERS_CPU_PORTABLE=1)");
+      TORCH_CHECK(gemm_a8_usable(false), OP "layer ", layer, " ", name, ": format 3 needs AVX-512 VNNI, which this "
+                  "CPU lacks (or FASTFORMERS_CPU_PORTABLE=1)");
       TORCH_CHECK(l.w.scalar_type() == at::kByte && l.w.is_contiguous() && N % 32 == 0 && K % 32 == 0, OP "layer ",
                   layer, " ", name, ": format 3 takes contiguous packed uint8 codes with outputs and inputs multiples "
                   "of 32, got ", l.w.scalar_type(), " ", l.w.sizes());
@@ -127,8 +134,8 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
                   OP "layer ", layer, " ", name, ": format 3 needs contiguous float32 scales (", K / 32, ", ", N, ")");
       break;
     case kW8A8Packed:
-      TORCH_CHECK(gemm_a8_usable(), OP "layer ", layer, " ", name, ": format 4 needs AVX-512 VNNI, which this CPU "
-                  "lacks (or FASTFORMERS_CPU_PORTABLE=1)");
+      TORCH_CHECK(gemm_a8_usable(true), OP "layer ", layer, " ", name, ": format 4 needs AVX-512 VNNI or AVX2, which "
+                  "this CPU lacks (or FASTFORMERS_CPU_PORTABLE=1)");
       TORCH_CHECK(l.w.scalar_type() == at::kByte && l.w.is_contiguous() && N % 32 == 0 && K % 32 == 0 && K <= 32768,
                   OP "layer ", layer, " ", name, ": format 4 takes contiguous packed uint8 codes with outputs and "
                   "inputs multiples of 32 (inputs at most 32768), got ", l.w.scalar_type(), " ", l.w.sizes());
@@ -137,10 +144,16 @@ Linear linear_at(const c10::List<c10::optional<at::Tensor>>& ws, at::IntArrayRef
       break;
     case kF32Packed:
       break;
+    case kBlock8Panels:
+      TORCH_CHECK(K % 32 == 0 && is_f32(l.scales) && l.scales.dim() == 2 && l.scales.size(0) == K / 32 &&
+                      l.scales.size(1) == N && l.scales.is_contiguous(),
+                  OP "layer ", layer, " ", name, ": format 6 needs inputs a multiple of 32 (got ", K, ") and contiguous "
+                  "float32 scales (", K / 32, ", ", N, ")");
+      break;
     default:
       TORCH_CHECK(false, OP "layer ", layer, " ", name, ": format ", l.kind, "; expected 0 (float32), 1 (oneDNN-packed "
-                  "float32), 2 (W8A8), 3 (packed int8 with int8 activations per block of 32), 4 (W8A8, packed) or 5 "
-                  "(float32 packed by pack_f32)");
+                  "float32), 2 (W8A8), 3 (packed int8 with int8 activations per block of 32), 4 (W8A8, packed), 5 "
+                  "(float32 packed by pack_f32) or 6 (blockwise int8 packed by pack_q8)");
   }
   TORCH_CHECK(!l.bias.defined() || (is_f32(l.bias) && l.bias.dim() == 1 && l.bias.size(0) == N &&
                                     l.bias.is_contiguous()),
@@ -291,7 +304,7 @@ at::Tensor w8a8_linear(const at::Tensor& x, const Linear& l, at::Tensor out) {
 }
 
 // act(x W^T + b) when `activate`, else x W^T + b, for N outputs: written into buffer `into` (oneDNN's packed GEMM
-// returns its own). `residual` (format 5 only; else undefined) is added in the GEMM's epilogue.
+// returns its own). `residual` (formats 5 and 6 only; else undefined) is added in the GEMM's epilogue.
 at::Tensor run_linear(const at::Tensor& x, const Linear& l, int64_t N, bool activate, int64_t act, Buffer into,
                       const at::Tensor& residual = at::Tensor()) {
   const char* approximate = act == 1 ? "tanh" : "none";
@@ -300,6 +313,10 @@ at::Tensor run_linear(const at::Tensor& x, const Linear& l, int64_t N, bool acti
   at::Tensor y = buffer(into, x.size(0), N, at::kFloat);
   if (l.kind == kF32Packed) {
     gemm_f32_cpu(x, l.w, N, l.bias, residual, activate ? act + 1 : 0, y);
+    return y;
+  }
+  if (l.kind == kBlock8Panels) {
+    gemm_block8_cpu(x, l.w, N, l.scales, l.bias, residual, activate ? act + 1 : 0, y);
     return y;
   }
   if (l.kind == kW8A8)
@@ -625,8 +642,9 @@ at::Tensor encoder_layers_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor projected = run_linear(state, qkv, 3 * hidden, false, act, kQkv);
     at::Tensor attn = buffer(kAttn, T, hidden, at::kFloat);
     attend(projected, cp, B, heads, D, scale, attn);
-    // format 5 adds the residual in the GEMM's epilogue, the others in the LayerNorm's first pass
-    const bool fuse_o = o.kind == kF32Packed, fuse_out = output.kind == kF32Packed;
+    // formats 5 and 6 add the residual in the GEMM's epilogue, the others in the LayerNorm's first pass
+    const auto epilogue_adds = [](const Linear& lin) { return lin.kind == kF32Packed || lin.kind == kBlock8Panels; };
+    const bool fuse_o = epilogue_adds(o), fuse_out = epilogue_adds(output);
     at::Tensor h = run_linear(attn, o, hidden, false, act, kHidden, fuse_o ? state : at::Tensor());
     add_layer_norm(h, fuse_o ? at::Tensor() : state, ln1w, ln1b, e);
     at::Tensor y = run_linear(run_linear(h, inter, inter_size, true, act, kInter), output, hidden, false, act, kOut,

@@ -4,8 +4,9 @@
 
 namespace fastformers {
 
-// Whether gemm_a8_cpu can run here (AVX-512 VNNI, and not FASTFORMERS_CPU_PORTABLE=1).
-bool gemm_a8_usable();
+// Whether gemm_a8_cpu can run here in a mode (not with FASTFORMERS_CPU_PORTABLE=1): with AVX-512 VNNI both; with
+// AVX2 the per-token one (W8A8).
+bool gemm_a8_usable(bool per_token);
 
 // x2d (M, K) float32 against 8-bit codes from the weight packed for this kernel: packed (N, K) uint8 in gemm_a8.cpp's
 // layout, N and K multiples of 32; bias (N) float32 or undefined. Writes y, contiguous (M, N) float32.

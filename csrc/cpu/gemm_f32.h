@@ -17,4 +17,13 @@ at::Tensor pack_f32_cpu(const at::Tensor& weight);
 void gemm_f32_cpu(const at::Tensor& x2d, const at::Tensor& packed, int64_t N, const at::Tensor& bias,
                   const at::Tensor& residual, int64_t act, at::Tensor& y);
 
+// int8 codes (N, K) in the layout of gemm_block8_cpu: (ceil(N / 16), K, 16) int8, the outputs past N zero.
+at::Tensor pack_q8_cpu(const at::Tensor& codes);
+
+// y = act(x2d W^T + bias) (+ residual) for method blockwise_a8 with 8-bit codes in groups of 32 (gemm_f32.cpp says
+// how): the codes packed by pack_q8_cpu, scales_t (K / 32, N) float32 (the weight's scales transposed), x2d's
+// activations quantized per block of 32 on the way; K a multiple of 32. The other arguments as gemm_f32_cpu's.
+void gemm_block8_cpu(const at::Tensor& x2d, const at::Tensor& packed, int64_t N, const at::Tensor& scales_t,
+                     const at::Tensor& bias, const at::Tensor& residual, int64_t act, at::Tensor& y);
+
 }  // namespace fastformers

@@ -197,15 +197,20 @@ def test_one_call_encoder_sees_weights_edited_between_calls(tmp_path, padded_bat
 
 @pytest.mark.parametrize("method, group", [("w8a8", None), ("blockwise_a8", 32)])
 def test_one_call_encoder_runs_int8(method, group, tmp_path, padded_batch, monkeypatch):
-    """W8A8 weights (packed for csrc/cpu/gemm_a8.cpp's VNNI tiles where the CPU has AVX-512 VNNI, else torch._int_mm)
-    and int8 in groups of 32 with int8 activations per block of 32 (gemm_a8.cpp, VNNI only) run in the one call too,
-    as the layers one by one compute them."""
+    """W8A8 weights (packed for csrc/cpu/gemm_a8.cpp's VNNI or AVX2 tiles where the CPU has either, else
+    torch._int_mm) and int8 in groups of 32 with int8 activations per block of 32 (gemm_a8.cpp with VNNI, else
+    gemm_f32.cpp's gemm_block8 with AVX2) run in the one call too, as the layers one by one compute them."""
     import fastformers
     from fastformers.models import bert
-    from fastformers.ops.encoder import BLOCK8, W8A8, W8A8_PACKED, block8_usable
+    from fastformers.ops.encoder import (BLOCK8, BLOCK8_PANELS, W8A8, W8A8_PACKED, block8_usable,
+                                         f32_packing_preferred, w8a8_packed_usable)
 
-    if method == "blockwise_a8" and not block8_usable():
-        pytest.skip("the blockwise_a8 GEMM of the one call needs AVX-512 VNNI")
+    if method == "blockwise_a8":
+        kind = BLOCK8 if block8_usable() else BLOCK8_PANELS if f32_packing_preferred() else None
+        if kind is None:
+            pytest.skip("the blockwise_a8 GEMMs of the one call need AVX-512 VNNI or AVX2 (without AVX-512)")
+    else:
+        kind = W8A8_PACKED if w8a8_packed_usable() else W8A8
     ids, mask = padded_batch()
     config = fastformers.QuantizationConfig(bits=8, group_size=group, method=method)
     # (blockwise_a8's kernel takes linears whose outputs are multiples of 32)
@@ -219,5 +224,4 @@ def test_one_call_encoder_runs_int8(method, group, tmp_path, padded_batch, monke
         handle.remove()
     assert len(calls) == 1
     assert (fast[real] - layered[real]).abs().max() <= 1e-3 * layered.abs().max()
-    kind = BLOCK8 if method == "blockwise_a8" else W8A8_PACKED if block8_usable() else W8A8
     assert set(bert._encoder_plan(model.encoder).weights.formats) == {kind}

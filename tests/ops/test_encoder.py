@@ -18,6 +18,7 @@ from fastformers import ops
 from fastformers.ops import native
 from fastformers.ops.encoder import (
     BLOCK8,
+    BLOCK8_PANELS,
     F32_PACKED,
     FLOAT,
     PACKED,
@@ -29,9 +30,12 @@ from fastformers.ops.encoder import (
     encoder_layers_cpu,
     encoder_layers_reference,
     pack_blockwise8,
+    pack_q8,
     pack_w8a8,
     unpack_blockwise8,
+    unpack_q8,
     unpack_w8a8,
+    w8a8_packed_usable,
 )
 
 pytestmark = pytest.mark.skipif(os.environ.get("FASTFORMERS_BUILD_EXT") == "0",
@@ -39,13 +43,28 @@ pytestmark = pytest.mark.skipif(os.environ.get("FASTFORMERS_BUILD_EXT") == "0",
 
 KINDS = {"float": [FLOAT] * 4, "packed": [PACKED] * 4, "w8a8": [W8A8] * 4, "mixed": [PACKED, W8A8, FLOAT, W8A8],
          "block8": [BLOCK8] * 4, "block8-mixed": [BLOCK8, PACKED, W8A8, BLOCK8], "w8a8-packed": [W8A8_PACKED] * 4,
-         "w8a8-packed-mixed": [W8A8_PACKED, W8A8, BLOCK8, W8A8_PACKED], "f32": [F32_PACKED] * 4,
-         "f32-mixed": [F32_PACKED, W8A8, FLOAT, F32_PACKED]}
-VNNI_KINDS = {"block8", "block8-mixed", "w8a8-packed", "w8a8-packed-mixed"}  # formats 3 and 4
-F32_KINDS = {"f32", "f32-mixed"}  # format 5: AVX2 with FMA
+         "w8a8-packed-mixed": [W8A8_PACKED, W8A8, FLOAT, W8A8_PACKED], "f32": [F32_PACKED] * 4,
+         "f32-mixed": [F32_PACKED, W8A8, FLOAT, F32_PACKED], "panels": [BLOCK8_PANELS] * 4,
+         "panels-mixed": [BLOCK8_PANELS, W8A8_PACKED, F32_PACKED, BLOCK8_PANELS]}
 f32_usable = native.available() and torch.ops.fastformers_ext.gemm_f32_usable()
+# what each format needs beyond the extension: (usable here, what it needs)
+NEEDS = {BLOCK8: (block8_usable(), "format 3 (gemm_a8.cpp's blocks) needs AVX-512 VNNI"),
+         W8A8_PACKED: (w8a8_packed_usable(), "format 4 (gemm_a8.cpp) needs AVX-512 VNNI or AVX2"),
+         F32_PACKED: (f32_usable, "format 5 (gemm_f32.cpp) needs AVX2 with FMA"),
+         BLOCK8_PANELS: (f32_usable, "format 6 (gemm_f32.cpp's gemm_block8) needs AVX2 with FMA")}
+
+
+def skip_unless_usable(kinds):
+    for kind in set(KINDS[kinds]):
+        usable, needs = NEEDS.get(kind, (True, ""))
+        if not usable:
+            pytest.skip(f"{needs}, which this CPU lacks")
+
+
 needs_vnni = pytest.mark.skipif(not block8_usable(),
-                                reason="formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
+                                reason="format 3 (gemm_a8.cpp's blocks) needs AVX-512 VNNI, which this CPU lacks")
+needs_w8a8_packed = pytest.mark.skipif(not w8a8_packed_usable(),
+                                       reason="format 4 (gemm_a8.cpp) needs AVX-512 VNNI or AVX2, which this CPU lacks")
 
 
 def _block8(w):
@@ -63,12 +82,15 @@ def make_case(seed, *, kinds="float", hidden=72, heads=3, inter=100, layers=2, l
                                 KINDS[kinds]):
             w = torch.randn(n, k, generator=g) * k ** -0.5
             b = torch.randn(n, generator=g) * 0.1
-            if kind in (W8A8, BLOCK8, W8A8_PACKED):
+            if kind in (W8A8, BLOCK8, W8A8_PACKED, BLOCK8_PANELS):
                 if kind == W8A8:
                     qw = ops.quantize_weight(w, bits=8, method="w8a8")
                     parts = (qw.qweight, qw.scales.reshape(-1).contiguous(), b, W8A8)
                 elif kind == W8A8_PACKED:
                     parts = pack_w8a8(ops.quantize_weight(w, bits=8, method="w8a8")) + (b, W8A8_PACKED)
+                elif kind == BLOCK8_PANELS:
+                    qw = ops.quantize_weight(w, bits=8, group_size=32)
+                    parts = (pack_q8(qw.qweight), qw.scales.float().t().contiguous(), b, BLOCK8_PANELS)
                 else:
                     parts = _block8(w) + (b, BLOCK8)
                 linears[0].append(parts)
@@ -115,24 +137,30 @@ CASES = {
     "w8a8-packed": dict(kinds="w8a8-packed", hidden=96, inter=160),
     "w8a8-packed-long-and-tails": dict(kinds="w8a8-packed-mixed", hidden=64, heads=4, inter=128,
                                        lengths=(1, 2, 3, 130, 7)),
+    # formats 4 and 6 need inputs that are multiples of 32 (outputs that are not: tests/ops/test_gemm_f32.py)
+    "panels": dict(kinds="panels", hidden=96, inter=160),
+    "panels-mixed-tails": dict(kinds="panels-mixed", hidden=64, heads=4, inter=224, lengths=(1, 2, 3, 130, 7),
+                               layers=1),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_encoder_layers_matches_the_reference(case):
-    if CASES[case]["kinds"] in VNNI_KINDS and not block8_usable():
-        pytest.skip("formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
-    if CASES[case]["kinds"] in F32_KINDS and not f32_usable:
-        pytest.skip("format 5 (gemm_f32.cpp) needs AVX2 with FMA, which this CPU lacks")
+    skip_unless_usable(CASES[case]["kinds"])
     got, ref64, ref32 = make_case(1, **CASES[case])
     out = encoder_layers_cpu(*got)
     assert out.shape == got[0].shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     if ref64 is not None:
         ref = encoder_layers_reference(*ref64)
         assert (out.double() - ref).abs().max() <= 2e-5 * ref.abs().max()
-    else:  # int8 activations: a value that rounds the other way in float64 would move its product by a whole step
+    else:
+        # int8 activations, quantized from float32 values on both sides: where an activation lands on a rounding tie,
+        # the two sides may round it apart, a whole step, which the later layers carry along (measured: max errors
+        # of ~3e-7 or, with such a tie, ~3e-3 of the largest output, for format 2 as for the packed ones; mean errors
+        # ~3e-8 or ~8e-6). A wrong tile, scale or tail moves most outputs.
         ref = encoder_layers_reference(*ref32)
-        assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
+        err = (out - ref).abs()
+        assert err.max() <= 1e-2 * ref.abs().max() and err.mean() <= 5e-5 * ref.abs().max()
         assert (out - ref).abs().mean() <= 1e-5 * ref.abs().max()
 
 
@@ -226,17 +254,18 @@ def test_w8a8_packing_round_trips():
     assert torch.equal(back.qweight, qw.qweight) and torch.equal(back.scales, qw.scales.view(-1, 1))
 
 
-@needs_vnni
+@needs_w8a8_packed
 def test_packed_w8a8_computes_what_torch_int_mm_computes():
-    """Formats 2 and 4 hold the same codes and scales and sum the same int32 products (torch._int_mm, the VNNI
-    tiles): on inputs where no activation lands near a rounding tie, the same outputs to float rounding."""
+    """Formats 2 and 4 hold the same codes and scales and sum the same int32 products (torch._int_mm or exact float32
+    blocks; the VNNI or AVX2 tiles): on inputs where no activation lands near a rounding tie, the same outputs to
+    float rounding."""
     one, _, _ = make_case(12, kinds="w8a8", hidden=96, inter=160, lengths=(3, 17, 6), layers=1)
     four, _, _ = make_case(12, kinds="w8a8-packed", hidden=96, inter=160, lengths=(3, 17, 6), layers=1)
     a, b = encoder_layers_cpu(*one), encoder_layers_cpu(*four)
     assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
 
-@needs_vnni
+@needs_w8a8_packed
 def test_w8a8_packed_bad_slots_are_named():
     got, _, _ = make_case(9, kinds="w8a8-packed", hidden=96, inter=160, layers=1)
     with pytest.raises(RuntimeError, match=r"layer 0 qkv: format 4 \(W8A8\) needs contiguous float32 scales, one per "
@@ -256,15 +285,14 @@ def test_block8_bad_slots_are_named():
         encoder_layers_cpu(*_slot(got, 1, got[2][1][:, :-1]))
 
 
-@pytest.mark.parametrize("kinds", ["packed", "w8a8", "mixed", "w8a8-packed-mixed"])
+@pytest.mark.parametrize("kinds", ["packed", "w8a8", "mixed", "w8a8-packed-mixed", "panels-mixed"])
 def test_calls_of_other_sizes_in_a_row_do_not_disturb_each_other(kinds):
     """The kernel keeps its layer buffers from call to call: a result stays as it was after later calls (its own
     memory), and calls of growing and shrinking sizes give the same results as before them (bit for bit: the
     kernel is deterministic), and those of the reference."""
+    skip_unless_usable(kinds)
     sizes = {}
-    if kinds in VNNI_KINDS:
-        if not block8_usable():
-            pytest.skip("formats 3 and 4 (gemm_a8.cpp) need AVX-512 VNNI, which this CPU lacks")
+    if any(kind in (BLOCK8, W8A8_PACKED, BLOCK8_PANELS) for kind in KINDS[kinds]):
         sizes = dict(hidden=64, heads=4, inter=128)  # multiples of 32
     small, _, ref_small = make_case(10, kinds=kinds, lengths=(3, 5), **sizes)
     big, _, ref_big = make_case(10, kinds=kinds, lengths=(40, 70, 9), **sizes)
@@ -279,27 +307,38 @@ def test_calls_of_other_sizes_in_a_row_do_not_disturb_each_other(kinds):
     assert (first - encoder_layers_reference(*ref_small)).abs().max() <= 1e-3 * first.abs().max()
 
 
-_ATTENTION_PATHS = """
+_KERNEL_PATHS = """
+import sys
 import torch
 from test_encoder import CASES, make_case
-from fastformers.ops.encoder import encoder_layers_cpu, encoder_layers_reference
+from fastformers.ops.encoder import encoder_layers_cpu, encoder_layers_reference, w8a8_packed_usable
 for name in ("float", "float-head-dim-20", "head-dim-40", "long-sequences", "one-sequence", "packed-gelu-tanh"):
     got, ref64, _ = make_case(1, **CASES[name])
     out = encoder_layers_cpu(*got)
     ref = encoder_layers_reference(*ref64)
     err = float((out.double() - ref).abs().max() / ref.abs().max())
     assert err <= 2e-5, (name, err)
+assert w8a8_packed_usable() == (sys.argv[1] == "FASTFORMERS_CPU_NO_AVX512")
+if w8a8_packed_usable():
+    for name in ("w8a8-packed", "w8a8-packed-long-and-tails"):
+        got, _, ref32 = make_case(1, **CASES[name])
+        out = encoder_layers_cpu(*got)
+        ref = encoder_layers_reference(*ref32)
+        err = float((out - ref).abs().max() / ref.abs().max())
+        assert err <= 1e-3, (name, err)
 print("ok")
 """
 
 
+@pytest.mark.skipif(not f32_usable, reason="the AVX2 kernels need AVX2 with FMA, which this CPU lacks")
 @pytest.mark.parametrize("setting", ["FASTFORMERS_CPU_NO_AVX512", "FASTFORMERS_CPU_PORTABLE"])
-def test_every_attention_kernel_matches(setting):
-    """The attention's AVX2 kernel (FASTFORMERS_CPU_NO_AVX512=1 on an AVX-512 CPU; the default on an AVX2 one) and
-    its portable loop (FASTFORMERS_CPU_PORTABLE=1), each read when the library loads, hence a fresh process."""
+def test_every_attention_and_w8a8_kernel_matches(setting):
+    """The AVX2 kernels of the attention and of W8A8 (format 4's int16 tiles) with FASTFORMERS_CPU_NO_AVX512=1 (on an
+    AVX-512 CPU; the default on an AVX2 one), and the portable loops with FASTFORMERS_CPU_PORTABLE=1 (format 4
+    refused), each read when the library loads, hence a fresh process."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     env[setting] = "1"
-    done = subprocess.run([sys.executable, "-c", _ATTENTION_PATHS], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", _KERNEL_PATHS, setting], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]

@@ -20,6 +20,7 @@ from ..modeling import PreTrainedModel
 from ..ops.encoder import (
     ACTS,
     BLOCK8,
+    BLOCK8_PANELS,
     F32_PACKED,
     FLOAT,
     PACKED,
@@ -30,7 +31,9 @@ from ..ops.encoder import (
     encoder_layers_cpu,
     f32_packing_preferred,
     pack_blockwise8,
+    pack_q8,
     pack_w8a8,
+    w8a8_packed_usable,
 )
 from ..ops.linear import PackCheck, packed_weight
 from ..outputs import (
@@ -226,17 +229,19 @@ class _EncoderPlan(ModulePlan):
 
     def _linear(self, weight, bias) -> Optional[tuple]:
         if isinstance(weight, ops.QuantizedWeight):
+            n, k = weight.shape
             if weight.method == "blockwise_a8":
-                n, k = weight.shape
-                if (weight.bits != 8 or weight.group != 32 or weight.mins is not None or n % 32 or k % 32
-                        or not block8_usable()):
+                if weight.bits != 8 or weight.group != 32 or weight.mins is not None or k % 32:
                     return None
-                return pack_blockwise8(weight) + (bias, BLOCK8)  # repacked once per plan, read-only
+                if n % 32 == 0 and block8_usable():
+                    return pack_blockwise8(weight) + (bias, BLOCK8)  # repacked once per plan, read-only
+                if f32_packing_preferred():  # AVX2 without AVX-512: gemm_f32.cpp's gemm_block8
+                    return pack_q8(weight.qweight), weight.scales.float().t().contiguous(), bias, BLOCK8_PANELS
+                return None
             if weight.method != "w8a8" or weight.scales.dtype != torch.float32 or weight.qweight.dtype != torch.int8:
                 return None
-            n, k = weight.shape
-            if n % 32 == 0 and k % 32 == 0 and k <= 32768 and block8_usable():
-                return pack_w8a8(weight) + (bias, W8A8_PACKED)  # the same sums by VNNI tiles: ~2x at batch 1
+            if n % 32 == 0 and k % 32 == 0 and k <= 32768 and w8a8_packed_usable():
+                return pack_w8a8(weight) + (bias, W8A8_PACKED)  # the same sums by VNNI or AVX2 tiles
             return weight.qweight.contiguous(), weight.scales.reshape(-1).contiguous(), bias, W8A8
         if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32:
             return None
@@ -287,7 +292,7 @@ class _EncoderPlan(ModulePlan):
                 linears.append(self._linear(dense.weight, dense.bias))
             if any(lin is None for lin in linears):
                 return ("a weight format the one-call encoder does not take (float32, W8A8, or blockwise_a8 int8 in groups "
-                        "of 32 on a CPU with AVX-512 VNNI)")
+                        "of 32 on a CPU with AVX-512 VNNI or AVX2)")
             weights.add_layer(linears, [p.detach() for n in norms for p in (n.weight, n.bias)])
             heads.add(self_attn.num_heads)
             self.check(intermediate.act.__dict__, "name", intermediate.act.name)

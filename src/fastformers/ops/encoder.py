@@ -18,8 +18,10 @@ Arguments (`EncoderWeights` assembles the weights and formats from a model's mod
       BLOCK8 (method "blockwise_a8" with 8-bit codes in groups of 32, activations quantized per block of 32 too:
       pack_blockwise8's (codes, transposed scales); the kernel needs AVX-512 VNNI, block8_usable()), W8A8_PACKED
       (W8A8 packed for that kernel: pack_w8a8's (codes, scales); the same integer sums as W8A8's torch._int_mm,
-      ~2x faster at batch 1; AVX-512 VNNI too), F32_PACKED (a float32 weight packed by pack_f32 for the AVX2 GEMM of
-      csrc/cpu/gemm_f32.cpp, f32_packing_preferred(); the cpu kernel only).
+      ~2x faster at batch 1; AVX-512 VNNI, or AVX2 with int16 products: w8a8_packed_usable()), F32_PACKED (a float32 weight packed by pack_f32 for the AVX2 GEMM of
+      csrc/cpu/gemm_f32.cpp, f32_packing_preferred(); the cpu kernel only), BLOCK8_PANELS (BLOCK8's weights for CPUs
+      with AVX2 but no VNNI: the codes packed by pack_q8 for gemm_f32.cpp's gemm_block8, the scales transposed as
+      BLOCK8's).
   num_heads, eps (the LayerNorms'), act: 0 GELU, 1 GELU with the tanh approximation.
 Returns the last layer's output (tokens, hidden).
 """
@@ -37,7 +39,7 @@ from .quant import QuantizedWeight, quantized_linear_reference
 
 SLOTS = 16  # weights per layer
 LINEARS = ("qkv", "o", "intermediate", "output")
-FLOAT, PACKED, W8A8, BLOCK8, W8A8_PACKED, F32_PACKED = 0, 1, 2, 3, 4, 5
+FLOAT, PACKED, W8A8, BLOCK8, W8A8_PACKED, F32_PACKED, BLOCK8_PANELS = 0, 1, 2, 3, 4, 5, 6
 ACTS = {"none": 0, "tanh": 1}  # GELU's `approximate` -> act
 
 
@@ -78,6 +80,17 @@ def unpack_w8a8(packed: torch.Tensor, scales: torch.Tensor) -> QuantizedWeight:
     return QuantizedWeight(_unpack_codes(packed), scales.view(-1, 1), None, 8, None, packed.shape[1], "w8a8")
 
 
+def pack_q8(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes (out, in) in the panels of csrc/cpu/gemm_f32.cpp's gemm_block8: (ceil(out / 16), in, 16) int8, the
+    outputs past `out` zero (fastformers_ext.pack_q8)."""
+    return torch.ops.fastformers_ext.pack_q8(codes)
+
+
+def unpack_q8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The int8 codes (out, in) that pack_q8 packed."""
+    return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:out_features]
+
+
 def f32_packing_preferred() -> bool:
     """Whether float32 weights run on gemm_f32.cpp's GEMM (format F32_PACKED) rather than oneDNN's: on CPUs with AVX2
     and FMA but no AVX-512. Measured on an AVX2-only EPYC (2 threads): the same ~70 GFLOP/s as oneDNN at 1024 tokens,
@@ -87,9 +100,15 @@ def f32_packing_preferred() -> bool:
             and torch.backends.cpu.get_cpu_capability() != "AVX512")
 
 
+def w8a8_packed_usable() -> bool:
+    """Whether the W8A8_PACKED kernel (csrc/cpu/gemm_a8.cpp) runs on this CPU: AVX-512 VNNI, or AVX2 with int16
+    products; not with FASTFORMERS_CPU_PORTABLE=1."""
+    return native.available() and bool(torch.ops.fastformers_ext.gemm_a8_usable(True))
+
+
 def block8_usable() -> bool:
     """Whether the BLOCK8 kernel runs on this CPU (AVX-512 VNNI; not with FASTFORMERS_CPU_PORTABLE=1)."""
-    return native.available() and torch.ops.fastformers_ext.cpu_a8_isa() == "avx512-vnni"
+    return native.available() and bool(torch.ops.fastformers_ext.gemm_a8_usable(False))
 
 
 def _linear(x, weight, scales, bias, kind: int):
@@ -102,6 +121,10 @@ def _linear(x, weight, scales, bias, kind: int):
         return quantized_linear_reference(x, unpack_blockwise8(weight, scales), bias)
     if kind == W8A8_PACKED:
         return quantized_linear_reference(x, unpack_w8a8(weight, scales), bias)
+    if kind == BLOCK8_PANELS:
+        qw = QuantizedWeight(unpack_q8(weight, scales.shape[1]), scales.t().contiguous(), None, 8, 32, weight.shape[1],
+                             "blockwise_a8")
+        return quantized_linear_reference(x, qw, bias)
     raise ValueError(f"encoder_layers: format {kind} is not one the reference runs (a packed float32 weight: pass the "
                      f"float weight with format {FLOAT})")
 

@@ -215,7 +215,7 @@ def quantize_activations_blockwise(x: torch.Tensor, block: int = 32) -> torch.Te
     float32 (`sx = max|x_block| / 127`, `xq = round(x / sx)`), returned as xq * sx in x's dtype (exact in float64)."""
     k = x.shape[-1]
     xf = F.pad(x.float(), (0, -k % block))
-    xb = xf.view(*xf.shape[:-1], -1, block)
+    xb = xf.view(*xf.shape[:-1], xf.shape[-1] // block, block)  # not -1: ambiguous for no rows
     sx = (xb.abs().amax(-1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
     xq = torch.round(xb / sx).clamp(-127, 127)
     return (xq.to(x.dtype) * sx.to(x.dtype)).flatten(-2)[..., :k]
