@@ -23,9 +23,10 @@ def test_encoder_suite_smoke():
     assert by[("onnxruntime", "max_abs_diff")] < 1e-4
     assert by[("fastformers-w8a8", "min_token_cosine")] > 0.98
     assert by[("fastformers-int8-blocks", "min_token_cosine")] > 0.99  # the bound for int8
+    assert by[("fastformers-w8a8-ffn-blocks", "min_token_cosine")] > 0.99
     assert by[("onnxruntime-int8", "min_token_cosine")] > 0.9
     for engine in ("transformers", "fastformers", "onnxruntime", "onnxruntime-int8", "fastformers-w8a8",
-                   "fastformers-int8-blocks"):
+                   "fastformers-int8-blocks", "fastformers-w8a8-ffn-blocks"):
         value = by[(engine, "median_ms")]
         assert math.isfinite(value) and value > 0, (engine, value)
         first = by[(engine, "first_call_ms")]  # the first case reports each engine's first call
