@@ -263,6 +263,19 @@ FF_AVX2 void quantize_blocks(const float* x, int64_t K, float* out) {
   }
 }
 
+// The epilogue's arguments of op `op` for an (M, N) output, checked.
+void check_epilogue(const char* op, int64_t M, int64_t N, const at::Tensor& bias, const at::Tensor& residual,
+                    int64_t act, const at::Tensor& y) {
+  TORCH_CHECK(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == N && bias.is_contiguous()),
+              op, ": the bias must be contiguous float32 of ", N);
+  TORCH_CHECK(!residual.defined() || (residual.scalar_type() == at::kFloat && residual.is_contiguous() &&
+                                      residual.dim() == 2 && residual.size(0) == M && residual.size(1) == N),
+              op, ": the residual must be contiguous float32 (", M, ", ", N, ")");
+  TORCH_CHECK(y.scalar_type() == at::kFloat && y.is_contiguous() && y.dim() == 2 && y.size(0) == M && y.size(1) == N,
+              op, ": the output must be contiguous float32 (", M, ", ", N, ")");
+  TORCH_CHECK(act >= 0 && act <= 2, op, ": act=", act, "; expected 0 (none), 1 (GELU) or 2 (GELU, tanh)");
+}
+
 }  // namespace
 
 void gemm_f32_cpu(const at::Tensor& x2d, const at::Tensor& packed, int64_t N, const at::Tensor& bias,
@@ -276,14 +289,7 @@ void gemm_f32_cpu(const at::Tensor& x2d, const at::Tensor& packed, int64_t N, co
                   packed.size(0) == panels && packed.size(1) == K && packed.size(2) == 16,
               "gemm_f32: the packed weight must be contiguous float32 (", panels, ", ", K, ", 16) for ", N,
               " outputs and ", K, " inputs, got ", packed.scalar_type(), " ", packed.sizes());
-  TORCH_CHECK(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == N && bias.is_contiguous()),
-              "gemm_f32: the bias must be contiguous float32 of ", N);
-  TORCH_CHECK(!residual.defined() || (residual.scalar_type() == at::kFloat && residual.is_contiguous() &&
-                                      residual.dim() == 2 && residual.size(0) == M && residual.size(1) == N),
-              "gemm_f32: the residual must be contiguous float32 (", M, ", ", N, ")");
-  TORCH_CHECK(y.scalar_type() == at::kFloat && y.is_contiguous() && y.dim() == 2 && y.size(0) == M && y.size(1) == N,
-              "gemm_f32: the output must be contiguous float32 (", M, ", ", N, ")");
-  TORCH_CHECK(act >= 0 && act <= 2, "gemm_f32: act=", act, "; expected 0 (none), 1 (GELU) or 2 (GELU, tanh)");
+  check_epilogue("gemm_f32", M, N, bias, residual, act, y);
   if (M == 0 || N == 0) return;
   const Epilogue ep{bias.defined() ? bias.data_ptr<float>() : nullptr,
                     residual.defined() ? residual.data_ptr<float>() : nullptr, act};
@@ -316,14 +322,7 @@ void gemm_block8_cpu(const at::Tensor& x2d, const at::Tensor& packed, int64_t N,
                   scales_t.size(0) == K / 32 && scales_t.size(1) == N,
               "gemm_block8: the scales must be contiguous float32 (", K / 32, ", ", N, "), the weight's transposed, "
               "got ", scales_t.scalar_type(), " ", scales_t.sizes());
-  TORCH_CHECK(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == N && bias.is_contiguous()),
-              "gemm_block8: the bias must be contiguous float32 of ", N);
-  TORCH_CHECK(!residual.defined() || (residual.scalar_type() == at::kFloat && residual.is_contiguous() &&
-                                      residual.dim() == 2 && residual.size(0) == M && residual.size(1) == N),
-              "gemm_block8: the residual must be contiguous float32 (", M, ", ", N, ")");
-  TORCH_CHECK(y.scalar_type() == at::kFloat && y.is_contiguous() && y.dim() == 2 && y.size(0) == M && y.size(1) == N,
-              "gemm_block8: the output must be contiguous float32 (", M, ", ", N, ")");
-  TORCH_CHECK(act >= 0 && act <= 2, "gemm_block8: act=", act, "; expected 0 (none), 1 (GELU) or 2 (GELU, tanh)");
+  check_epilogue("gemm_block8", M, N, bias, residual, act, y);
   if (M == 0 || N == 0) return;
   // the activations quantized and dequantized per block of 32 (a buffer kept per calling thread: no page faults on
   // every call; the workers get a raw pointer)
