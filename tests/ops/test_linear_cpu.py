@@ -42,12 +42,22 @@ def test_prepacked_linear_matches_reference(shape, out_features, dtype, tol, wit
     expected = x.double() @ layer.weight.double().t() + (layer.bias.double() if with_bias else 0)
     assert got.shape == (*shape[:-1], out_features) and got.dtype == dtype
     assert rel_err(got, expected) < tol
-    assert (linear_module._packs.entries.get(id(layer.weight)) is not None) == packs  # it ran packed
+    assert (_pack_of(layer.weight, dtype) is not None) == packs  # it ran packed
 
 
 def _packs_here(dtype) -> bool:
     """Whether oneDNN packs `dtype` weights on this CPU (bfloat16 needs AVX-512 or AVX-NE-CONVERT)."""
     return dtype == torch.float32 or linear_module._bf16_packable()
+
+
+def _key(weight, dtype=torch.float32):
+    """The packed copies' key of a weight: gemm_f32's layout for float32 on AVX2 CPUs without AVX-512, else oneDNN's."""
+    gemm = dtype == torch.float32 and linear_module.gemm_f32_preferred()
+    return (id(weight), "gemm_f32") if gemm else id(weight)
+
+
+def _pack_of(weight, dtype=torch.float32):
+    return linear_module._packs.entries.get(_key(weight, dtype))
 
 
 def test_bfloat16_where_onednn_packs_none_runs_f_linear(monkeypatch):
@@ -60,7 +70,7 @@ def test_bfloat16_where_onednn_packs_none_runs_f_linear(monkeypatch):
         assert "bfloat16" in ops.linear.unsupported["cpu"](*args) and ops.linear.choose("cpu", args) == "torch"
         assert torch.equal(ops.linear(*args), torch.nn.functional.linear(*args))
         assert torch.equal(ops.linear_gelu(*args), torch.nn.functional.gelu(torch.nn.functional.linear(*args)))
-    assert linear_module._packs.entries.get(id(layer.weight)) is None
+    assert _pack_of(layer.weight, torch.bfloat16) is None
 
 
 def _layer(seed=0):
@@ -134,7 +144,7 @@ def test_packs_leave_with_their_weights_and_respect_the_budget(monkeypatch):
     layer, x = _layer()
     with torch.no_grad():
         layer(x)
-    key = id(layer.weight)
+    key = _key(layer.weight)
     assert key in linear_module._packs.entries
     del layer
     assert key not in linear_module._packs.entries
@@ -248,7 +258,7 @@ def test_linear_gelu_matches_reference(shape, out_features, dtype, tol, approxim
     assert got.shape == (*shape[:-1], out_features) and got.dtype == dtype
     assert rel_err(got, expected) < tol
     assert rel_err(got, unfused.double()) < tol  # what ops.linear then ops.gelu give
-    assert (linear_module._packs.entries.get(id(layer.weight)) is not None) == packs  # it ran packed
+    assert (_pack_of(layer.weight, dtype) is not None) == packs  # it ran packed
 
 
 def test_linear_gelu_off_the_packed_path_is_linear_then_gelu():
@@ -266,3 +276,23 @@ def test_linear_gelu_off_the_packed_path_is_linear_then_gelu():
     with torch.no_grad():
         want = torch.nn.functional.gelu(ops.quantized_linear(x, quantized, layer.bias))
         assert torch.equal(ops.linear_gelu(x, quantized, layer.bias), want)
+
+
+@pytest.mark.parametrize("gemm_f32", [True, False])
+def test_both_float32_layouts_match_the_reference(gemm_f32, monkeypatch):
+    """float32 runs gemm_f32.cpp's GEMM (its layout's own pack) where it is preferred (AVX2 without AVX-512), oneDNN's
+    elsewhere: each forced here, linear and linear_gelu against float64, the pack under that layout's key."""
+    from fastformers.ops import native
+
+    if gemm_f32 and not (native.available() and torch.ops.fastformers_ext.gemm_f32_usable()):
+        pytest.skip("gemm_f32 needs AVX2 with FMA, which this CPU lacks")
+    monkeypatch.setattr(linear_module, "gemm_f32_preferred", lambda: gemm_f32)
+    layer, x = _gelu_layer((3, 7, 40), 37, torch.float32, True, 11)
+    args = (x, layer.weight, layer.bias)
+    with torch.no_grad():
+        got, fused = ops.linear(*args), ops.linear_gelu(*args, approximate="tanh")
+    expected = x.double() @ layer.weight.double().t() + layer.bias.double()
+    assert rel_err(got, expected) < 1e-5
+    assert rel_err(fused, torch.nn.functional.gelu(expected, approximate="tanh")) < 1e-5
+    ours = (id(layer.weight), (id(layer.weight), "gemm_f32"))  # its oneDNN and gemm_f32 keys
+    assert [k for k in linear_module._packs.entries if k in ours] == [ours[1] if gemm_f32 else ours[0]]

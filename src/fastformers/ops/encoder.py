@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from . import native
 from .backend import Op
+from .linear import gemm_f32_preferred
 from .quant import QuantizedWeight, quantized_linear_reference
 
 SLOTS = 16  # weights per layer
@@ -92,12 +93,9 @@ def unpack_q8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
 
 
 def f32_packing_preferred() -> bool:
-    """Whether float32 weights run on gemm_f32.cpp's GEMM (format F32_PACKED) rather than oneDNN's: on CPUs with AVX2
-    and FMA but no AVX-512. Measured on an AVX2-only EPYC (2 threads): the same ~70 GFLOP/s as oneDNN at 1024 tokens,
-    1.3-1.6x oneDNN's speed at 16, and nothing built per shape. On AVX-512 CPUs oneDNN's GEMM ran at ~91% of the FMA
-    peak, so it stays there."""
-    return (native.available() and bool(torch.ops.fastformers_ext.gemm_f32_usable())
-            and torch.backends.cpu.get_cpu_capability() != "AVX512")
+    """Whether float32 weights run on gemm_f32.cpp's GEMM (format F32_PACKED) rather than oneDNN's: ops/linear.py's
+    gemm_f32_preferred(), on CPUs with AVX2 and FMA but no AVX-512."""
+    return gemm_f32_preferred()
 
 
 def w8a8_packed_usable() -> bool:
