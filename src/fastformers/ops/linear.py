@@ -18,7 +18,7 @@ transposed Conv1D weight) and other dtypes stay on F.linear.
 
 On CPUs with AVX2 but no AVX-512 a float32 weight is packed for csrc/cpu/gemm_f32.cpp's GEMM instead (plain
 panels, the GELU in its epilogue): on an AVX2-only EPYC it ran 1.1-2.7x oneDNN's speed from 1 to 16 tokens
-(MiniLM's and SmolLM2's shapes, its 49k-row output head included), and spares oneDNN's first-use cost (25 ms).
+(MiniLM's and SmolLM2's shapes, its 49k-row output head included).
 
 `linear_gelu(x, weight, bias, approximate=...)` is gelu(linear(x)) (a BERT feed-forward's first half): on the cpu
 backend with a packed weight the GELU runs as oneDNN's post-op on the GEMM's output tile, saving a pass over the
